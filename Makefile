@@ -1,0 +1,39 @@
+# The two commands (see README): `make demo` runs the main job, `make test` the whole test suite.
+# Both create .venv/ and install everything into it first. torch is never upgraded: an importable torch
+# of $(PYTHON) is reused (GPU machines: the preinstalled CUDA build), otherwise the CPU wheel
+# torch==$(TORCH_CPU_VERSION) is installed, and every later pip call is pinned to that torch.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_CPU_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.fastot-installed
+SOURCES := $(shell find csrc -type f) CMakeLists.txt pyproject.toml
+
+.PHONY: all venv demo test bench clean
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+	    echo "fastot: reusing the torch installed for $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; \
+	fi
+	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install -q "torch==$(TORCH_CPU_VERSION)"
+	@$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
+	@echo "fastot: pinned $$(cat $(VENV)/constraints.txt)"
+	$(PIP) install -q -c $(VENV)/constraints.txt "scikit-build-core>=0.10" "cmake>=3.26" ninja
+	$(PIP) install -q -c $(VENV)/constraints.txt --no-build-isolation -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m fastot tour
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest python_tests -q
+
+clean:
+	rm -rf build $(VENV) fastot/_C*.so

@@ -1,0 +1,100 @@
+// CPU code-switch: one row per task (at::parallel_for over the batch), the shared per-row walk
+// from common/codeswitch_row.h, two passes (count, then write) so no per-row buffers are needed.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "common/codeswitch_row.h"
+
+namespace fastot {
+namespace {
+
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+Outputs codeswitch_cpu(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& token_type_ids,
+                       const at::Tensor& word_start, const at::Tensor& special, const at::Tensor& key_hash,
+                       const at::Tensor& key_offsets, const at::Tensor& key_ids, const at::Tensor& entry_offsets,
+                       const at::Tensor& trans_offsets, const at::Tensor& trans_ids, const at::Tensor& lang_ids, int64_t max_key_len,
+                       int64_t prefix_switch, int64_t prefix_lang, int64_t prefix_trans, int64_t threshold,
+                       int64_t max_length, int64_t pad_id) {
+  TORCH_CHECK(input_ids.dim() == 2, "codeswitch: input_ids must be [B, L], got ", input_ids.sizes());
+  TORCH_CHECK(attention_mask.sizes() == input_ids.sizes() && token_type_ids.sizes() == input_ids.sizes(),
+              "codeswitch: attention_mask and token_type_ids must match input_ids ", input_ids.sizes());
+  TORCH_CHECK(lang_ids.numel() >= 1, "codeswitch: lang_ids must name at least one language");
+  const at::Tensor ids = input_ids.to(at::kLong).contiguous();
+  const at::Tensor mask = attention_mask.to(at::kLong).contiguous();
+  const at::Tensor tt = token_type_ids.to(at::kLong).contiguous();
+  const at::Tensor ws = word_start.to(at::kBool).contiguous(), spc = special.to(at::kBool).contiguous();
+  const at::Tensor kh = key_hash.contiguous(), ko = key_offsets.contiguous(), ki = key_ids.contiguous();
+  const at::Tensor eo = entry_offsets.contiguous(), to = trans_offsets.contiguous(), ti = trans_ids.contiguous();
+  const at::Tensor li = lang_ids.to(at::kLong).contiguous();
+  const int64_t B = ids.size(0), L = ids.size(1);
+  const int64_t n_keys = kh.numel();
+  LexiconView lex{kh.data_ptr<int64_t>(), ko.data_ptr<int64_t>(), ki.data_ptr<int64_t>(), eo.data_ptr<int64_t>(),
+                  to.data_ptr<int64_t>(), ti.data_ptr<int64_t>(), n_keys,
+                  n_keys > 0 ? (eo.numel() - 1) / n_keys : 1, max_key_len};
+  SwitchParams sp{li.data_ptr<int64_t>(), li.numel(), static_cast<uint64_t>(prefix_switch),
+                  static_cast<uint64_t>(prefix_lang), static_cast<uint64_t>(prefix_trans), threshold};
+
+  // Pass 1: per row, the number of special and per-segment content tokens; kept lengths after truncation.
+  at::Tensor kept = at::zeros({B, 3}, ids.options());  // k0, k1, total
+  at::Tensor n_switched = at::zeros({B}, ids.options()), n_words = at::zeros({B}, ids.options());
+  auto* kp = kept.data_ptr<int64_t>();
+  const int64_t *idp = ids.data_ptr<int64_t>(), *mp = mask.data_ptr<int64_t>(), *tp = tt.data_ptr<int64_t>();
+  const bool *wsp = ws.data_ptr<bool>(), *spp = spc.data_ptr<bool>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      int64_t n_sp = 0, l0 = 0, l1 = 0, nsw, nw;
+      walk_row(lex, sp, idp + r * L, mp + r * L, tp + r * L, wsp, spp, L, r, nsw, nw,
+               [&](int64_t, int64_t, int64_t seg, bool is_sp) {
+                 if (is_sp) ++n_sp; else if (seg == 0) ++l0; else ++l1;
+               });
+      int64_t k0 = l0, k1 = l1;
+      if (max_length >= 0) longest_first(l0, l1, max_length - n_sp, k0, k1);
+      kp[r * 3 + 0] = k0;
+      kp[r * 3 + 1] = k1;
+      kp[r * 3 + 2] = n_sp + k0 + k1;
+    }
+  });
+  int64_t width = max_length;
+  if (width < 0) {
+    width = 0;
+    for (int64_t r = 0; r < B; ++r) width = std::max(width, kp[r * 3 + 2]);
+  }
+  at::Tensor out_ids = at::full({B, width}, pad_id, ids.options());
+  at::Tensor out_mask = at::zeros({B, width}, ids.options());
+  at::Tensor out_tt = at::zeros({B, width}, ids.options());
+  at::Tensor out_src = at::full({B, width}, -1, ids.options());
+  auto *oi = out_ids.data_ptr<int64_t>(), *om = out_mask.data_ptr<int64_t>(), *ot = out_tt.data_ptr<int64_t>(),
+       *os = out_src.data_ptr<int64_t>();
+  auto *nsp = n_switched.data_ptr<int64_t>(), *nwp = n_words.data_ptr<int64_t>();
+  // Pass 2: write the kept tokens.
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      int64_t pos = 0, c0 = 0, c1 = 0;
+      const int64_t k0 = kp[r * 3 + 0], k1 = kp[r * 3 + 1];
+      walk_row(lex, sp, idp + r * L, mp + r * L, tp + r * L, wsp, spp, L, r, nsp[r], nwp[r],
+               [&](int64_t src, int64_t tok, int64_t seg, bool is_sp) {
+                 bool keep = is_sp || (seg == 0 ? c0++ < k0 : c1++ < k1);
+                 if (!keep || pos >= width) return;
+                 oi[r * width + pos] = tok;
+                 om[r * width + pos] = 1;
+                 ot[r * width + pos] = seg;
+                 os[r * width + pos] = src;
+                 ++pos;
+               });
+    }
+  });
+  return {out_ids, out_mask, out_tt, out_src, n_switched, n_words};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastot, CPU, m) { m.impl("codeswitch", &codeswitch_cpu); }
+
+}  // namespace fastot

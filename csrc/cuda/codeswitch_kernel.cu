@@ -1,0 +1,71 @@
+// CUDA code-switch, first version: one thread per row runs the shared per-row walk
+// (common/codeswitch_row.h), so output is bit-identical to the CPU kernel by construction.
+#include "cuda/codeswitch_kernel.h"
+
+namespace fastot {
+namespace {
+
+constexpr int kThreads = 128;  // rows per block; tuned in issue 5
+
+__global__ void codeswitch_count_kernel(CodeswitchRows rows, LexiconView lex, SwitchParams sp, int64_t max_length,
+                                        int64_t* __restrict__ kept) {  // [B,3] out
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows.B) return;
+  int64_t n_sp = 0, l0 = 0, l1 = 0, nsw, nw;
+  const int64_t off = r * rows.L;
+  walk_row(lex, sp, rows.ids + off, rows.mask + off, rows.tt + off, rows.word_start, rows.special, rows.L, r, nsw, nw,
+           [&](int64_t, int64_t, int64_t seg, bool is_sp) {
+             if (is_sp) ++n_sp; else if (seg == 0) ++l0; else ++l1;
+           });
+  int64_t k0 = l0, k1 = l1;
+  if (max_length >= 0) longest_first(l0, l1, max_length - n_sp, k0, k1);
+  kept[r * 3 + 0] = k0;
+  kept[r * 3 + 1] = k1;
+  kept[r * 3 + 2] = n_sp + k0 + k1;
+}
+
+__global__ void codeswitch_write_kernel(CodeswitchRows rows, LexiconView lex, SwitchParams sp,
+                                        const int64_t* __restrict__ kept,  // [B,3] from the count pass
+                                        int64_t width,                     // output row width
+                                        int64_t* __restrict__ out_ids, int64_t* __restrict__ out_mask,
+                                        int64_t* __restrict__ out_tt, int64_t* __restrict__ out_src,
+                                        int64_t* __restrict__ n_switched, int64_t* __restrict__ n_words) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows.B) return;
+  const int64_t off = r * rows.L, k0 = kept[r * 3 + 0], k1 = kept[r * 3 + 1];
+  int64_t pos = 0, c0 = 0, c1 = 0;
+  walk_row(lex, sp, rows.ids + off, rows.mask + off, rows.tt + off, rows.word_start, rows.special, rows.L, r,
+           n_switched[r], n_words[r], [&](int64_t src, int64_t tok, int64_t seg, bool is_sp) {
+             const bool keep = is_sp || (seg == 0 ? c0++ < k0 : c1++ < k1);
+             if (!keep || pos >= width) return;
+             const int64_t o = r * width + pos;
+             out_ids[o] = tok;
+             out_mask[o] = 1;
+             out_tt[o] = seg;
+             out_src[o] = src;
+             ++pos;
+           });
+}
+
+}  // namespace
+
+cudaError_t launch_codeswitch_count(const CodeswitchRows& rows, const LexiconView& lex, const SwitchParams& sp,
+                                    int64_t max_length, int64_t* kept, cudaStream_t stream) {
+  if (rows.B == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>((rows.B + kThreads - 1) / kThreads);
+  codeswitch_count_kernel<<<blocks, kThreads, 0, stream>>>(rows, lex, sp, max_length, kept);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_codeswitch_write(const CodeswitchRows& rows, const LexiconView& lex, const SwitchParams& sp,
+                                    const int64_t* kept, int64_t width, int64_t* out_ids, int64_t* out_mask,
+                                    int64_t* out_tt, int64_t* out_src, int64_t* n_switched, int64_t* n_words,
+                                    cudaStream_t stream) {
+  if (rows.B == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>((rows.B + kThreads - 1) / kThreads);
+  codeswitch_write_kernel<<<blocks, kThreads, 0, stream>>>(rows, lex, sp, kept, width, out_ids, out_mask, out_tt,
+                                                           out_src, n_switched, n_words);
+  return cudaGetLastError();
+}
+
+}  // namespace fastot

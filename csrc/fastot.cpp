@@ -1,0 +1,32 @@
+// fastot._C: every op schema, in one place. Implementations are registered per dispatch key
+// in csrc/cpu/<op>.cpp (CPU) and csrc/cuda/<op>.cu (CUDA).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// The module itself is empty: importing it runs the static TORCH_LIBRARY registrations.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastot, m) {
+  // Log-domain Sinkhorn solve. cost [B,N,M] (fp32/fp64; fp16/bf16 are solved in fp32), a [B,N], b [B,M]
+  // nonnegative weights (0 = padded point). Returns potentials f [B,N], g [B,M] in the compute dtype,
+  // iterations applied n_iter [B] (int32) and the final L1 marginal violation err [B].
+  m.def(
+      "sinkhorn_fwd(Tensor cost, Tensor a, Tensor b, float eps, int max_iter, float? tol, float? tau_a, "
+      "float? tau_b) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err)");
+  // The plan P_ij = a_i b_j exp((f_i + g_j - C_ij)/eps), recomputed from the potentials. [B,N,M]
+  m.def("sinkhorn_plan(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> Tensor");
+  // <P, C> per problem, without storing P. [B]
+  m.def("sinkhorn_transport_cost(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> Tensor");
+  // Code-switch token substitution on a tokenized batch; see fastot/reference/codeswitch.py for the contract.
+  m.def(
+      "codeswitch(Tensor input_ids, Tensor attention_mask, Tensor token_type_ids, Tensor word_start, "
+      "Tensor special, Tensor key_hash, Tensor key_offsets, Tensor key_ids, Tensor entry_offsets, "
+      "Tensor trans_offsets, Tensor trans_ids, Tensor lang_ids, int max_key_len, int prefix_switch, int prefix_lang, "
+      "int prefix_trans, int threshold, int max_length, int pad_id) -> (Tensor input_ids, Tensor attention_mask, "
+      "Tensor token_type_ids, Tensor source_index, Tensor n_switched, Tensor n_words)");
+}

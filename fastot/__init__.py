@@ -1,0 +1,52 @@
+"""fastot: batched log-domain Sinkhorn and code-switch token substitution as compiled kernels.
+
+``import fastot`` never fails because the compiled extension is missing: it warns once and the ops
+run on the pure-PyTorch reference (``backend="torch"``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from . import _backend
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.fastot.*)
+except ImportError as exc:  # pragma: no cover - exercised by the fallback test in a subprocess
+    _backend._set_extension_error(f"{type(exc).__name__}: {exc}")
+    warnings.warn(
+        f"fastot: the compiled extension fastot._C could not be loaded ({exc}); using the PyTorch reference. "
+        "Reinstall with `make venv` (or `pip install --no-build-isolation -e .`) to build it.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+else:
+    _backend._set_extension_error(None)
+
+from .codeswitch import CodeSwitcher, CodeSwitchOutput, Lexicon  # noqa: E402
+from .sinkhorn import SinkhornResult, pairwise_cost, sinkhorn, sinkhorn_embeddings  # noqa: E402
+
+if _backend._EXT_ERROR is None:
+    from .codeswitch import _register_fakes as _cs_fakes  # noqa: E402
+    from .sinkhorn import _register_fakes as _sk_fakes  # noqa: E402
+
+    _sk_fakes()
+    _cs_fakes()
+
+BackendUnavailable = _backend.BackendUnavailable
+show_backends = _backend.show_backends
+available_backends = _backend.available
+
+__version__ = "0.1.0"
+__all__ = [
+    "BackendUnavailable",
+    "CodeSwitchOutput",
+    "CodeSwitcher",
+    "Lexicon",
+    "SinkhornResult",
+    "available_backends",
+    "pairwise_cost",
+    "show_backends",
+    "sinkhorn",
+    "sinkhorn_embeddings",
+]

@@ -1,0 +1,337 @@
+"""Public code-switch API: :class:`Lexicon` (word -> translations, packed as token-id tensors) and
+:class:`CodeSwitcher` (rewrites a tokenized batch on the device where it lives).
+
+The contract is in ``fastot/reference/codeswitch.py``; every backend is bit-identical to it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from . import _backend
+from .reference import codeswitch as ref
+
+__all__ = ["Lexicon", "CodeSwitcher", "CodeSwitchOutput", "vocab_tables"]
+
+_PACKED = ("key_hash", "key_offsets", "key_ids", "entry_offsets", "trans_offsets", "trans_ids")
+
+
+def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Word-start and special-token tables [V] (bool) for a Hugging Face tokenizer, and the scheme.
+
+    WordPiece: a piece starts a word unless it begins with the continuation prefix (``##``).
+    SentencePiece / metaspace: a piece starts a word when it begins with ``▁``.
+    """
+    vocab = tokenizer.get_vocab()
+    V = max(len(tokenizer), max(vocab.values()) + 1)
+    prefix = None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        prefix = getattr(backend.model, "continuing_subword_prefix", None)
+    if prefix is None and sum(tok.startswith("##") for tok in vocab) > len(vocab) // 20:
+        prefix = "##"
+    word_start = torch.ones(V, dtype=torch.bool)
+    if prefix:
+        scheme = "wordpiece"
+        for tok, i in vocab.items():
+            if tok.startswith(prefix):
+                word_start[i] = False
+    elif sum(tok.startswith("\u2581") for tok in vocab) > len(vocab) // 20:
+        scheme = "sentencepiece"
+        for tok, i in vocab.items():
+            word_start[i] = tok.startswith("\u2581")
+    else:
+        raise ValueError("tokenizer: cannot tell word starts (neither WordPiece '##' nor SentencePiece '\u2581' pieces)")
+    special = torch.zeros(V, dtype=torch.bool)
+    for i in tokenizer.all_special_ids:
+        special[i] = True
+    for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}:
+        if i < V and getattr(tokenizer.added_tokens_decoder[i], "special", False):
+            special[i] = True
+    word_start |= special
+    return word_start, special, scheme
+
+
+def _encode(tokenizer, text: str) -> tuple[int, ...]:
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class Lexicon:
+    """Source words -> translations per language, keyed by the source word's subword ids.
+
+    Build with :meth:`from_pairs`. Tensors (see ``fastot/reference/codeswitch.py``): ``key_hash`` [K]
+    sorted, ``key_offsets`` [K+1] / ``key_ids`` (CSR source ids), ``entry_offsets`` [K*n_lang+1]
+    (translation range per key and language), ``trans_offsets`` [T+1] / ``trans_ids`` (CSR target ids);
+    plus the vocabulary's ``word_start`` and ``special`` tables [V].
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], languages: list[str], max_key_len: int, pad_id: int,
+                 scheme: str, stats: dict | None = None):
+        self.languages = list(languages)
+        self.max_key_len = int(max_key_len)
+        self.pad_id = int(pad_id)
+        self.scheme = scheme
+        self.stats = dict(stats or {})
+        self._tensors = {k: v.cpu() for k, v in tensors.items()}
+        self._by_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+        if self.n_keys == 0:
+            raise ValueError("lexicon: no usable entries (empty lexicon)")
+
+    @property
+    def n_keys(self) -> int:
+        return self._tensors["key_hash"].numel()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tensors["word_start"].numel()
+
+    def __len__(self) -> int:
+        return self.n_keys
+
+    def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The packed tensors on ``device`` (copied once per device, then cached)."""
+        device = torch.device(device)
+        if device not in self._by_device:
+            self._by_device[device] = {k: v.to(device) for k, v in self._tensors.items()}
+        return self._by_device[device]
+
+    @classmethod
+    def from_pairs(cls, pairs, tokenizer, languages: str | Iterable[str] | None = None) -> "Lexicon":
+        """Build from word pairs.
+
+        Args:
+            pairs: ``{lang: [(src, tgt), ...]}``, or ``[(src, tgt), ...]`` with ``languages`` one name,
+                or ``[(src, tgt, lang), ...]``. A source word may have several translations.
+            tokenizer: Hugging Face tokenizer of the model whose ids will be switched.
+            languages: language order of the packed lexicon (default: order of first appearance).
+
+        Source words are matched lower-cased: each is keyed by the ids of its lower-case,
+        capitalised and upper-case forms. Sources that the tokenizer splits into several words
+        (multi-word expressions) are skipped and counted in ``stats['skipped_multiword']``.
+        """
+        triples: list[tuple[str, str, str]] = []
+        if isinstance(pairs, Mapping):
+            for lang, lst in pairs.items():
+                triples.extend((s, t, str(lang)) for s, t in lst)
+        else:
+            default = languages if isinstance(languages, str) else None
+            for item in pairs:
+                if len(item) == 3:
+                    triples.append((item[0], item[1], str(item[2])))
+                elif len(item) == 2:
+                    if default is None:
+                        raise ValueError("lexicon: pairs without a language need languages='<name>'")
+                    triples.append((item[0], item[1], default))
+                else:
+                    raise ValueError(f"lexicon: each pair must be (src, tgt) or (src, tgt, lang), got {item!r}")
+        order: list[str] = [] if languages is None or isinstance(languages, str) else list(languages)
+        for _, _, lang in triples:
+            if lang not in order:
+                if languages is not None and not isinstance(languages, str):
+                    raise ValueError(f"lexicon: language {lang!r} is not in languages={order}")
+                order.append(lang)
+        word_start, special, scheme = vocab_tables(tokenizer)
+        entries: dict[tuple[int, ...], dict[int, list[tuple[int, ...]]]] = {}
+        skipped = 0
+        for src, tgt, lang in triples:
+            if not isinstance(src, str) or not isinstance(tgt, str):
+                raise TypeError(f"lexicon: words must be strings, got {src!r} -> {tgt!r}")
+            src, tgt = src.strip(), tgt.strip()
+            if not src or not tgt:
+                continue
+            t_ids = _encode(tokenizer, tgt)
+            if not t_ids:
+                continue
+            li = order.index(lang)
+            for form in dict.fromkeys((src.lower(), src.lower().capitalize(), src.upper())):
+                key = _encode(tokenizer, form)
+                if not key or any(word_start[i] for i in key[1:]) or any(special[i] for i in key):
+                    skipped += 1
+                    continue
+                lst = entries.setdefault(key, {}).setdefault(li, [])
+                if t_ids not in lst:
+                    lst.append(t_ids)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls.pack(entries, order, word_start, special, pad_id, scheme,
+                        stats={"pairs": len(triples), "skipped_multiword": skipped})
+
+    @classmethod
+    def pack(cls, entries, languages, word_start, special, pad_id, scheme, stats=None) -> "Lexicon":
+        """Pack ``{key ids: {lang index: [translation ids, ...]}}`` into CSR tensors sorted by key hash."""
+        hashed = sorted((ref.key_hash(k), k) for k in entries)
+        for (h0, k0), (h1, k1) in zip(hashed, hashed[1:]):
+            if h0 == h1:
+                raise ValueError(f"lexicon: hash collision between keys {k0} and {k1}")
+        n_lang = len(languages)
+        key_offsets, key_ids, entry_offsets, trans_offsets, trans_ids = [0], [], [0], [0], []
+        for _, key in hashed:
+            key_ids.extend(key)
+            key_offsets.append(len(key_ids))
+            for li in range(n_lang):
+                for t in entries[key].get(li, []):
+                    trans_ids.extend(t)
+                    trans_offsets.append(len(trans_ids))
+                entry_offsets.append(len(trans_offsets) - 1)
+        as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+        tensors = {
+            "key_hash": as_long([h for h, _ in hashed]),
+            "key_offsets": as_long(key_offsets),
+            "key_ids": as_long(key_ids),
+            "entry_offsets": as_long(entry_offsets),
+            "trans_offsets": as_long(trans_offsets),
+            "trans_ids": as_long(trans_ids),
+            "word_start": word_start.clone(),
+            "special": special.clone(),
+        }
+        max_key_len = max((len(k) for k in entries), default=0)
+        stats = dict(stats or {}, keys=len(hashed), translations=len(trans_offsets) - 1)
+        return cls(tensors, languages, max_key_len, pad_id, scheme, stats)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the packed lexicon to one file (``torch.save`` of tensors and metadata)."""
+        meta = {"languages": self.languages, "max_key_len": self.max_key_len, "pad_id": self.pad_id,
+                "scheme": self.scheme, "stats": self.stats, "format": 1}
+        torch.save({"meta": meta, "tensors": self._tensors}, os.fspath(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Lexicon":
+        blob = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        m = blob["meta"]
+        return cls(blob["tensors"], m["languages"], m["max_key_len"], m["pad_id"], m["scheme"], m["stats"])
+
+    def __repr__(self) -> str:
+        return (f"Lexicon(keys={self.n_keys}, languages={self.languages}, scheme={self.scheme!r}, "
+                f"vocab_size={self.vocab_size})")
+
+
+@dataclass
+class CodeSwitchOutput:
+    """input_ids, attention_mask, token_type_ids, source_index: [B, L'] int64; n_switched, n_words: [B]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    source_index: torch.Tensor
+    n_switched: torch.Tensor
+    n_words: torch.Tensor
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The three tensors a Hugging Face encoder takes."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "token_type_ids": self.token_type_ids}
+
+
+class CodeSwitcher:
+    """Randomly replaces lexicon words in a tokenized batch by their translations.
+
+    Args:
+        lexicon: a :class:`Lexicon` built with the tokenizer that produced the ids.
+        p: probability in [0, 1] that a word with a translation is switched.
+        seed: nonnegative integer; randomness is a pure function of (seed, step, row, word).
+        languages: active target languages (default: all of the lexicon's). One language is
+            bilingual code-switching; several draw a language uniformly per switched word (ML-CS).
+        backend: "auto" | "torch" | "cpp" | "cuda" | "triton"; default from ``FASTOT_BACKEND``.
+    """
+
+    def __init__(self, lexicon: Lexicon, p: float = 0.5, seed: int = 0, languages: Iterable[str] | None = None,
+                 backend: str | None = None):
+        if not isinstance(lexicon, Lexicon):
+            raise TypeError(f"CodeSwitcher: lexicon must be a fastot.Lexicon, got {type(lexicon).__name__}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"CodeSwitcher: p must be in [0, 1], got {p!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 or seed >= 2**64:
+            raise ValueError(f"CodeSwitcher: seed must be an integer in [0, 2^64), got {seed!r}")
+        langs = list(lexicon.languages if languages is None else ([languages] if isinstance(languages, str) else languages))
+        unknown = [lang for lang in langs if lang not in lexicon.languages]
+        if not langs or unknown:
+            raise ValueError(f"CodeSwitcher: languages must be a non-empty subset of {lexicon.languages}, got {langs}")
+        self.lexicon, self.p, self.seed, self.languages, self.backend = lexicon, float(p), seed, langs, backend
+        self._threshold = round(self.p * (1 << 24))
+        self._lang_ids = torch.tensor([lexicon.languages.index(lang) for lang in langs], dtype=torch.long)
+
+    def __repr__(self) -> str:
+        return f"CodeSwitcher(p={self.p}, seed={self.seed}, languages={self.languages}, backend={self.backend!r})"
+
+    def _check(self, input_ids, attention_mask, token_type_ids, step, max_length):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError(f"codeswitch: input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+            raise TypeError(f"codeswitch: input_ids must be integer, got {input_ids.dtype}")
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and (not isinstance(t, torch.Tensor) or t.shape != input_ids.shape):
+                raise ValueError(f"codeswitch: {name} must have the shape of input_ids {list(input_ids.shape)}, "
+                                 f"got {list(getattr(t, 'shape', []))}")
+            if t is not None and t.device != input_ids.device:
+                raise ValueError(f"codeswitch: {name} is on {t.device}, input_ids on {input_ids.device}")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"codeswitch: step must be an integer >= 0, got {step!r}")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0):
+            raise ValueError(f"codeswitch: max_length must be None or an integer >= 0, got {max_length!r}")
+        V = self.lexicon.vocab_size
+        bad = (input_ids < 0) | (input_ids >= V)
+        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+            if input_ids.numel() and bool(bad.any()):
+                raise ValueError(f"codeswitch: input_ids must be in [0, {V}) (the lexicon's vocabulary); found "
+                                 f"{input_ids[bad][:3].tolist()}")
+        else:  # raised on the device (or by the compiled graph), without a host synchronisation
+            torch._assert_async(~bad.any(), f"codeswitch: input_ids must be in [0, {V})")
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None, *, step: int = 0,
+                 max_length: int | None = None) -> CodeSwitchOutput:
+        """Code-switch a batch.
+
+        Args:
+            input_ids: [B, L] integer token ids.
+            attention_mask: [B, L] (0 = padding, dropped), default all ones.
+            token_type_ids: [B, L] segment ids (0 query, 1 passage), default zeros.
+            step: training step; with the seed it fixes every random decision.
+            max_length: cut rows longest_first to this many tokens and pad to exactly this width.
+        Returns:
+            :class:`CodeSwitchOutput`.
+        """
+        self._check(input_ids, attention_mask, token_type_ids, step, max_length)
+        dev = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        lex = self.lexicon.tensors(dev)
+        if max_length is not None and dev.type == "cpu" and input_ids.numel() and not torch.compiler.is_compiling():
+            n_special = (lex["special"][input_ids.long()] & (attention_mask != 0)).sum(1).max()
+            if int(n_special) > max_length:
+                raise ValueError(f"codeswitch: max_length={max_length} is shorter than the special tokens of a row "
+                                 f"({int(n_special)}), which are never dropped")
+        be = _backend.resolve("codeswitch", dev, self.backend)
+        args = (
+            input_ids.long(), attention_mask.long(), token_type_ids.long(), lex["word_start"], lex["special"],
+            *(lex[k] for k in _PACKED), self._lang_ids.to(dev), self.lexicon.max_key_len,
+            ref.rand_prefix(self.seed, step, ref.SALT_SWITCH), ref.rand_prefix(self.seed, step, ref.SALT_LANG),
+            ref.rand_prefix(self.seed, step, ref.SALT_TRANS), self._threshold,
+            -1 if max_length is None else max_length, self.lexicon.pad_id,
+        )
+        if be == "torch":
+            out = ref.codeswitch(*args)
+        elif be in ("cpp", "cuda"):
+            out = torch.ops.fastot.codeswitch(*args)
+        else:
+            from .triton import codeswitch as tcs  # noqa: PLC0415
+
+            out = tcs.codeswitch(*args)
+        return CodeSwitchOutput(*out)
+
+
+def _register_fakes() -> None:
+    """Meta implementation of the C++ code-switch op (dynamic width unless max_length is given)."""
+
+    @torch.library.register_fake("fastot::codeswitch")
+    def _(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
+          entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, prefix_switch, prefix_lang, prefix_trans,
+          threshold, max_length, pad_id):
+        B = input_ids.shape[0]
+        width = max_length if max_length >= 0 else torch.library.get_ctx().new_dynamic_size()
+        mk = lambda: input_ids.new_empty((B, width), dtype=torch.long)  # noqa: E731
+        return mk(), mk(), mk(), mk(), input_ids.new_empty((B,), dtype=torch.long), input_ids.new_empty((B,), dtype=torch.long)

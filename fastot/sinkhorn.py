@@ -1,0 +1,309 @@
+"""Public batched Sinkhorn: ``fastot.sinkhorn`` and ``fastot.sinkhorn_embeddings``.
+
+Path: public function -> backend choice (``fastot._backend.resolve``) -> kernel set of that backend
+(``torch.ops.fastot.*`` for cpp/cuda, the reference for torch, ``fastot.triton`` for triton) ->
+one autograd rule (envelope) shared by all backends. See ``fastot/reference/sinkhorn.py`` for the
+exact convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+import torch
+
+from . import _backend
+from .reference import sinkhorn as ref
+
+__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_embeddings", "pairwise_cost", "COSTS"]
+
+COSTS = ("cosine", "sqeuclidean", "dot")
+
+
+class _Kernels(NamedTuple):
+    fwd: Callable  # (cost, a, b, eps, max_iter, tol, tau_a, tau_b) -> (f, g, n_iter, err)
+    plan: Callable  # (cost, a, b, f, g, eps) -> P [B,N,M]
+    transport_cost: Callable  # (cost, a, b, f, g, eps) -> <P, C> [B]
+
+
+def _kernels(backend: str) -> _Kernels:
+    if backend == "torch":
+        return _Kernels(ref.sinkhorn_fwd, ref.sinkhorn_plan, ref.sinkhorn_transport_cost)
+    if backend in ("cpp", "cuda"):  # one registered op each; the dispatcher picks CPU or CUDA from the device
+        return _Kernels(torch.ops.fastot.sinkhorn_fwd, torch.ops.fastot.sinkhorn_plan,
+                        torch.ops.fastot.sinkhorn_transport_cost)
+    from .triton import sinkhorn as tsk  # noqa: PLC0415 - imported only when the backend is chosen
+
+    return _Kernels(tsk.sinkhorn_fwd, tsk.sinkhorn_plan, tsk.sinkhorn_transport_cost)
+
+
+def _phi(x: torch.Tensor, tau: float | None) -> torch.Tensor:
+    """The conjugate of the marginal penalty: x (balanced) or tau (1 - exp(-x/tau)) (KL-relaxed)."""
+    return x if tau is None else tau * (1 - torch.exp(-x / tau))
+
+
+def _target(x: torch.Tensor, tau: float | None) -> torch.Tensor:
+    return torch.ones_like(x) if tau is None else torch.exp(-x / tau)
+
+
+def _dual_value(a, b, f, g, eps, tau_a, tau_b) -> torch.Tensor:
+    """Dual objective <a, phi_a(f)> + <b, phi_b(g)> - eps (mass(P) - mass(a) mass(b)).
+
+    After a g-update the column marginal of P is exactly b * target_b(g), so mass(P) needs no pass over
+    C. For probability weights and a balanced problem this is <a, f> + <b, g>.
+    """
+    a, b = a.to(f.dtype), b.to(f.dtype)
+    mass_p = (b * _target(g, tau_b)).sum(1)
+    return (a * _phi(f, tau_a)).sum(1) + (b * _phi(g, tau_b)).sum(1) - eps * (mass_p - a.sum(1) * b.sum(1))
+
+
+def _weight_grads(a, b, f, g, eps, tau_a, tau_b):
+    """d value / d a and d value / d b at the optimum (exact derivative of the dual objective).
+
+    Zero on zero-weight (padded) points, which are outside the problem.
+    """
+    a_, b_ = a.to(f.dtype), b.to(f.dtype)
+    ga = _phi(f, tau_a) - eps * (_target(f, tau_a) - b_.sum(1, keepdim=True))
+    gb = _phi(g, tau_b) - eps * (_target(g, tau_b) - a_.sum(1, keepdim=True))
+    return torch.where(a_ > 0, ga, torch.zeros_like(ga)), torch.where(b_ > 0, gb, torch.zeros_like(gb))
+
+
+class _SinkhornEnvelope(torch.autograd.Function):
+    """The solve is never recorded by autograd: d value/dC = d transport_cost/dC = P*."""
+
+    @staticmethod
+    def forward(ctx, cost, a, b, backend, eps, max_iter, tol, tau_a, tau_b):
+        k = _kernels(backend)
+        f, g, n_iter, err = k.fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
+        tc = k.transport_cost(cost, a, b, f, g, eps)
+        value = _dual_value(a, b, f, g, eps, tau_a, tau_b)
+        ctx.save_for_backward(cost, a, b, f, g)
+        ctx.cfg = (backend, eps, tau_a, tau_b)
+        ctx.mark_non_differentiable(f, g, n_iter, err)
+        return f, g, value, tc, n_iter, err
+
+    @staticmethod
+    def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
+        cost, a, b, f, g = ctx.saved_tensors
+        backend, eps, tau_a, tau_b = ctx.cfg
+        d_cost = d_a = d_b = None
+        if ctx.needs_input_grad[0]:
+            plan = _kernels(backend).plan(cost, a, b, f, g, eps)
+            d_cost = (plan * (g_value + g_tc).to(plan.dtype)[:, None, None]).to(cost.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            ga, gb = _weight_grads(a, b, f, g, eps, tau_a, tau_b)
+            if ctx.needs_input_grad[1]:
+                d_a = (ga * g_value[:, None]).to(a.dtype)
+            if ctx.needs_input_grad[2]:
+                d_b = (gb * g_value[:, None]).to(b.dtype)
+        return d_cost, d_a, d_b, None, None, None, None, None, None
+
+
+@dataclass
+class SinkhornResult:
+    """Result of :func:`sinkhorn`. Shapes: f [B,N], g [B,M], value/transport_cost/n_iter/err [B].
+
+    ``value`` is the entropic OT value (dual objective) and ``transport_cost`` is <P*, C>; both are
+    differentiable (envelope rule by default). ``f``/``g`` are constants for autograd. ``plan()``
+    recomputes P* [B,N,M] from the potentials on demand (no gradient).
+    """
+
+    f: torch.Tensor
+    g: torch.Tensor
+    value: torch.Tensor
+    transport_cost: torch.Tensor
+    n_iter: torch.Tensor
+    err: torch.Tensor
+    backend: str
+    eps: float
+    _cost: torch.Tensor = field(repr=False)
+    _a: torch.Tensor = field(repr=False)
+    _b: torch.Tensor = field(repr=False)
+
+    def plan(self) -> torch.Tensor:
+        with torch.no_grad():
+            k = _kernels(self.backend)
+            return k.plan(self._cost.detach(), self._a.detach(), self._b.detach(), self.f.detach(),
+                          self.g.detach(), self.eps)
+
+
+def _check_positive(name: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value != value:
+        raise ValueError(f"sinkhorn: {name} must be a positive number{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _weights(w, like: torch.Tensor, n: int, name: str, shape: tuple[int, int]) -> torch.Tensor:
+    if w is None:
+        return torch.full(shape, 1.0 / max(n, 1), dtype=ref.compute_dtype(like.dtype), device=like.device)
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"sinkhorn: {name} must be a tensor or None, got {type(w).__name__}")
+    if tuple(w.shape) != shape:
+        raise ValueError(f"sinkhorn: {name} must have shape {list(shape)}, got {list(w.shape)}")
+    if not w.is_floating_point():
+        raise TypeError(f"sinkhorn: {name} must be floating point, got {w.dtype}")
+    if w.device != like.device:
+        raise ValueError(f"sinkhorn: {name} is on {w.device} but cost is on {like.device}")
+    # A value check needs the data on the host: free on CPU, skipped on accelerators (no sync).
+    if w.device.type == "cpu" and not torch.compiler.is_compiling():
+        bad = (w < 0) | ~torch.isfinite(w)
+        if bool(bad.any()):
+            raise ValueError(f"sinkhorn: {name} must be finite and nonnegative; found {w[bad].flatten()[:3].tolist()}")
+    return w
+
+
+def sinkhorn(
+    cost: torch.Tensor,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    *,
+    eps: float,
+    max_iter: int = 100,
+    tol: float | None = None,
+    tau_a: float | None = None,
+    tau_b: float | None = None,
+    grad: str = "envelope",
+    backend: str | None = None,
+) -> SinkhornResult:
+    """Batched log-domain Sinkhorn for B entropic OT problems.
+
+    Args:
+        cost: [B, N, M] float32/float64 (bfloat16/float16 are solved in float32).
+        a: [B, N] nonnegative weights, None = uniform 1/N. Zero = padded point (no mass, potential 0).
+        b: [B, M] nonnegative weights, None = uniform 1/M.
+        eps: entropic regularisation (> 0), in the units of ``cost``.
+        max_iter: iterations (one f- and one g-update each). With ``tol=None`` exactly this many run.
+        tol: per-problem stop when the L1 row-marginal violation drops below it (no host sync).
+        tau_a, tau_b: KL marginal relaxation (unbalanced OT); None = balanced on that side.
+        grad: "envelope" (default; d value/dC = P*, the solve is not recorded) or "unrolled"
+            (autograd through every iteration; torch backend only).
+        backend: "auto" | "torch" | "cpp" | "cuda" | "triton"; default from ``FASTOT_BACKEND``.
+
+    Returns:
+        :class:`SinkhornResult` with f [B,N], g [B,M], value [B], transport_cost [B], n_iter [B] int32,
+        err [B], and ``plan()`` -> [B,N,M].
+    """
+    if not isinstance(cost, torch.Tensor):
+        raise TypeError(f"sinkhorn: cost must be a tensor, got {type(cost).__name__}")
+    if cost.dim() != 3:
+        raise ValueError(f"sinkhorn: cost must be [B, N, M], got shape {list(cost.shape)}")
+    if not cost.is_floating_point():
+        raise TypeError(f"sinkhorn: cost must be floating point, got {cost.dtype}")
+    _check_positive("eps", eps, allow_none=False)
+    _check_positive("tol", tol)
+    _check_positive("tau_a", tau_a)
+    _check_positive("tau_b", tau_b)
+    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
+        raise ValueError(f"sinkhorn: max_iter must be an integer >= 0, got {max_iter!r}")
+    if grad not in ("envelope", "unrolled"):
+        raise ValueError(f"sinkhorn: grad must be 'envelope' or 'unrolled', got {grad!r}")
+    B, N, M = cost.shape
+    a = _weights(a, cost, N, "a", (B, N))
+    b = _weights(b, cost, M, "b", (B, M))
+    eps, tol = float(eps), None if tol is None else float(tol)
+    tau_a = None if tau_a is None else float(tau_a)
+    tau_b = None if tau_b is None else float(tau_b)
+
+    if grad == "unrolled":
+        if backend not in (None, "auto", "torch"):
+            raise _backend.BackendUnavailable(f"sinkhorn: grad='unrolled' runs on the torch backend only, got backend={backend!r}")
+        f, g, n_iter, err = ref.sinkhorn_fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
+        value = _dual_value(a, b, f, g, eps, tau_a, tau_b)
+        tc = ref.sinkhorn_transport_cost(cost, a, b, f, g, eps)
+        return SinkhornResult(f, g, value, tc, n_iter, err.detach(), "torch", eps, cost, a, b)
+
+    be = _backend.resolve("sinkhorn", cost.device, backend)
+    f, g, value, tc, n_iter, err = _SinkhornEnvelope.apply(cost, a, b, be, eps, max_iter, tol, tau_a, tau_b)
+    return SinkhornResult(f, g, value, tc, n_iter, err, be, eps, cost, a, b)
+
+
+def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> torch.Tensor:
+    """[B,N,d] x [B,M,d] -> [B,N,M] cost in float32/float64 (half inputs are promoted).
+
+    cosine: 1 - <x/|x|, y/|y|> (zero vectors count as orthogonal); sqeuclidean: |x - y|^2;
+    dot: -<x, y>.
+    """
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    dt = ref.compute_dtype(x.dtype)
+    x, y = x.to(dt), y.to(dt)
+    if cost == "cosine":
+        xn = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        yn = y / y.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return 1 - xn @ yn.transpose(1, 2)
+    if cost == "dot":
+        return -(x @ y.transpose(1, 2))
+    sq = (x * x).sum(-1)[:, :, None] + (y * y).sum(-1)[:, None, :] - 2 * (x @ y.transpose(1, 2))
+    return sq.clamp_min(0)
+
+
+def _mask_weights(mask, w, n, like, name, shape):
+    if mask is None:
+        return w
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"sinkhorn_embeddings: {name} must have shape {list(shape)}, got {list(mask.shape)}")
+    m = mask.to(device=like.device, dtype=ref.compute_dtype(like.dtype))
+    if w is None:
+        return m / m.sum(1, keepdim=True).clamp_min(1)
+    return w * m
+
+
+def sinkhorn_embeddings(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_mask: torch.Tensor | None = None,
+    y_mask: torch.Tensor | None = None,
+    *,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    cost: str = "cosine",
+    eps: float,
+    max_iter: int = 100,
+    tol: float | None = None,
+    tau_a: float | None = None,
+    tau_b: float | None = None,
+    grad: str = "envelope",
+    backend: str | None = None,
+) -> SinkhornResult:
+    """Sinkhorn between token embeddings, cost computed from x and y.
+
+    Args:
+        x: [B, N, d], y: [B, M, d] (fp32/fp64; bf16/fp16 promoted to fp32 for the cost).
+        x_mask: [B, N] bool/0-1, True = real token (padding gets zero weight). y_mask: [B, M].
+        a, b: optional weights; default uniform over the unmasked tokens.
+        cost: "cosine" (default), "sqeuclidean" or "dot".
+        Other arguments as :func:`sinkhorn`. Gradients reach x and y through the cost.
+
+    For now the cost [B,N,M] is materialised on every backend; the fused kernels (issues 3 and 4)
+    will compute it tile by tile.
+    """
+    if x.dim() != 3 or y.dim() != 3:
+        raise ValueError(f"sinkhorn_embeddings: x and y must be [B, N, d] and [B, M, d], got {list(x.shape)} and {list(y.shape)}")
+    if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+        raise ValueError(f"sinkhorn_embeddings: x {list(x.shape)} and y {list(y.shape)} must agree on B and d")
+    C = pairwise_cost(x, y, cost)
+    B, N, M = C.shape
+    a = _mask_weights(x_mask, a, N, C, "x_mask", (B, N))
+    b = _mask_weights(y_mask, b, M, C, "y_mask", (B, M))
+    return sinkhorn(C, a, b, eps=eps, max_iter=max_iter, tol=tol, tau_a=tau_a, tau_b=tau_b, grad=grad, backend=backend)
+
+
+def _register_fakes() -> None:
+    """Meta implementations of the C++ Sinkhorn ops, so they trace under torch.compile."""
+
+    @torch.library.register_fake("fastot::sinkhorn_fwd")
+    def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b):
+        B, N, M = cost.shape
+        dt = ref.compute_dtype(cost.dtype)
+        return (cost.new_empty((B, N), dtype=dt), cost.new_empty((B, M), dtype=dt),
+                cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=dt))
+
+    @torch.library.register_fake("fastot::sinkhorn_plan")
+    def _(cost, a, b, f, g, eps):
+        return cost.new_empty(cost.shape, dtype=ref.compute_dtype(cost.dtype))
+
+    @torch.library.register_fake("fastot::sinkhorn_transport_cost")
+    def _(cost, a, b, f, g, eps):
+        return cost.new_empty((cost.shape[0],), dtype=ref.compute_dtype(cost.dtype))

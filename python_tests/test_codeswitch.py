@@ -1,0 +1,338 @@
+"""Code-switching: bit-identical backends, a pure-Python per-row oracle, the tokenizer itself as an
+independent peer, statistics, truncation, registered-op checks and bad input."""
+
+import os
+import random
+
+import pytest
+import torch
+
+import fastot
+from fastot.reference import codeswitch as ref
+
+from conftest import backend_params
+
+BACKENDS = backend_params("codeswitch")
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")
+
+SENTENCES = [
+    "The river flooded the quick market in Nairobi on Monday.",
+    "Farmers say the rains came late this year, and the harvest is small.",
+    "A doctor's report doesn't explain why the children were sick.",
+    "Government officials met traders at the river bank to discuss prices.",
+    "She bought bread, milk and rice at the market before noon.",
+    "Résumé of the café meeting: water, schools and roads.",
+]
+PAIRS_SW = [("river", "mto"), ("market", "soko"), ("quick", "haraka"), ("rains", "mvua"), ("children", "watoto"),
+            ("doctor", "daktari"), ("bread", "mkate"), ("milk", "maziwa"), ("water", "maji"), ("schools", "shule"),
+            ("government", "serikali"), ("year", "mwaka"), ("harvest", "mavuno"), ("cafe", "mgahawa"),
+            ("prices", "bei"), ("the", "ile"), ("sick", "wagonjwa"), ("officials", "maafisa wa serikali")]
+PAIRS_HA = [("river", "kogi"), ("market", "kasuwa"), ("water", "ruwa"), ("children", "yara"), ("bread", "burodi")]
+
+
+@pytest.fixture(scope="module")
+def lexicon(minilm_tokenizer):
+    return fastot.Lexicon.from_pairs({"sw": PAIRS_SW, "ha": PAIRS_HA}, minilm_tokenizer)
+
+
+def _encode(tok, queries, passages=None, max_length=None):
+    enc = tok(queries, passages, padding=True, return_tensors="pt", truncation=max_length is not None,
+              max_length=max_length)
+    return enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+
+
+def _rows(out):
+    return [r[m.bool()].tolist() for r, m in zip(out.input_ids, out.attention_mask)]
+
+
+# --------------------------------------------------------------------------- independent oracles
+def python_oracle(lex, ids, mask, tt, seed, step, p, langs, max_length):
+    """The contract, one row and one word at a time in plain Python (no tensors, no vectorisation)."""
+    T = {k: v.tolist() for k, v in lex.tensors().items()}
+    keys = {}
+    for k in range(len(T["key_hash"])):
+        keys[tuple(T["key_ids"][T["key_offsets"][k]:T["key_offsets"][k + 1]])] = k
+    n_lang = len(lex.languages)
+    thr = round(p * (1 << 24))
+    lang_ids = [lex.languages.index(x) for x in langs]
+    pre = [ref.rand_prefix(seed, step, s) for s in (ref.SALT_SWITCH, ref.SALT_LANG, ref.SALT_TRANS)]
+    rows = []
+    for r, (row, m, t) in enumerate(zip(ids.tolist(), mask.tolist(), tt.tolist())):
+        toks, l, w, nsw = [], 0, 0, 0  # toks: (id, segment, source, special)
+        while l < len(row):
+            if not m[l]:
+                l += 1
+                continue
+            if T["special"][row[l]]:
+                toks.append((row[l], t[l], l, True))
+                l += 1
+                continue
+            e = l + 1
+            while e < len(row) and m[e] and not T["special"][row[e]] and not T["word_start"][row[e]] and t[e] == t[l]:
+                e += 1
+            entry = keys.get(tuple(row[l:e]))
+            choice = None
+            if entry is not None and (ref.word_rand(pre[0], r, w) >> 8) < thr:
+                lang = lang_ids[0] if len(lang_ids) == 1 else lang_ids[ref.rand_below(ref.word_rand(pre[1], r, w), len(lang_ids))]
+                lo, hi = T["entry_offsets"][entry * n_lang + lang], T["entry_offsets"][entry * n_lang + lang + 1]
+                if hi > lo:
+                    choice = lo + ref.rand_below(ref.word_rand(pre[2], r, w), hi - lo)
+            if choice is not None:
+                nsw += 1
+                for q in range(T["trans_offsets"][choice], T["trans_offsets"][choice + 1]):
+                    toks.append((T["trans_ids"][q], t[l], l, False))
+            else:
+                toks.extend((row[q], t[q], q, False) for q in range(l, e))
+            w += 1
+            l = e
+        if max_length is not None:  # tokenizers' (Rust) longest_first, written as its source reads
+            seg0 = [i for i, x in enumerate(toks) if not x[3] and x[1] == 0]
+            seg1 = [i for i, x in enumerate(toks) if not x[3] and x[1] != 0]
+            budget = max_length - (len(toks) - len(seg0) - len(seg1))
+            if len(seg0) + len(seg1) > budget:
+                short, long_ = sorted((seg0, seg1), key=len) if len(seg0) != len(seg1) else (seg0, seg1)
+                n1 = len(short)
+                n2 = n1 if n1 > budget else max(n1, budget - n1)
+                if n1 + n2 > budget:
+                    n1, n2 = budget // 2, budget // 2 + budget % 2
+                del short[n1:], long_[n2:]
+            keep = set(seg0) | set(seg1) | {i for i, x in enumerate(toks) if x[3]}
+            toks = [x for i, x in enumerate(toks) if i in keep]
+        rows.append((toks, nsw, w))
+    return rows
+
+
+def _assert_matches_oracle(out, oracle, max_length):
+    width = out.input_ids.shape[1]
+    if max_length is not None:
+        assert width == max_length
+    for r, (toks, nsw, nw) in enumerate(oracle):
+        n = len(toks)
+        assert out.attention_mask[r, :n].eq(1).all() and out.attention_mask[r, n:].eq(0).all()
+        assert out.input_ids[r, :n].tolist() == [x[0] for x in toks]
+        assert out.token_type_ids[r, :n].tolist() == [x[1] for x in toks]
+        assert out.source_index[r, :n].tolist() == [x[2] for x in toks]
+        assert (out.source_index[r, n:] == -1).all()
+        assert out.n_switched[r] == nsw and out.n_words[r] == nw
+
+
+def random_batch(tok, B, L, seed):
+    """Random rows of real vocabulary: words of 1-3 pieces (some from the lexicon), [CLS] q [SEP] p [SEP], padding."""
+    rng = random.Random(seed)
+    vocab = tok.get_vocab()
+    starts = [i for t, i in vocab.items() if t.isalpha() and not t.startswith("##")][:3000]
+    conts = [i for t, i in vocab.items() if t.startswith("##")][:1000]
+    lex_words = [tok(w, add_special_tokens=False)["input_ids"] for w, _ in PAIRS_SW + PAIRS_HA]
+    ids = torch.full((B, L), tok.pad_token_id)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    tt = torch.zeros(B, L, dtype=torch.long)
+    for r in range(B):
+        n = rng.randint(3, L)
+        row, seg = [tok.cls_token_id], [0]
+        split = rng.randint(1, n - 2)
+        while len(row) < n - 1:
+            word = rng.choice(lex_words) if rng.random() < 0.4 else [rng.choice(starts)] + [
+                rng.choice(conts) for _ in range(rng.randint(0, 2))]
+            for t in word:
+                row.append(t)
+                seg.append(0 if len(row) <= split else 1)
+            if len(row) > split and tok.sep_token_id not in row and len(row) < n - 1:
+                row.append(tok.sep_token_id)
+                seg.append(0)
+        row, seg = row[: n - 1] + [tok.sep_token_id], seg[: n - 1] + [seg[n - 2] if n > 1 else 0]
+        off = rng.choice([0, L - n])  # some rows left-padded
+        ids[r, off:off + n] = torch.tensor(row)
+        mask[r, off:off + n] = 1
+        tt[r, off:off + n] = torch.tensor(seg)
+    return ids, mask, tt
+
+
+CONFIGS = [
+    pytest.param(0.0, ["sw"], None, id="p0-sw"),
+    pytest.param(0.3, ["sw"], None, id="p0.3-sw"),
+    pytest.param(1.0, ["sw", "ha"], None, id="p1-ml"),
+    pytest.param(0.5, ["ha", "sw"], 17, id="p0.5-ml-trunc17"),
+    pytest.param(0.7, ["sw"], 7, id="p0.7-sw-trunc7"),
+]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("p,langs,max_length", CONFIGS)
+@pytest.mark.parametrize("B,L", [(1, 5), (7, 33), (33, 97)], ids=["B1-L5", "B7-L33", "B33-L97"])
+def test_matches_python_oracle_bit_for_bit(minilm_tokenizer, lexicon, backend, device, p, langs, max_length, B, L):
+    ids, mask, tt = random_batch(minilm_tokenizer, B, L, seed=B * 1000 + L)
+    cs = fastot.CodeSwitcher(lexicon, p=p, seed=11, languages=langs, backend=backend)
+    out = cs(ids.to(device), mask.to(device), tt.to(device), step=5, max_length=max_length)
+    oracle = python_oracle(lexicon, ids, mask, tt, 11, 5, p, langs, max_length)
+    _assert_matches_oracle(type(out)(*(t.cpu() for t in vars(out).values())), oracle, max_length)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_backends_bit_identical_to_reference(minilm_tokenizer, lexicon, backend, device):
+    ids, mask, tt = random_batch(minilm_tokenizer, 16, 40, seed=3)
+    for step in range(3):
+        a = fastot.CodeSwitcher(lexicon, p=0.6, seed=2**40 + 7, backend="torch")(ids, mask, tt, step=step)
+        b = fastot.CodeSwitcher(lexicon, p=0.6, seed=2**40 + 7, backend=backend)(
+            ids.to(device), mask.to(device), tt.to(device), step=step)
+        for x, y in zip(vars(a).values(), vars(b).values()):
+            assert torch.equal(x, y.cpu())
+
+
+def _text_switch(tok, text, table):
+    """Word-level code-switching of the text, words as the tokenizer's own normalizer and pre-tokenizer see them."""
+    norm = tok.backend_tokenizer.normalizer.normalize_str(text)
+    words = [w for w, _ in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(norm)]
+    return " ".join(table.get(w, w) for w in words)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_equals_tokenizing_code_switched_text(minilm_tokenizer, backend, device):
+    """p = 1, one language: substitution on ids == tokenizing the word-level code-switched text."""
+    tok = minilm_tokenizer
+    sentences = list(SENTENCES)
+    if os.path.isdir(DATA):
+        with open(os.path.join(DATA, "dev.en"), encoding="utf-8") as fh:
+            sentences += [next(fh).strip() for _ in range(40)]
+    lex = fastot.Lexicon.from_pairs(PAIRS_SW, tok, languages="sw")
+    norm = tok.backend_tokenizer.normalizer.normalize_str
+    table = {norm(s): t for s, t in PAIRS_SW}
+    queries, passages = sentences[::2], sentences[1::2][: len(sentences[::2])]
+    queries = queries[: len(passages)]
+    ids, mask, tt = _encode(tok, queries, passages)
+    out = fastot.CodeSwitcher(lex, p=1.0, seed=0, backend=backend)(ids.to(device), mask.to(device), tt.to(device))
+    exp_ids, exp_mask, exp_tt = _encode(tok, [_text_switch(tok, q, table) for q in queries],
+                                        [_text_switch(tok, s, table) for s in passages])
+    assert _rows(out) == [r[m.bool()].tolist() for r, m in zip(exp_ids, exp_mask)]
+    for r in range(len(queries)):
+        n = int(exp_mask[r].sum())
+        assert out.token_type_ids[r, :n].tolist() == exp_tt[r, :n].tolist()
+    assert (out.n_switched > 0).any()
+    # With truncation, it also equals the tokenizer's own longest_first truncation of that text.
+    out = fastot.CodeSwitcher(lex, p=1.0, seed=0, backend=backend)(ids.to(device), mask.to(device), tt.to(device),
+                                                                   max_length=24)
+    exp_ids, exp_mask, _ = _encode(tok, [_text_switch(tok, q, table) for q in queries],
+                                   [_text_switch(tok, s, table) for s in passages], max_length=24)
+    assert _rows(out) == [r[m.bool()].tolist() for r, m in zip(exp_ids, exp_mask)]
+
+
+def test_switch_rate_matches_p_and_randomness_is_counter_based(minilm_tokenizer):
+    tok = minilm_tokenizer
+    words = [w for w, _ in PAIRS_SW if " " not in w]
+    lex = fastot.Lexicon.from_pairs(PAIRS_SW, tok, languages="sw")
+    rng = random.Random(0)
+    text = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(64)]
+    ids, mask, tt = _encode(tok, text)
+    for p in (0.25, 0.5, 0.75):
+        cs = fastot.CodeSwitcher(lex, p=p, seed=3)
+        out = cs(ids, mask, tt, step=1)
+        n = int(out.n_words.sum())
+        rate = out.n_switched.sum().item() / n
+        sd = (p * (1 - p) / n) ** 0.5
+        assert abs(rate - p) < 5 * sd, (p, rate)
+        again = cs(ids, mask, tt, step=1)
+        assert torch.equal(out.input_ids, again.input_ids)
+        other = cs(ids, mask, tt, step=2)
+        assert not torch.equal(out.input_ids, other.input_ids)
+        # The row index is part of the counter: a prefix of the batch switches exactly as in the full batch.
+        assert _rows(cs(ids[:5], mask[:5], tt[:5], step=1)) == _rows(out)[:5]
+
+
+def test_multilingual_draws_language_per_word_and_never_falls_back(minilm_tokenizer):
+    tok = minilm_tokenizer
+    lex = fastot.Lexicon.from_pairs({"sw": [("bread", "mkate"), ("milk", "maziwa")], "ha": [("bread", "burodi")]}, tok)
+    ids, mask, tt = _encode(tok, ["bread milk " * 40])
+    out = fastot.CodeSwitcher(lex, p=1.0, seed=1)(ids, mask, tt)
+    text = tok.decode(out.input_ids[0], skip_special_tokens=True).split()
+    assert {"mkate", "burodi", "maziwa", "milk"} <= set(text)  # milk has no ha translation: kept, no fallback
+    assert "bread" not in text
+
+
+def test_special_tokens_never_switched_or_dropped(minilm_tokenizer, lexicon):
+    ids, mask, tt = random_batch(minilm_tokenizer, 20, 30, seed=9)
+    out = fastot.CodeSwitcher(lexicon, p=1.0, seed=0)(ids, mask, tt, max_length=12)
+    special = lexicon.tensors()["special"]
+    for r in range(20):
+        src = ids[r][mask[r].bool()]
+        assert src[special[src]].tolist() == [t for t in _rows(out)[r] if special[t]]
+
+
+def test_lexicon_save_load_roundtrip(tmp_path, minilm_tokenizer, lexicon):
+    lexicon.save(tmp_path / "lex.pt")
+    back = fastot.Lexicon.load(tmp_path / "lex.pt")
+    assert back.languages == lexicon.languages and back.max_key_len == lexicon.max_key_len
+    ids, mask, tt = random_batch(minilm_tokenizer, 4, 20, seed=1)
+    a = fastot.CodeSwitcher(lexicon, p=0.5)(ids, mask, tt)
+    b = fastot.CodeSwitcher(back, p=0.5)(ids, mask, tt)
+    assert torch.equal(a.input_ids, b.input_ids)
+
+
+def test_lexicon_keys_case_variants_and_skips_multiword(minilm_tokenizer):
+    lex = fastot.Lexicon.from_pairs([("New York", "Nyu Yoki"), ("Water", "maji")], minilm_tokenizer, languages="sw")
+    assert lex.n_keys == 1 and lex.stats["skipped_multiword"] >= 1
+
+
+# --------------------------------------------------------------------------- registered op, compile
+def _cs_args(lexicon, ids, mask, tt, max_length):
+    T = lexicon.tensors()
+    return (ids, mask, tt, T["word_start"], T["special"], T["key_hash"], T["key_offsets"], T["key_ids"],
+            T["entry_offsets"], T["trans_offsets"], T["trans_ids"], torch.tensor([0, 1]), lexicon.max_key_len,
+            ref.rand_prefix(1, 2, ref.SALT_SWITCH), ref.rand_prefix(1, 2, ref.SALT_LANG),
+            ref.rand_prefix(1, 2, ref.SALT_TRANS), 1 << 23, max_length, 0)
+
+
+@pytest.mark.parametrize("max_length", [16, -1], ids=["static-width", "dynamic-width"])
+def test_opcheck_registered_codeswitch_op(minilm_tokenizer, lexicon, max_length):
+    if "cpp" not in fastot.available_backends("codeswitch"):
+        pytest.skip("the compiled extension is not loaded")
+    ids, mask, tt = random_batch(minilm_tokenizer, 5, 24, seed=4)
+    args = _cs_args(lexicon, ids, mask, tt, max_length)
+    # Integer outputs only, so no autograd; the dynamic width cannot be traced by AOT dispatch with static shapes.
+    tests = ("test_schema", "test_faketensor") + (("test_aot_dispatch_dynamic",) if max_length >= 0 else ())
+    torch.library.opcheck(torch.ops.fastot.codeswitch.default, args, test_utils=tests)
+
+
+def test_compile_fullgraph_smoke(minilm_tokenizer, lexicon):
+    """The registered op traces (fake impl, static width with max_length); the torch reference sizes its
+    expansion from data (repeat_interleave), so it is not a fullgraph target."""
+    if "cpp" not in fastot.available_backends("codeswitch"):
+        pytest.skip("the compiled extension is not loaded")
+    ids, mask, tt = random_batch(minilm_tokenizer, 6, 20, seed=5)
+    cs = fastot.CodeSwitcher(lexicon, p=0.5, seed=1, backend="cpp")
+
+    def run(i, m, t):
+        return cs(i, m, t, step=3, max_length=20).input_ids
+
+    compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(ids, mask, tt), run(ids, mask, tt))
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_input_raises_and_changes_nothing(minilm_tokenizer, lexicon):
+    ids, mask, tt = random_batch(minilm_tokenizer, 3, 12, seed=2)
+    keep = (ids.clone(), mask.clone(), tt.clone())
+    cs = fastot.CodeSwitcher(lexicon, p=0.5)
+    bad = ids.clone()
+    bad[0, 1] = lexicon.vocab_size
+    with pytest.raises(ValueError, match=r"input_ids must be in \[0, 30522\)"):
+        cs(bad, mask, tt)
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):
+        cs(ids, mask[:, :5], tt)
+    with pytest.raises(ValueError, match=r"input_ids must be a \[B, L\]"):
+        cs(ids[0], mask[0])
+    with pytest.raises(TypeError, match="input_ids must be integer"):
+        cs(ids.float(), mask)
+    with pytest.raises(ValueError, match="max_length=1 is shorter"):
+        cs(ids, mask, tt, max_length=1)
+    with pytest.raises(ValueError, match="step"):
+        cs(ids, mask, tt, step=-1)
+    for p in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
+            fastot.CodeSwitcher(lexicon, p=p)
+    with pytest.raises(ValueError, match="languages"):
+        fastot.CodeSwitcher(lexicon, languages=["xx"])
+    with pytest.raises(ValueError, match="empty lexicon"):
+        fastot.Lexicon.from_pairs([], minilm_tokenizer, languages="sw")
+    with pytest.raises(fastot.BackendUnavailable, match="triton"):
+        fastot.CodeSwitcher(lexicon, backend="triton")(ids, mask, tt)
+    for x, y in zip((ids, mask, tt), keep):
+        assert torch.equal(x, y)

@@ -1,0 +1,364 @@
+"""Sinkhorn: backend conformance against the float64 reference, POT as an independent peer, gradients,
+registered-op checks, compile smoke test and bad input."""
+
+import math
+
+import pytest
+import torch
+
+import fastot
+from fastot.reference import sinkhorn as ref
+
+from conftest import backend_params
+
+BACKENDS = backend_params("sinkhorn")
+
+
+def make_problem(B, N, M, dtype=torch.float32, ragged=True, seed=0, device="cpu", scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    C = torch.rand(B, N, M, generator=g, dtype=torch.float64) * scale
+    a = torch.rand(B, N, generator=g, dtype=torch.float64) + 0.1
+    b = torch.rand(B, M, generator=g, dtype=torch.float64) + 0.1
+    if ragged:  # padded tail per problem, like a batch of sentences of different lengths
+        for k in range(B):
+            if N > 1:
+                a[k, 1 + (k * 5) % N:] = 0
+            if M > 1:
+                b[k, 1 + (k * 3) % M:] = 0
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    return C.to(device, dtype), a.to(device, dtype), b.to(device, dtype)
+
+
+def ref64(C, a, b, **kw):
+    f, g, n, err = ref.sinkhorn_fwd(C.double().cpu(), a.double().cpu(), b.double().cpu(), **kw)
+    return f, g, ref.sinkhorn_plan(C.double().cpu(), a.double().cpu(), b.double().cpu(), f, g, kw["eps"])
+
+
+SIZES = [(1, 1, 1), (4, 7, 33), (3, 33, 97), (2, 97, 7), (1, 64, 64)]
+CASES = [
+    pytest.param(B, N, M, dt, id=f"B{B}-N{N}-M{M}-{'fp64' if dt == torch.float64 else 'fp32'}")
+    for (B, N, M) in SIZES for dt in (torch.float32, torch.float64)
+]
+
+
+def _err_bound(out, ref_same_dtype, ref_f64, floor):
+    """flash-attention's rule: kernel error <= 2 x the reference's own error in that dtype + floor."""
+    return 2 * (ref_same_dtype - ref_f64).abs().max().item() + floor
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("B,N,M,dtype", CASES)
+def test_matches_float64_reference(backend, device, B, N, M, dtype):
+    C, a, b = make_problem(B, N, M, dtype, device=device)
+    kw = dict(eps=0.1, max_iter=50)
+    r = fastot.sinkhorn(C, a, b, backend=backend, **kw)
+    f64, g64, p64 = ref64(C, a, b, **kw)
+    f_same, g_same, _, _ = ref.sinkhorn_fwd(C.cpu(), a.cpu(), b.cpu(), **kw)
+    floor = 1e-12 if dtype == torch.float64 else 1e-5
+    assert r.f.dtype == dtype and r.g.dtype == dtype
+    assert (r.f.cpu().double() - f64).abs().max() <= _err_bound(r.f, f_same.double(), f64, floor)
+    assert (r.g.cpu().double() - g64).abs().max() <= _err_bound(r.g, g_same.double(), g64, floor)
+    assert (r.plan().cpu().double() - p64).abs().max() <= (1e-12 if dtype == torch.float64 else 1e-5)
+    assert (r.n_iter.cpu() == 50).all()
+    for t in (r.f, r.g, r.value, r.transport_cost, r.err):
+        assert torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_padded_points_get_no_mass_zero_potential_and_ignore_garbage_cost(backend, device):
+    C, a, b = make_problem(3, 9, 11, torch.float64, device=device)
+    dirty = C.clone()
+    dirty[a[:, :, None].expand_as(C) == 0] = float("nan")
+    dirty[b[:, None, :].expand_as(C) == 0] = float("inf")
+    clean = fastot.sinkhorn(C, a, b, eps=0.05, backend=backend)
+    r = fastot.sinkhorn(dirty, a, b, eps=0.05, backend=backend)
+    for x, y in ((r.f, clean.f), (r.g, clean.g), (r.value, clean.value), (r.transport_cost, clean.transport_cost)):
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+    assert (r.f[a == 0] == 0).all() and (r.g[b == 0] == 0).all()
+    P = r.plan()
+    assert torch.isfinite(P).all() and (P[a == 0] == 0).all()
+    # Envelope gradient stays finite and zero on padded entries.
+    Cg = dirty.clone().requires_grad_()
+    fastot.sinkhorn(Cg, a, b, eps=0.05, backend=backend).value.sum().backward()
+    assert torch.isfinite(Cg.grad).all() and (Cg.grad[a == 0] == 0).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_empty_problem_and_batch_one(backend, device):
+    C, a, b = make_problem(2, 5, 6, torch.float32, device=device)
+    a[1] = 0  # a problem with no points at all
+    r = fastot.sinkhorn(C, a, b, eps=0.1, backend=backend)
+    for t in (r.f, r.g, r.value, r.transport_cost, r.err, r.plan()):
+        assert torch.isfinite(t).all()
+    assert (r.f[1] == 0).all() and r.transport_cost[1] == 0
+    r1 = fastot.sinkhorn(C[:1], a[:1], b[:1], eps=0.1, backend=backend)
+    torch.testing.assert_close(r1.f, r.f[:1])
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_extreme_eps_stays_finite_and_accurate(backend, device, dtype):
+    C, a, b = make_problem(3, 17, 23, dtype, device=device)
+    r = fastot.sinkhorn(C, a, b, eps=1e-3, max_iter=300, backend=backend)
+    for t in (r.f, r.g, r.value, r.transport_cost, r.err, r.plan()):
+        assert torch.isfinite(t).all()
+    f64, g64, _ = ref64(C, a, b, eps=1e-3, max_iter=300)
+    f_same = ref.sinkhorn_fwd(C.cpu(), a.cpu(), b.cpu(), 1e-3, 300)[0].double()
+    assert (r.f.cpu().double() - f64).abs().max() <= _err_bound(r.f, f_same, f64, 1e-9 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_inputs_are_solved_in_fp32(backend, device, dtype):
+    C, a, b = make_problem(2, 13, 19, dtype, device=device)
+    r = fastot.sinkhorn(C, a, b, eps=0.1, backend=backend)
+    assert r.f.dtype == torch.float32
+    expect = ref.sinkhorn_fwd(C.float().cpu(), a.float().cpu(), b.float().cpu(), 0.1, 100)
+    torch.testing.assert_close(r.f.cpu(), expect[0], rtol=0, atol=1e-5)
+    Cg = C.clone().requires_grad_()
+    fastot.sinkhorn(Cg, a, b, eps=0.1, backend=backend).transport_cost.sum().backward()
+    assert Cg.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_tol_stops_each_problem_on_its_own(backend, device):
+    C, a, b = make_problem(4, 20, 30, torch.float64, device=device)
+    C[0] *= 0.01  # an easy problem converges in far fewer iterations
+    r = fastot.sinkhorn(C, a, b, eps=0.05, max_iter=2000, tol=1e-9, backend=backend)
+    rr = ref.sinkhorn_fwd(C.cpu(), a.cpu(), b.cpu(), 0.05, 2000, 1e-9)
+    assert (r.err < 1e-9).all()
+    assert (r.n_iter.cpu() - rr[2]).abs().max() <= 1
+    assert r.n_iter.min() < r.n_iter.max() < 2000
+    torch.testing.assert_close(r.f.cpu(), rr[0], rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_unbalanced_matches_reference(backend, device):
+    C, a, b = make_problem(3, 11, 8, torch.float64, device=device)
+    b = b * 1.7  # different masses are fine when the marginals are relaxed
+    kw = dict(eps=0.1, max_iter=80, tau_a=0.5, tau_b=2.0)
+    r = fastot.sinkhorn(C, a, b, backend=backend, **kw)
+    f, g, _, err = ref.sinkhorn_fwd(C.cpu(), a.cpu(), b.cpu(), **kw)
+    torch.testing.assert_close(r.f.cpu(), f, rtol=0, atol=1e-12)
+    torch.testing.assert_close(r.g.cpu(), g, rtol=0, atol=1e-12)
+    torch.testing.assert_close(r.err.cpu(), err, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_non_contiguous_inputs(backend, device):
+    C, a, b = make_problem(3, 12, 10, torch.float32, device=device)
+    Ct = C.transpose(1, 2).contiguous().transpose(1, 2)  # same values, strided
+    a2 = torch.stack([a, a], -1)[..., 0]
+    assert not Ct.is_contiguous() and not a2.is_contiguous()
+    r1 = fastot.sinkhorn(C, a, b, eps=0.1, backend=backend)
+    r2 = fastot.sinkhorn(Ct, a2, b, eps=0.1, backend=backend)
+    torch.testing.assert_close(r1.f, r2.f, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_envelope_gradient_is_the_plan(backend, device):
+    C, a, b = make_problem(2, 6, 5, torch.float64, device=device)
+    C.requires_grad_()
+    r = fastot.sinkhorn(C, a, b, eps=0.2, max_iter=300, backend=backend)
+    (r.value.sum() + 2 * r.transport_cost.sum()).backward()
+    torch.testing.assert_close(C.grad, 3 * r.plan(), rtol=0, atol=1e-12)
+    assert not r.f.requires_grad and not r.g.requires_grad
+
+
+# --------------------------------------------------------------------------- independent peer: POT
+def _converged(C, a, b, eps, **kw):
+    return fastot.sinkhorn(C, a, b, eps=eps, max_iter=5000, tol=1e-13, backend="torch", **kw)
+
+
+def test_matches_pot_sinkhorn_log_float64():
+    ot = pytest.importorskip("ot")
+    C, a, b = make_problem(3, 9, 14, torch.float64, ragged=False, seed=3)
+    eps = 0.05
+    r = _converged(C, a, b, eps)
+    for k in range(C.shape[0]):
+        P, log = ot.bregman.sinkhorn_log(a[k].numpy(), b[k].numpy(), C[k].numpy(), eps, numItermax=20000,
+                                         stopThr=1e-14, log=True)
+        torch.testing.assert_close(r.plan()[k], torch.from_numpy(P), rtol=0, atol=1e-6)
+        # Same potentials up to the additive gauge: POT's plan is exp(log_u + log_v - C/eps).
+        f_pot = eps * (torch.from_numpy(log["log_u"]) - a[k].log())
+        g_pot = eps * (torch.from_numpy(log["log_v"]) - b[k].log())
+        shift = (r.f[k] - f_pot).mean()
+        torch.testing.assert_close(r.f[k], f_pot + shift, rtol=0, atol=1e-6)
+        torch.testing.assert_close(r.g[k], g_pot - shift, rtol=0, atol=1e-6)
+
+
+def test_matches_pot_batch_solver_float64():
+    ot = pytest.importorskip("ot")
+    batch = pytest.importorskip("ot.batch")
+    C, a, b = make_problem(4, 8, 8, torch.float64, ragged=False, seed=4)
+    eps = 0.1
+    res = batch.solve_batch(C.numpy(), reg=eps, a=a.numpy(), b=b.numpy(), max_iter=20000, tol=1e-14,
+                            reg_type="kl")
+    r = _converged(C, a, b, eps)
+    torch.testing.assert_close(r.plan(), torch.as_tensor(res.plan), rtol=0, atol=1e-6)
+
+
+def test_unbalanced_matches_pot():
+    ot = pytest.importorskip("ot")
+    C, a, b = make_problem(2, 7, 9, torch.float64, ragged=False, seed=5)
+    b = b * 1.5
+    eps, tau = 0.1, 0.7
+    r = _converged(C, a, b, eps, tau_a=tau, tau_b=tau)
+    for k in range(2):
+        P = ot.unbalanced.sinkhorn_unbalanced(a[k].numpy(), b[k].numpy(), C[k].numpy(), eps, tau, method="sinkhorn",
+                                              reg_type="kl", numItermax=20000, stopThr=1e-15)
+        torch.testing.assert_close(r.plan()[k], torch.from_numpy(P), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradcheck_value_wrt_cost_balanced(backend, device):
+    C, a, b = make_problem(2, 3, 4, torch.float64, ragged=False, seed=6, device=device)
+    C.requires_grad_()
+    fn = lambda c: fastot.sinkhorn(c, a, b, eps=0.5, max_iter=150, backend=backend).value  # noqa: E731
+    assert fastot.sinkhorn(C, a, b, eps=0.5, max_iter=150).err.max() < 1e-13  # converged, so the envelope is exact
+    assert torch.autograd.gradcheck(fn, (C,), atol=1e-7)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradcheck_value_wrt_cost_and_weights_unbalanced(backend, device):
+    C, a, b = make_problem(2, 3, 4, torch.float64, ragged=False, seed=7, device=device)
+    for t in (C, a, b):
+        t.requires_grad_()
+    fn = lambda c, x, y: fastot.sinkhorn(c, x, y, eps=0.5, max_iter=150, tau_a=1.0, tau_b=2.0,  # noqa: E731
+                                         backend=backend).value
+    assert fastot.sinkhorn(C, a, b, eps=0.5, max_iter=150, tau_a=1.0, tau_b=2.0).err.max() < 1e-13  # converged
+    assert torch.autograd.gradcheck(fn, (C, a, b), atol=1e-7)
+
+
+def test_unrolled_gradient_converges_to_envelope():
+    C, a, b = make_problem(2, 5, 6, torch.float64, seed=8)
+    C1 = C.clone().requires_grad_()
+    C2 = C.clone().requires_grad_()
+    fastot.sinkhorn(C1, a, b, eps=0.3, max_iter=400, grad="unrolled").value.sum().backward()
+    fastot.sinkhorn(C2, a, b, eps=0.3, max_iter=400).value.sum().backward()
+    torch.testing.assert_close(C1.grad, C2.grad, rtol=0, atol=1e-9)
+    with pytest.raises(fastot.BackendUnavailable, match="unrolled"):
+        fastot.sinkhorn(C, a, b, eps=0.3, grad="unrolled", backend="cpp")
+
+
+# --------------------------------------------------------------------------- embeddings
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean", "dot"])
+def test_sinkhorn_embeddings(backend, device, cost):
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 7, 16, generator=g, dtype=torch.float64).to(device)
+    y = torch.randn(3, 9, 16, generator=g, dtype=torch.float64).to(device)
+    xm = torch.arange(7)[None, :] < torch.tensor([7, 4, 1])[:, None]
+    ym = torch.arange(9)[None, :] < torch.tensor([2, 9, 5])[:, None]
+    x[~xm] = 0  # padded embeddings, like a model's output at padding
+    xr = x.clone().requires_grad_()
+    r = fastot.sinkhorn_embeddings(xr, y, xm, ym, cost=cost, eps=0.1, backend=backend)
+    C = fastot.pairwise_cost(x, y, cost)
+    xw, yw = xm.double(), ym.double()
+    expect = fastot.sinkhorn(C, xw / xw.sum(1, keepdim=True), yw / yw.sum(1, keepdim=True), eps=0.1, backend="torch")
+    torch.testing.assert_close(r.value, expect.value, rtol=0, atol=1e-10)
+    r.transport_cost.sum().backward()
+    assert torch.isfinite(xr.grad).all() and (xr.grad[~xm] == 0).all()
+    # Gradient check of the loss through the cost, plan held constant (envelope): finite differences.
+    P = r.plan()
+    expect_grad = torch.autograd.grad((fastot.pairwise_cost(x.requires_grad_(), y, cost) * P).sum(), x)[0]
+    torch.testing.assert_close(xr.grad, expect_grad, rtol=0, atol=1e-10)
+
+
+def test_pairwise_cost_values():
+    x = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    y = torch.tensor([[[0.0, 2.0], [3.0, 0.0]]])
+    torch.testing.assert_close(fastot.pairwise_cost(x, y, "cosine"), torch.tensor([[[1.0, 0.0], [1.0, 1.0]]]))
+    torch.testing.assert_close(fastot.pairwise_cost(x, y, "sqeuclidean"), torch.tensor([[[5.0, 4.0], [4.0, 9.0]]]))
+    torch.testing.assert_close(fastot.pairwise_cost(x, y, "dot"), torch.tensor([[[0.0, -3.0], [0.0, 0.0]]]))
+
+
+# --------------------------------------------------------------------------- registered ops, compile
+def _cpp_ops():
+    if "cpp" not in fastot.available_backends("sinkhorn"):
+        pytest.skip("the compiled extension is not loaded")
+    return torch.ops.fastot
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_opcheck_registered_sinkhorn_ops(dtype):
+    ops = _cpp_ops()
+    C, a, b = make_problem(2, 5, 7, dtype)
+    torch.library.opcheck(ops.sinkhorn_fwd.default, (C, a, b, 0.1, 20, None, None, None))
+    torch.library.opcheck(ops.sinkhorn_fwd.default, (C, a, b, 0.1, 20, 1e-6, 1.0, 2.0))
+    f, g, _, _ = ops.sinkhorn_fwd(C, a, b, 0.1, 20, None, None, None)
+    torch.library.opcheck(ops.sinkhorn_plan.default, (C, a, b, f, g, 0.1))
+    torch.library.opcheck(ops.sinkhorn_transport_cost.default, (C, a, b, f, g, 0.1))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_compile_fullgraph_smoke(backend):
+    if backend not in fastot.available_backends("sinkhorn"):
+        pytest.skip(f"{backend} unavailable")
+    C, a, b = make_problem(2, 6, 8, torch.float32)
+    C.requires_grad_()
+
+    def loss(c):
+        return fastot.sinkhorn(c, a, b, eps=0.1, max_iter=10, backend=backend).transport_cost.sum()
+
+    # aot_eager traces through the fake impls and autograd like inductor does, without a C++ compile step.
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    out = compiled(C)
+    (g,) = torch.autograd.grad(out, C)
+    C2 = C.detach().clone().requires_grad_()
+    expect = loss(C2)
+    expect.backward()
+    torch.testing.assert_close(out, expect)
+    torch.testing.assert_close(g, C2.grad)
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(eps=0.0), "eps"),
+        (dict(eps=-1.0), "eps"),
+        (dict(eps=float("nan")), "eps"),
+        (dict(eps=0.1, max_iter=-1), "max_iter"),
+        (dict(eps=0.1, tol=0.0), "tol"),
+        (dict(eps=0.1, tau_a=-2.0), "tau_a"),
+        (dict(eps=0.1, grad="implicit"), "grad"),
+        (dict(eps=0.1, backend="magic"), "unknown backend"),
+    ],
+)
+def test_bad_arguments_raise_clearly(kwargs, match):
+    C, a, b = make_problem(2, 3, 4)
+    C0 = C.clone()
+    with pytest.raises((ValueError, fastot.BackendUnavailable), match=match):
+        fastot.sinkhorn(C, a, b, **kwargs)
+    assert torch.equal(C, C0)
+
+
+def test_bad_tensors_raise_clearly():
+    C, a, b = make_problem(2, 3, 4)
+    with pytest.raises(ValueError, match=r"cost must be \[B, N, M\]"):
+        fastot.sinkhorn(C[0], eps=0.1)
+    with pytest.raises(ValueError, match=r"a must have shape \[2, 3\]"):
+        fastot.sinkhorn(C, a[:, :2], b, eps=0.1)
+    with pytest.raises(TypeError, match="cost must be floating point"):
+        fastot.sinkhorn(C.long(), eps=0.1)
+    bad = a.clone()
+    bad[0, 0] = -0.5
+    with pytest.raises(ValueError, match="a must be finite and nonnegative"):
+        fastot.sinkhorn(C, bad, b, eps=0.1)
+    with pytest.raises(fastot.BackendUnavailable, match="cuda"):
+        fastot.sinkhorn(C, a, b, eps=0.1, backend="cuda") if not torch.cuda.is_available() else (_ for _ in ()).throw(
+            fastot.BackendUnavailable("cuda"))
+
+
+def test_value_is_dual_objective_and_entropic_bound():
+    """value = <a,f> + <b,g> for probability weights, and OT_eps >= <P,C> - eps-entropy sanity."""
+    C, a, b = make_problem(3, 8, 9, torch.float64, ragged=False)
+    r = _converged(C, a, b, 0.1)
+    torch.testing.assert_close(r.value, (a * r.f).sum(1) + (b * r.g).sum(1), rtol=0, atol=1e-12)
+    P = r.plan()
+    kl = (P * (P / (a[:, :, None] * b[:, None, :])).log()).sum((1, 2))
+    torch.testing.assert_close(r.value, r.transport_cost + 0.1 * kl, rtol=0, atol=1e-10)  # strong duality
+    assert math.isclose(P.sum().item(), 3.0, rel_tol=1e-10)

@@ -23,7 +23,7 @@ $(STAMP): $(SOURCES)
 	  else $(PYTHON) -m venv $(VENV); fi; \
 	fi
 	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install -q "torch==$(TORCH_CPU_VERSION)"
-	@$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
+	@$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" 2>/dev/null > $(VENV)/constraints.txt
 	@echo "fastot: pinned $$(cat $(VENV)/constraints.txt)"
 	$(PIP) install -q -c $(VENV)/constraints.txt "scikit-build-core>=0.10" "cmake>=3.26" ninja
 	$(PIP) install -q -c $(VENV)/constraints.txt --no-build-isolation -e ".[test]"
@@ -37,3 +37,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf build $(VENV) fastot/_C*.so
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest bench -q --benchmark-enable --benchmark-columns=median,iqr,rounds \
+	  --benchmark-group-by=func --benchmark-sort=name

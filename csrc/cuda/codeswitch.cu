@@ -1,6 +1,6 @@
 // Torch glue for the CUDA code-switch kernels: checks, device guard, stream, launch.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -38,7 +38,7 @@ Outputs codeswitch_cuda(const at::Tensor& input_ids, const at::Tensor& attention
                   static_cast<uint64_t>(prefix_lang), static_cast<uint64_t>(prefix_trans), threshold};
   CodeswitchRows rows{ids.data_ptr<int64_t>(), mask.data_ptr<int64_t>(), tt.data_ptr<int64_t>(), ws.data_ptr<bool>(),
                       spc.data_ptr<bool>(), B, L};
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor kept = at::zeros({B, 3}, ids.options());
   cudaError_t e = launch_codeswitch_count(rows, lex, sp, max_length, kept.data_ptr<int64_t>(), stream);
   TORCH_CHECK(e == cudaSuccess, "codeswitch: CUDA launch failed: ", cudaGetErrorString(e));

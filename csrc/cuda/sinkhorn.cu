@@ -1,6 +1,6 @@
 // Torch glue for the CUDA Sinkhorn kernels: checks, device guard, stream, launch.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -37,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
   at::Tensor n_iter = at::empty({B}, C.options().dtype(at::kInt)), err = at::empty({B}, C.options());
   SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
                     tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value()};
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   cudaError_t e;
   if (dt == at::kDouble)
     e = launch_sinkhorn_fwd<double>(C.data_ptr<double>(), A.data_ptr<double>(), Bw.data_ptr<double>(),
@@ -60,7 +60,7 @@ at::Tensor plan_or_cost(const at::Tensor& cost, const at::Tensor& a, const at::T
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous();
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
   at::Tensor out = want_plan ? at::empty(C.sizes(), C.options()) : at::zeros({B}, C.options());
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   cudaError_t e;
   if (dt == at::kDouble)
     e = launch_sinkhorn_plan<double>(C.data_ptr<double>(), A.data_ptr<double>(), Bw.data_ptr<double>(),

@@ -20,8 +20,10 @@ TORCH_LIBRARY(fastot, m) {
       "float? tau_b) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err)");
   // The plan P_ij = a_i b_j exp((f_i + g_j - C_ij)/eps), recomputed from the potentials. [B,N,M]
   m.def("sinkhorn_plan(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> Tensor");
-  // <P, C> per problem, without storing P. [B]
-  m.def("sinkhorn_transport_cost(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> Tensor");
+  // (<P, C>, sum P) per problem, [B] each, without storing P; forbidden (+inf cost) pairs contribute 0.
+  m.def(
+      "sinkhorn_plan_sums(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> (Tensor transport_cost, "
+      "Tensor mass)");
   // Code-switch token substitution on a tokenized batch; see fastot/reference/codeswitch.py for the contract.
   m.def(
       "codeswitch(Tensor input_ids, Tensor attention_mask, Tensor token_type_ids, Tensor word_start, "

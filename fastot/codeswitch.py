@@ -78,8 +78,50 @@ class Lexicon:
         self.stats = dict(stats or {})
         self._tensors = {k: v.cpu() for k, v in tensors.items()}
         self._by_device: dict[torch.device, dict[str, torch.Tensor]] = {}
-        if self.n_keys == 0:
+        self._validate()
+
+    def _validate(self) -> None:
+        """Every kernel indexes through these tensors without bounds checks: check them once, here."""
+        T = self._tensors
+        missing = [k for k in _PACKED + ("word_start", "special") if k not in T]
+        if missing:
+            raise ValueError(f"lexicon: missing tensors {missing}")
+        for k in _PACKED:
+            if T[k].dtype != torch.long or T[k].dim() != 1:
+                raise ValueError(f"lexicon: {k} must be a 1-D int64 tensor, got {T[k].dtype} {list(T[k].shape)}")
+        for k in ("word_start", "special"):
+            if T[k].dtype != torch.bool or T[k].dim() != 1:
+                raise ValueError(f"lexicon: {k} must be a 1-D bool tensor, got {T[k].dtype} {list(T[k].shape)}")
+        V, K, L = T["word_start"].numel(), T["key_hash"].numel(), len(self.languages)
+        if T["special"].numel() != V:
+            raise ValueError(f"lexicon: special has {T['special'].numel()} entries, word_start {V}")
+        if K == 0:
             raise ValueError("lexicon: no usable entries (empty lexicon)")
+        if L == 0:
+            raise ValueError("lexicon: no languages")
+
+        def csr(name, offsets, n, ids):
+            o = T[offsets]
+            if o.numel() != n + 1 or o[0] != 0 or bool((o[1:] < o[:-1]).any()) or o[-1] != T[ids].numel():
+                raise ValueError(f"lexicon: {offsets} must be {n + 1} non-decreasing offsets from 0 to "
+                                 f"len({ids}) = {T[ids].numel()}")
+            if name and bool((o[1:] == o[:-1]).any()):
+                raise ValueError(f"lexicon: every {name} needs at least one token id")
+
+        csr("key", "key_offsets", K, "key_ids")
+        eo = T["entry_offsets"]
+        if eo.numel() != K * L + 1 or eo[0] != 0 or bool((eo[1:] < eo[:-1]).any()):
+            raise ValueError(f"lexicon: entry_offsets must be {K * L + 1} non-decreasing offsets "
+                             f"({K} keys x {L} languages + 1)")
+        csr("translation", "trans_offsets", int(eo[-1]), "trans_ids")
+        for k in ("key_ids", "trans_ids"):
+            if T[k].numel() and (int(T[k].min()) < 0 or int(T[k].max()) >= V):
+                raise ValueError(f"lexicon: {k} must be token ids in [0, {V})")
+        if bool((T["key_hash"][1:] <= T["key_hash"][:-1]).any()):
+            raise ValueError("lexicon: key_hash must be strictly increasing")
+        lens = T["key_offsets"][1:] - T["key_offsets"][:-1]
+        if int(lens.max()) != self.max_key_len:
+            raise ValueError(f"lexicon: max_key_len={self.max_key_len} but the longest key has {int(lens.max())} ids")
 
     @property
     def n_keys(self) -> int:
@@ -251,6 +293,12 @@ class CodeSwitcher:
         self.lexicon, self.p, self.seed, self.languages, self.backend = lexicon, float(p), seed, langs, backend
         self._threshold = round(self.p * (1 << 24))
         self._lang_ids = torch.tensor([lexicon.languages.index(lang) for lang in langs], dtype=torch.long)
+        self._lang_ids_on: dict[torch.device, torch.Tensor] = {}
+
+    def _lang_ids_for(self, device: torch.device) -> torch.Tensor:
+        if device not in self._lang_ids_on:  # copied once per device, not on every call
+            self._lang_ids_on[device] = self._lang_ids.to(device)
+        return self._lang_ids_on[device]
 
     def __repr__(self) -> str:
         return f"CodeSwitcher(p={self.p}, seed={self.seed}, languages={self.languages}, backend={self.backend!r})"
@@ -300,15 +348,19 @@ class CodeSwitcher:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         lex = self.lexicon.tensors(dev)
-        if max_length is not None and dev.type == "cpu" and input_ids.numel() and not torch.compiler.is_compiling():
-            n_special = (lex["special"][input_ids.long()] & (attention_mask != 0)).sum(1).max()
-            if int(n_special) > max_length:
-                raise ValueError(f"codeswitch: max_length={max_length} is shorter than the special tokens of a row "
-                                 f"({int(n_special)}), which are never dropped")
+        if max_length is not None and input_ids.numel():
+            n_special = (lex["special"][input_ids.long().clamp(0, self.lexicon.vocab_size - 1)]
+                         & (attention_mask != 0)).sum(1).max()
+            msg = f"codeswitch: max_length={max_length} is shorter than the special tokens of a row, which are never dropped"
+            if dev.type == "cpu" and not torch.compiler.is_compiling():
+                if int(n_special) > max_length:
+                    raise ValueError(f"{msg} ({int(n_special)})")
+            else:  # checked on the device, without a host synchronisation
+                torch._assert_async(n_special <= max_length, msg)
         be = _backend.resolve("codeswitch", dev, self.backend)
         args = (
             input_ids.long(), attention_mask.long(), token_type_ids.long(), lex["word_start"], lex["special"],
-            *(lex[k] for k in _PACKED), self._lang_ids.to(dev), self.lexicon.max_key_len,
+            *(lex[k] for k in _PACKED), self._lang_ids_for(dev), self.lexicon.max_key_len,
             ref.rand_prefix(self.seed, step, ref.SALT_SWITCH), ref.rand_prefix(self.seed, step, ref.SALT_LANG),
             ref.rand_prefix(self.seed, step, ref.SALT_TRANS), self._threshold,
             -1 if max_length is None else max_length, self.lexicon.pad_id,

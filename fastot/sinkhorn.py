@@ -24,18 +24,17 @@ COSTS = ("cosine", "sqeuclidean", "dot")
 class _Kernels(NamedTuple):
     fwd: Callable  # (cost, a, b, eps, max_iter, tol, tau_a, tau_b) -> (f, g, n_iter, err)
     plan: Callable  # (cost, a, b, f, g, eps) -> P [B,N,M]
-    transport_cost: Callable  # (cost, a, b, f, g, eps) -> <P, C> [B]
+    plan_sums: Callable  # (cost, a, b, f, g, eps) -> (<P, C> [B], sum P [B])
 
 
 def _kernels(backend: str) -> _Kernels:
     if backend == "torch":
-        return _Kernels(ref.sinkhorn_fwd, ref.sinkhorn_plan, ref.sinkhorn_transport_cost)
+        return _Kernels(ref.sinkhorn_fwd, ref.sinkhorn_plan, ref.sinkhorn_plan_sums)
     if backend in ("cpp", "cuda"):  # one registered op each; the dispatcher picks CPU or CUDA from the device
-        return _Kernels(torch.ops.fastot.sinkhorn_fwd, torch.ops.fastot.sinkhorn_plan,
-                        torch.ops.fastot.sinkhorn_transport_cost)
+        return _Kernels(torch.ops.fastot.sinkhorn_fwd, torch.ops.fastot.sinkhorn_plan, torch.ops.fastot.sinkhorn_plan_sums)
     from .triton import sinkhorn as tsk  # noqa: PLC0415 - imported only when the backend is chosen
 
-    return _Kernels(tsk.sinkhorn_fwd, tsk.sinkhorn_plan, tsk.sinkhorn_transport_cost)
+    return _Kernels(tsk.sinkhorn_fwd, tsk.sinkhorn_plan, tsk.sinkhorn_plan_sums)
 
 
 def _phi(x: torch.Tensor, tau: float | None) -> torch.Tensor:
@@ -47,19 +46,18 @@ def _target(x: torch.Tensor, tau: float | None) -> torch.Tensor:
     return torch.ones_like(x) if tau is None else torch.exp(-x / tau)
 
 
-def _dual_value(a, b, f, g, eps, tau_a, tau_b) -> torch.Tensor:
-    """Dual objective <a, phi_a(f)> + <b, phi_b(g)> - eps (mass(P) - mass(a) mass(b)).
+def _dual_value(a, b, f, g, mass_p, eps, tau_a, tau_b) -> torch.Tensor:
+    """Dual objective at (f, g): <a, phi_a(f)> + <b, phi_b(g)> - eps (mass(P) - mass(a) mass(b)).
 
-    After a g-update the column marginal of P is exactly b * target_b(g), so mass(P) needs no pass over
-    C. For probability weights and a balanced problem this is <a, f> + <b, g>.
+    For probability weights and a converged balanced problem this is <a, f> + <b, g>.
     """
     a, b = a.to(f.dtype), b.to(f.dtype)
-    mass_p = (b * _target(g, tau_b)).sum(1)
     return (a * _phi(f, tau_a)).sum(1) + (b * _phi(g, tau_b)).sum(1) - eps * (mass_p - a.sum(1) * b.sum(1))
 
 
 def _weight_grads(a, b, f, g, eps, tau_a, tau_b):
-    """d value / d a and d value / d b at the optimum (exact derivative of the dual objective).
+    """d value / d a and d value / d b: the partial derivatives of the dual objective, with the row and
+    column marginals of P replaced by their values at the optimum (a_i target_a(f_i), b_j target_b(g_j)).
 
     Zero on zero-weight (padded) points, which are outside the problem.
     """
@@ -70,20 +68,26 @@ def _weight_grads(a, b, f, g, eps, tau_a, tau_b):
 
 
 class _SinkhornEnvelope(torch.autograd.Function):
-    """The solve is never recorded by autograd: d value/dC = d transport_cost/dC = P*."""
+    """The solve is never recorded by autograd.
+
+    value: d/dC = P* (envelope theorem), d/da, d/db from the potentials (see _weight_grads).
+    transport_cost: P* is treated as a constant (the OPTICAL loss convention): d/dC = P*, d/da = d/db = 0.
+    That is not the full derivative of <P*(C), C>; use grad="unrolled" for that.
+    """
 
     @staticmethod
     def forward(ctx, cost, a, b, backend, eps, max_iter, tol, tau_a, tau_b):
         k = _kernels(backend)
         f, g, n_iter, err = k.fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
-        tc = k.transport_cost(cost, a, b, f, g, eps)
-        value = _dual_value(a, b, f, g, eps, tau_a, tau_b)
+        tc, mass = k.plan_sums(cost, a, b, f, g, eps)
+        value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
         ctx.save_for_backward(cost, a, b, f, g)
         ctx.cfg = (backend, eps, tau_a, tau_b)
         ctx.mark_non_differentiable(f, g, n_iter, err)
         return f, g, value, tc, n_iter, err
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
         cost, a, b, f, g = ctx.saved_tensors
         backend, eps, tau_a, tau_b = ctx.cfg
@@ -104,8 +108,10 @@ class _SinkhornEnvelope(torch.autograd.Function):
 class SinkhornResult:
     """Result of :func:`sinkhorn`. Shapes: f [B,N], g [B,M], value/transport_cost/n_iter/err [B].
 
-    ``value`` is the entropic OT value (dual objective) and ``transport_cost`` is <P*, C>; both are
-    differentiable (envelope rule by default). ``f``/``g`` are constants for autograd. ``plan()``
+    ``value`` is the entropic OT value (the dual objective at (f, g)); with ``grad="envelope"`` its
+    gradient is the envelope-theorem one (d/dC = P*). ``transport_cost`` is <P*, C>; with
+    ``grad="envelope"`` its gradient treats P* as a constant (d/dC = P*, none for the weights), the
+    OPTICAL distillation loss convention. ``f``/``g`` are constants for autograd. ``plan()``
     recomputes P* [B,N,M] from the potentials on demand (no gradient).
     """
 
@@ -177,8 +183,9 @@ def sinkhorn(
         max_iter: iterations (one f- and one g-update each). With ``tol=None`` exactly this many run.
         tol: per-problem stop when the L1 row-marginal violation drops below it (no host sync).
         tau_a, tau_b: KL marginal relaxation (unbalanced OT); None = balanced on that side.
-        grad: "envelope" (default; d value/dC = P*, the solve is not recorded) or "unrolled"
-            (autograd through every iteration; torch backend only).
+        grad: "envelope" (default; the solve is not recorded: d value/dC = P*, and transport_cost holds
+            P* constant, so d transport_cost/dC = P* with no weight gradient) or "unrolled" (autograd
+            through every iteration; torch backend only).
         backend: "auto" | "torch" | "cpp" | "cuda" | "triton"; default from ``FASTOT_BACKEND``.
 
     Returns:
@@ -210,8 +217,8 @@ def sinkhorn(
         if backend not in (None, "auto", "torch"):
             raise _backend.BackendUnavailable(f"sinkhorn: grad='unrolled' runs on the torch backend only, got backend={backend!r}")
         f, g, n_iter, err = ref.sinkhorn_fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
-        value = _dual_value(a, b, f, g, eps, tau_a, tau_b)
-        tc = ref.sinkhorn_transport_cost(cost, a, b, f, g, eps)
+        tc, mass = ref.sinkhorn_plan_sums(cost, a, b, f, g, eps)
+        value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
         return SinkhornResult(f, g, value, tc, n_iter, err.detach(), "torch", eps, cost, a, b)
 
     be = _backend.resolve("sinkhorn", cost.device, backend)
@@ -304,6 +311,7 @@ def _register_fakes() -> None:
     def _(cost, a, b, f, g, eps):
         return cost.new_empty(cost.shape, dtype=ref.compute_dtype(cost.dtype))
 
-    @torch.library.register_fake("fastot::sinkhorn_transport_cost")
+    @torch.library.register_fake("fastot::sinkhorn_plan_sums")
     def _(cost, a, b, f, g, eps):
-        return cost.new_empty((cost.shape[0],), dtype=ref.compute_dtype(cost.dtype))
+        dt = ref.compute_dtype(cost.dtype)
+        return cost.new_empty((cost.shape[0],), dtype=dt), cost.new_empty((cost.shape[0],), dtype=dt)

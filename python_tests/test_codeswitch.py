@@ -158,7 +158,7 @@ CONFIGS = [
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("p,langs,max_length", CONFIGS)
-@pytest.mark.parametrize("B,L", [(1, 5), (7, 33), (33, 97)], ids=["B1-L5", "B7-L33", "B33-L97"])
+@pytest.mark.parametrize("B,L", [(1, 5), (7, 33), (33, 97), (200, 24)], ids=["B1-L5", "B7-L33", "B33-L97", "B200-L24"])
 def test_matches_python_oracle_bit_for_bit(minilm_tokenizer, lexicon, backend, device, p, langs, max_length, B, L):
     ids, mask, tt = random_batch(minilm_tokenizer, B, L, seed=B * 1000 + L)
     cs = fastot.CodeSwitcher(lexicon, p=p, seed=11, languages=langs, backend=backend)
@@ -304,6 +304,39 @@ def test_compile_fullgraph_smoke(minilm_tokenizer, lexicon):
 
     compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(ids, mask, tt), run(ids, mask, tt))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_segments_beyond_two_and_negative_token_types(minilm_tokenizer, lexicon, backend, device):
+    ids, mask, tt = random_batch(minilm_tokenizer, 9, 30, seed=12)
+    tt = tt * 2 - (torch.arange(30) % 7 == 0).long()  # token types in {-1, 0, 1, 2}
+    cs = fastot.CodeSwitcher(lexicon, p=0.5, seed=4, backend=backend)
+    out = cs(ids.to(device), mask.to(device), tt.to(device), max_length=20)
+    _assert_matches_oracle(type(out)(*(t.cpu() for t in vars(out).values())),
+                           python_oracle(lexicon, ids, mask, tt, 4, 0, 0.5, lexicon.languages, 20), 20)
+
+
+def test_malformed_lexicon_tensors_are_rejected(lexicon):
+    good = {k: v.clone() for k, v in lexicon.tensors().items()}
+
+    def build(**change):
+        t = dict(good, **change)
+        return fastot.Lexicon(t, lexicon.languages, lexicon.max_key_len, 0, "wordpiece")
+
+    build()  # the untouched tensors are fine
+    bad_cases = {
+        "entry_offsets": good["entry_offsets"][:-1],
+        "trans_offsets": torch.cat([good["trans_offsets"][:-1], good["trans_offsets"][-1:] + 4]),
+        "key_hash": good["key_hash"].int(),
+        "trans_ids": good["trans_ids"].clone().fill_(10**6),
+        "key_offsets": good["key_offsets"].flip(0),
+        "special": good["special"][:-1],
+    }
+    for name, value in bad_cases.items():
+        with pytest.raises(ValueError, match="lexicon"):
+            build(**{name: value})
+    with pytest.raises(ValueError, match="entry_offsets"):
+        fastot.Lexicon(good, lexicon.languages + ["extra"], lexicon.max_key_len, 0, "wordpiece")
 
 
 # --------------------------------------------------------------------------- bad input

@@ -204,22 +204,27 @@ at::Tensor sinkhorn_plan_cpu(const at::Tensor& cost, const at::Tensor& a, const 
   return P;
 }
 
-at::Tensor sinkhorn_transport_cost_cpu(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b,
-                                       const at::Tensor& f, const at::Tensor& g, double eps) {
+std::tuple<at::Tensor, at::Tensor> sinkhorn_plan_sums_cpu(const at::Tensor& cost, const at::Tensor& a,
+                                                         const at::Tensor& b, const at::Tensor& f, const at::Tensor& g,
+                                                         double eps) {
   check_inputs(cost, a, b);
   const auto dt = compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous();
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous();
-  at::Tensor out = at::zeros({C.size(0)}, C.options());
-  AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_transport_cost_cpu", [&] {
+  at::Tensor out = at::zeros({C.size(0)}, C.options()), mass = at::zeros({C.size(0)}, C.options());
+  AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_plan_sums_cpu", [&] {
     scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t* mp = mass.data_ptr<scalar_t>();
     // Each problem k is owned by one task, so the per-problem sum needs no atomics.
     for_each_plan_entry<scalar_t>(C, A, Bw, F, G, eps, [&](int64_t k, int64_t, int64_t, scalar_t p, scalar_t c) {
-      if (p > 0) op[k] += p * c;
+      if (p > 0) {
+        op[k] += p * c;
+        mp[k] += p;
+      }
     });
   });
-  return out;
+  return {out, mass};
 }
 
 }  // namespace
@@ -227,7 +232,7 @@ at::Tensor sinkhorn_transport_cost_cpu(const at::Tensor& cost, const at::Tensor&
 TORCH_LIBRARY_IMPL(fastot, CPU, m) {
   m.impl("sinkhorn_fwd", &sinkhorn_fwd_cpu);
   m.impl("sinkhorn_plan", &sinkhorn_plan_cpu);
-  m.impl("sinkhorn_transport_cost", &sinkhorn_transport_cost_cpu);
+  m.impl("sinkhorn_plan_sums", &sinkhorn_plan_sums_cpu);
 }
 
 }  // namespace fastot

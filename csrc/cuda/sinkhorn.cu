@@ -33,6 +33,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
   const auto dt = compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous(), A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
+  int max_smem = 0;
+  cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, cost.device().index());
+  TORCH_CHECK(sinkhorn_fwd_smem_bytes(N, M, C.element_size()) <= static_cast<size_t>(max_smem),
+              "sinkhorn (cuda): N=", N, ", M=", M, " in ", C.scalar_type(), " needs more shared memory per block than ",
+              "the device has (", max_smem, " bytes); use fp32 or the torch backend for problems this large");
   at::Tensor f = at::empty({B, N}, C.options()), g = at::empty({B, M}, C.options());
   at::Tensor n_iter = at::empty({B}, C.options().dtype(at::kInt)), err = at::empty({B}, C.options());
   SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
@@ -50,9 +55,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
   return {f, g, n_iter, err};
 }
 
-// want_plan: return P [B,N,M]; otherwise return <P,C> [B].
+// want_plan: return P [B,N,M]; otherwise <P,C> [B] (and sum P into *mass_out).
 at::Tensor plan_or_cost(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, const at::Tensor& f,
-                        const at::Tensor& g, double eps, bool want_plan) {
+                        const at::Tensor& g, double eps, bool want_plan, at::Tensor* mass_out = nullptr) {
   check(cost, a, b);
   const c10::cuda::CUDAGuard guard(cost.device());
   const auto dt = compute_dtype(cost);
@@ -60,18 +65,22 @@ at::Tensor plan_or_cost(const at::Tensor& cost, const at::Tensor& a, const at::T
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous();
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
   at::Tensor out = want_plan ? at::empty(C.sizes(), C.options()) : at::zeros({B}, C.options());
+  at::Tensor mass = want_plan ? at::Tensor() : at::zeros({B}, C.options());
   auto stream = c10::cuda::getCurrentCUDAStream();
   cudaError_t e;
   if (dt == at::kDouble)
     e = launch_sinkhorn_plan<double>(C.data_ptr<double>(), A.data_ptr<double>(), Bw.data_ptr<double>(),
                                      F.data_ptr<double>(), G.data_ptr<double>(),
                                      want_plan ? out.data_ptr<double>() : nullptr,
-                                     want_plan ? nullptr : out.data_ptr<double>(), B, N, M, eps, stream);
+                                     want_plan ? nullptr : out.data_ptr<double>(),
+                                     want_plan ? nullptr : mass.data_ptr<double>(), B, N, M, eps, stream);
   else
     e = launch_sinkhorn_plan<float>(C.data_ptr<float>(), A.data_ptr<float>(), Bw.data_ptr<float>(), F.data_ptr<float>(),
                                     G.data_ptr<float>(), want_plan ? out.data_ptr<float>() : nullptr,
-                                    want_plan ? nullptr : out.data_ptr<float>(), B, N, M, eps, stream);
+                                    want_plan ? nullptr : out.data_ptr<float>(),
+                                    want_plan ? nullptr : mass.data_ptr<float>(), B, N, M, eps, stream);
   TORCH_CHECK(e == cudaSuccess, "sinkhorn_plan: CUDA launch failed: ", cudaGetErrorString(e));
+  if (mass_out) *mass_out = mass;
   return out;
 }
 
@@ -80,9 +89,12 @@ at::Tensor sinkhorn_plan_cuda(const at::Tensor& cost, const at::Tensor& a, const
   return plan_or_cost(cost, a, b, f, g, eps, true);
 }
 
-at::Tensor sinkhorn_transport_cost_cuda(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b,
-                                        const at::Tensor& f, const at::Tensor& g, double eps) {
-  return plan_or_cost(cost, a, b, f, g, eps, false);
+std::tuple<at::Tensor, at::Tensor> sinkhorn_plan_sums_cuda(const at::Tensor& cost, const at::Tensor& a,
+                                                          const at::Tensor& b, const at::Tensor& f,
+                                                          const at::Tensor& g, double eps) {
+  at::Tensor mass;
+  at::Tensor tc = plan_or_cost(cost, a, b, f, g, eps, false, &mass);
+  return {tc, mass};
 }
 
 }  // namespace
@@ -90,7 +102,7 @@ at::Tensor sinkhorn_transport_cost_cuda(const at::Tensor& cost, const at::Tensor
 TORCH_LIBRARY_IMPL(fastot, CUDA, m) {
   m.impl("sinkhorn_fwd", &sinkhorn_fwd_cuda);
   m.impl("sinkhorn_plan", &sinkhorn_plan_cuda);
-  m.impl("sinkhorn_transport_cost", &sinkhorn_transport_cost_cuda);
+  m.impl("sinkhorn_plan_sums", &sinkhorn_plan_sums_cuda);
 }
 
 }  // namespace fastot

@@ -60,6 +60,7 @@ __global__ void sinkhorn_fwd_kernel(const T* __restrict__ C,  // [B,N,M] cost
           const T bj = bk[j];
           if (bj > 0) {
             const T v = (sg[j] - Ck[i * M + j]) / eps + log(bj);
+            if (v == NEG_INF) continue;  // +inf cost: a forbidden pair
             if (v > mx) { s = s * exp(mx - v) + T(1); mx = v; } else { s += exp(v - mx); }
           }
         }
@@ -93,6 +94,7 @@ __global__ void sinkhorn_fwd_kernel(const T* __restrict__ C,  // [B,N,M] cost
           const T ai = ak[i];
           if (ai > 0) {
             const T v = (sf[i] - Ck[i * M + j]) / eps + log(ai);
+            if (v == NEG_INF) continue;
             if (v > mx) { s = s * exp(mx - v) + T(1); mx = v; } else { s += exp(v - mx); }
           }
         }
@@ -117,23 +119,31 @@ __global__ void sinkhorn_fwd_kernel(const T* __restrict__ C,  // [B,N,M] cost
 template <typename T>
 __global__ void sinkhorn_plan_kernel(const T* __restrict__ C, const T* __restrict__ a, const T* __restrict__ b,
                                      const T* __restrict__ f, const T* __restrict__ g,
-                                     T* __restrict__ P,   // [B,N,M] out plan, or nullptr
-                                     T* __restrict__ tc,  // [B] out <P,C> accumulated, or nullptr
+                                     T* __restrict__ P,     // [B,N,M] out plan, or nullptr
+                                     T* __restrict__ tc,    // [B] out <P,C>, or nullptr
+                                     T* __restrict__ mass,  // [B] out sum P (with tc)
                                      int64_t N, int64_t M, T eps) {
   __shared__ T scratch[32];
   const int64_t k = blockIdx.x;
-  T acc = 0;
+  T acc = 0, msum = 0;
   for (int64_t idx = threadIdx.x; idx < N * M; idx += blockDim.x) {
     const int64_t i = idx / M, j = idx % M;
     const T ai = a[k * N + i], bj = b[k * M + j], c = C[k * N * M + idx];
     T p = 0;
     if (ai > 0 && bj > 0) p = ai * bj * exp((f[k * N + i] + g[k * M + j] - c) / eps);
     if (P) P[k * N * M + idx] = p;
-    if (p > 0) acc += p * c;
+    if (p > 0) {
+      acc += p * c;
+      msum += p;
+    }
   }
   if (tc) {
     acc = block_sum(acc, scratch);
-    if (threadIdx.x == 0) tc[k] = acc;
+    msum = block_sum(msum, scratch);
+    if (threadIdx.x == 0) {
+      tc[k] = acc;
+      mass[k] = msum;
+    }
   }
 }
 
@@ -143,7 +153,7 @@ template <typename T>
 cudaError_t launch_sinkhorn_fwd(const T* C, const T* a, const T* b, T* f, T* g, int32_t* n_iter, T* err,
                                 const SinkhornArgs& args, cudaStream_t stream) {
   if (args.B == 0) return cudaSuccess;
-  const size_t smem = sizeof(T) * (2 * args.N + args.M + 32);
+  const size_t smem = sinkhorn_fwd_smem_bytes(args.N, args.M, sizeof(T));
   if (smem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(sinkhorn_fwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
@@ -154,10 +164,10 @@ cudaError_t launch_sinkhorn_fwd(const T* C, const T* a, const T* b, T* f, T* g, 
 }
 
 template <typename T>
-cudaError_t launch_sinkhorn_plan(const T* C, const T* a, const T* b, const T* f, const T* g, T* P, T* tc,
+cudaError_t launch_sinkhorn_plan(const T* C, const T* a, const T* b, const T* f, const T* g, T* P, T* tc, T* mass,
                                  int64_t B, int64_t N, int64_t M, double eps, cudaStream_t stream) {
   if (B == 0) return cudaSuccess;
-  sinkhorn_plan_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(C, a, b, f, g, P, tc, N, M,
+  sinkhorn_plan_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(C, a, b, f, g, P, tc, mass, N, M,
                                                                              static_cast<T>(eps));
   return cudaGetLastError();
 }
@@ -167,9 +177,10 @@ template cudaError_t launch_sinkhorn_fwd<float>(const float*, const float*, cons
 template cudaError_t launch_sinkhorn_fwd<double>(const double*, const double*, const double*, double*, double*,
                                                  int32_t*, double*, const SinkhornArgs&, cudaStream_t);
 template cudaError_t launch_sinkhorn_plan<float>(const float*, const float*, const float*, const float*, const float*,
-                                                 float*, float*, int64_t, int64_t, int64_t, double, cudaStream_t);
+                                                 float*, float*, float*, int64_t, int64_t, int64_t, double,
+                                                 cudaStream_t);
 template cudaError_t launch_sinkhorn_plan<double>(const double*, const double*, const double*, const double*,
-                                                  const double*, double*, double*, int64_t, int64_t, int64_t, double,
-                                                  cudaStream_t);
+                                                  const double*, double*, double*, double*, int64_t, int64_t, int64_t,
+                                                  double, cudaStream_t);
 
 }  // namespace fastot

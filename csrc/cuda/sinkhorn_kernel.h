@@ -20,9 +20,12 @@ template <typename T>
 cudaError_t launch_sinkhorn_fwd(const T* C, const T* a, const T* b, T* f, T* g, int32_t* n_iter, T* err,
                                 const SinkhornArgs& args, cudaStream_t stream);
 
-// P [B,N,M] (when P != nullptr) and/or tc [B] = <P, C> (when tc != nullptr, must be zeroed).
+// P [B,N,M] (when P != nullptr) and/or tc [B] = <P, C> and mass [B] = sum P (when tc != nullptr).
 template <typename T>
-cudaError_t launch_sinkhorn_plan(const T* C, const T* a, const T* b, const T* f, const T* g, T* P, T* tc,
+cudaError_t launch_sinkhorn_plan(const T* C, const T* a, const T* b, const T* f, const T* g, T* P, T* tc, T* mass,
                                  int64_t B, int64_t N, int64_t M, double eps, cudaStream_t stream);
+
+// Dynamic shared memory of the forward kernel (potentials and scratch); the glue checks it against the device.
+inline size_t sinkhorn_fwd_smem_bytes(int64_t N, int64_t M, size_t elem) { return elem * (2 * N + M + 32); }
 
 }  // namespace fastot

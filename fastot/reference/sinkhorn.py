@@ -9,7 +9,8 @@ Convention (the one every backend implements). For weights ``a`` [B,N], ``b`` [B
 with ``lam = tau / (tau + eps)`` for a KL-relaxed (unbalanced) side and ``lam = 1`` for a balanced one.
 Potentials start at 0. One iteration is an f-update followed by a g-update. A point with zero weight
 is outside its problem: it receives no mass, its potential is 0, and cost entries in its row or
-column are never used (they may hold anything, even NaN).
+column are never used (they may hold anything, even NaN). A cost of +inf between two real points
+forbids that pair (P_ij = 0); a point all of whose pairs are forbidden gets potential 0.
 
 The marginal error ``err`` of a state (f, g) is the L1 violation on the ``a`` side,
 ``sum_i |(P 1)_i - a_i t_i|`` with ``t_i = 1`` (balanced) or ``exp(-f_i / tau_a)`` (unbalanced).
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sinkhorn_fwd", "sinkhorn_plan", "sinkhorn_transport_cost", "compute_dtype"]
+__all__ = ["sinkhorn_fwd", "sinkhorn_plan", "sinkhorn_plan_sums", "compute_dtype"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -35,6 +36,11 @@ def _masked_lse(z: torch.Tensor, valid: torch.Tensor, dim: int) -> tuple[torch.T
 
     Written so that neither the value nor its autograd gradient is ever NaN, also for empty sets.
     """
+    if z.shape[dim] == 0:  # N = 0 or M = 0: nothing to sum over
+        zero = z.sum(dim)
+        return zero, torch.zeros(zero.shape, dtype=torch.bool, device=z.device)
+    # A +inf cost (a forbidden pair) gives z = -inf: it is left out like a padded point.
+    valid = valid & (z > float("-inf"))
     neg_inf = torch.tensor(float("-inf"), dtype=z.dtype, device=z.device)
     z = torch.where(valid, z, neg_inf)
     any_valid = valid.any(dim)
@@ -130,7 +136,9 @@ def sinkhorn_plan(cost, a, b, f, g, eps: float) -> torch.Tensor:
     return torch.where(valid, a_[:, :, None] * b_[:, None, :] * torch.exp(expo), torch.zeros_like(C))
 
 
-def sinkhorn_transport_cost(cost, a, b, f, g, eps: float) -> torch.Tensor:
-    """<P, C> per problem. [B]"""
+def sinkhorn_plan_sums(cost, a, b, f, g, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(<P, C>, sum P) per problem, [B] each; forbidden (+inf) pairs contribute 0."""
     C = _prepare(cost, a, b)[0]
-    return (sinkhorn_plan(cost, a, b, f, g, eps) * C).sum((1, 2))
+    P = sinkhorn_plan(cost, a, b, f, g, eps)
+    PC = torch.where(P > 0, P * torch.where(P > 0, C, torch.zeros_like(C)), torch.zeros_like(C))
+    return PC.sum((1, 2)), P.sum((1, 2))

@@ -3,6 +3,14 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+namespace fastot {
+namespace cpu {
+std::string cpu_isa();  // csrc/cpu/sinkhorn.cpp
+}
+}  // namespace fastot
+
 extern "C" {
 // The module itself is empty: importing it runs the static TORCH_LIBRARY registrations.
 PyObject* PyInit__C(void) {
@@ -24,6 +32,8 @@ TORCH_LIBRARY(fastot, m) {
   m.def(
       "sinkhorn_plan_sums(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> (Tensor transport_cost, "
       "Tensor mass)");
+  // The instruction set the CPU kernels were chosen for at run time ("base", "avx2", "avx512").
+  m.def("cpu_isa() -> str", &fastot::cpu::cpu_isa);
   // Code-switch token substitution on a tokenized batch; see fastot/reference/codeswitch.py for the contract.
   m.def(
       "codeswitch(Tensor input_ids, Tensor attention_mask, Tensor token_type_ids, Tensor word_start, "

@@ -1,5 +1,11 @@
-// CPU Sinkhorn: one problem per task (at::parallel_for over the batch), log-domain updates with
-// a two-pass (max, then sum) log-sum-exp. Simple and exact; issue 3 makes it fast.
+// CPU Sinkhorn: torch glue, the iteration logic and the parallel schedule. The O(N·M) inner loops are
+// in sinkhorn_simd.h, compiled per instruction set (base / AVX2+FMA / AVX-512) and chosen at run time.
+//
+// Each problem is first gathered into a dense tile Cs = C / eps over its valid rows (a_i > 0) and
+// columns (b_j > 0): ragged problems only pay for their real tokens, hot loops have no masks, and padded
+// cost entries are never read. Two schedules:
+//  * many problems (B >= 2 x threads): one problem per task, every iteration on one core, tile in cache;
+//  * few problems: problems in turn, each half-iteration split over row (or column) blocks.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -9,105 +15,267 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <algorithm>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "cpu/sinkhorn_kernels.h"
+
 namespace fastot {
+namespace cpu {
+
 namespace {
 
-template <typename T>
-struct Problem {
-  const T* C;   // [N, M] cost of this problem
-  const T* a;   // [N] weights
-  const T* b;   // [M] weights
-  int64_t N, M;
-};
-
-// f~_i = -eps * LSE_j((g_j - C_ij)/eps + log b_j) over columns with b_j > 0; returns false if none.
-template <typename T>
-inline bool row_ctransform(const Problem<T>& p, const T* g, const T* logb, T eps, int64_t i, T& out) {
-  const T* Ci = p.C + i * p.M;
-  T mx = -std::numeric_limits<T>::infinity();
-  for (int64_t j = 0; j < p.M; ++j) {
-    if (p.b[j] > 0) {
-      T v = (g[j] - Ci[j]) / eps + logb[j];
-      mx = v > mx ? v : mx;
-    }
+Isa detect_isa() {
+  Isa best = Isa::base;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
+  if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    best = Isa::avx512;
+  // FASTOT_CPU_ISA=base|avx2|avx512 caps the choice (for benchmarks and tests); it never raises it.
+  if (const char* env = std::getenv("FASTOT_CPU_ISA")) {
+    const std::string s(env);
+    const Isa want = s == "base" ? Isa::base : s == "avx2" ? Isa::avx2 : Isa::avx512;
+    if (static_cast<int>(want) < static_cast<int>(best)) best = want;
   }
-  if (!(mx > -std::numeric_limits<T>::infinity())) return false;
-  T s = 0;
-  for (int64_t j = 0; j < p.M; ++j) {
-    if (p.b[j] > 0) s += std::exp((g[j] - Ci[j]) / eps + logb[j] - mx);
-  }
-  out = -eps * (mx + std::log(s));
-  return true;
+  return best;
 }
 
-// L1 violation of the row marginal of the plan defined by (f, g), given f~ from row_ctransform.
 template <typename T>
-inline T row_error(const Problem<T>& p, const T* f, const T* ft, const bool* ok, T eps, T tau_a, bool unb_a) {
+const Kernels<T>* pick(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return kernels_for<Isa::avx512, T>();
+    case Isa::avx2: return kernels_for<Isa::avx2, T>();
+    default: return kernels_for<Isa::base, T>();
+  }
+}
+
+template <typename T>
+const Kernels<T>* kernels() {
+  static const Kernels<T>* k = pick<T>(detect_isa());
+  return k;
+}
+
+template <typename T>
+struct Options {
+  T eps;
+  int64_t max_iter;
+  bool has_tol;
+  T tol;
+  bool unb_a, unb_b;
+  T tau_a, tau_b;
+};
+
+// One problem, gathered: valid row/column indices, their log-weights, the dense tile Cs = C/eps (n x ld,
+// ld = m rounded up to 64 bytes) and its transpose CsT (m x ldT); padding entries are +inf (contribute
+// nothing). The g-update reduces Cs over rows, the f-update CsT over its rows, both vectorised across
+// the output index. CsT is only built by the solver (want_transpose).
+template <typename T>
+struct Tile {
+  std::vector<int64_t> rows, cols;
+  std::vector<T> a, loga, logb, Cs, CsT;
+  int64_t ld = 0, ldT = 0;
+  // iteration state and scratch
+  std::vector<T> f, g, fs, gs, lse_r, lse_c, colmax, colsum;
+
+  void gather(const T* C, const T* aw, const T* bw, int64_t N, int64_t M, T inv_eps, bool want_transpose = true) {
+    rows.clear();
+    cols.clear();
+    a.clear();
+    loga.clear();
+    logb.clear();
+    for (int64_t i = 0; i < N; ++i)
+      if (aw[i] > 0) {
+        rows.push_back(i);
+        a.push_back(aw[i]);
+        loga.push_back(std::log(aw[i]));
+      }
+    for (int64_t j = 0; j < M; ++j)
+      if (bw[j] > 0) {
+        cols.push_back(j);
+        logb.push_back(std::log(bw[j]));
+      }
+    const int64_t n = rows.size(), m = cols.size();
+    ld = (m + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+    Cs.resize(n * ld);
+    const bool dense_cols = m == M;
+    for (int64_t r = 0; r < n; ++r) {
+      const T* src = C + rows[r] * M;
+      T* dst = Cs.data() + r * ld;
+      if (dense_cols) {
+        for (int64_t j = 0; j < m; ++j) dst[j] = src[j] * inv_eps;
+      } else {
+        for (int64_t c = 0; c < m; ++c) dst[c] = src[cols[c]] * inv_eps;
+      }
+      for (int64_t j = m; j < ld; ++j) dst[j] = std::numeric_limits<T>::infinity();
+    }
+    ldT = (n + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+    if (want_transpose) {
+      CsT.assign(m * ldT, std::numeric_limits<T>::infinity());
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < m; ++c) CsT[c * ldT + r] = Cs[r * ld + c];
+    }
+    f.assign(n, T(0));
+    g.assign(m, T(0));
+    fs.resize(n);
+    gs.assign(ld, T(0));
+    lse_r.resize(ldT);
+    lse_c.resize(ld);
+    colmax.resize(std::max(ld, ldT));
+    colsum.resize(std::max(ld, ldT));
+  }
+  int64_t n() const { return static_cast<int64_t>(rows.size()); }
+  int64_t m() const { return static_cast<int64_t>(cols.size()); }
+};
+
+// L1 violation of the row marginal of (f, g), given lse_r from the row pass at g.
+template <typename T>
+T row_error(const Tile<T>& t, const Options<T>& o) {
   T err = 0;
-  for (int64_t i = 0; i < p.N; ++i) {
-    if (!(p.a[i] > 0) || !ok[i]) continue;
-    T target = unb_a ? std::exp(-f[i] / tau_a) : T(1);
-    err += p.a[i] * std::abs(std::exp((f[i] - ft[i]) / eps) - target);
+  for (int64_t i = 0; i < t.n(); ++i) {
+    if (!(t.lse_r[i] > -std::numeric_limits<T>::infinity())) continue;  // every pair forbidden: no mass
+    const T ft = -o.eps * t.lse_r[i];
+    const T target = o.unb_a ? std::exp(-t.f[i] / o.tau_a) : T(1);
+    err += t.a[i] * std::abs(std::exp((t.f[i] - ft) / o.eps) - target);
   }
   return err;
 }
 
-template <typename T>
-void solve_one(const Problem<T>& p, T eps, int64_t max_iter, double tol, bool has_tol, double tau_a, bool unb_a,
-               double tau_b, bool unb_b, T* f, T* g, int32_t* n_iter, T* err_out) {
-  const T lam_a = unb_a ? T(tau_a / (tau_a + eps)) : T(1);
-  const T lam_b = unb_b ? T(tau_b / (tau_b + eps)) : T(1);
-  std::vector<T> loga(p.N), logb(p.M), ft(p.N), colmax(p.M), colsum(p.M);
-  std::vector<char> ok_buf(p.N);
-  bool* ok = reinterpret_cast<bool*>(ok_buf.data());
-  for (int64_t i = 0; i < p.N; ++i) loga[i] = p.a[i] > 0 ? std::log(p.a[i]) : T(0);
-  for (int64_t j = 0; j < p.M; ++j) logb[j] = p.b[j] > 0 ? std::log(p.b[j]) : T(0);
-  for (int64_t i = 0; i < p.N; ++i) f[i] = 0;
-  for (int64_t j = 0; j < p.M; ++j) g[j] = 0;
-
-  auto row_pass = [&]() {
-    for (int64_t i = 0; i < p.N; ++i) ok[i] = p.a[i] > 0 && row_ctransform(p, g, logb.data(), eps, i, ft[i]);
+// The iterations on a gathered tile. row_pass()/col_pass() run the inner loops (serially or in parallel blocks).
+template <typename T, typename RowPass, typename ColPass>
+void iterate(Tile<T>& t, const Options<T>& o, int32_t* n_iter, T* err_out, RowPass row_pass, ColPass col_pass) {
+  const int64_t n = t.n(), m = t.m();
+  if (n == 0 || m == 0) {  // no mass on one side: every potential stays 0 (as in the reference)
+    *n_iter = o.has_tol ? 0 : static_cast<int32_t>(o.max_iter);
+    *err_out = 0;
+    return;
+  }
+  const T inv_eps = T(1) / o.eps;
+  const T lam_a = o.unb_a ? o.tau_a / (o.tau_a + o.eps) : T(1);
+  const T lam_b = o.unb_b ? o.tau_b / (o.tau_b + o.eps) : T(1);
+  auto rows = [&] {
+    for (int64_t j = 0; j < m; ++j) t.gs[j] = t.g[j] * inv_eps + t.logb[j];
+    row_pass();
   };
   int64_t it = 0;
   T err = 0;
-  for (; it < max_iter; ++it) {
-    row_pass();
-    if (has_tol) {
-      err = row_error(p, f, ft.data(), ok, eps, T(tau_a), unb_a);
-      if (err < tol) break;
+  for (; it < o.max_iter; ++it) {
+    rows();
+    if (o.has_tol) {
+      err = row_error(t, o);
+      if (err < o.tol) break;
     }
-    for (int64_t i = 0; i < p.N; ++i) f[i] = ok[i] ? lam_a * ft[i] : T(0);
-    // Column pass: g_j = -eps * LSE_i((f_i - C_ij)/eps + log a_i), streamed row by row so C is read contiguously.
-    for (int64_t j = 0; j < p.M; ++j) colmax[j] = -std::numeric_limits<T>::infinity();
-    for (int64_t i = 0; i < p.N; ++i) {
-      if (!(p.a[i] > 0)) continue;
-      const T* Ci = p.C + i * p.M;
-      for (int64_t j = 0; j < p.M; ++j) {
-        T v = (f[i] - Ci[j]) / eps + loga[i];
-        colmax[j] = v > colmax[j] ? v : colmax[j];
-      }
+    constexpr T NEG_INF = -std::numeric_limits<T>::infinity();
+    for (int64_t i = 0; i < n; ++i) {
+      t.f[i] = t.lse_r[i] > NEG_INF ? -lam_a * o.eps * t.lse_r[i] : T(0);
+      t.fs[i] = t.f[i] * inv_eps + t.loga[i];
     }
-    for (int64_t j = 0; j < p.M; ++j) colsum[j] = 0;
-    for (int64_t i = 0; i < p.N; ++i) {
-      if (!(p.a[i] > 0)) continue;
-      const T* Ci = p.C + i * p.M;
-      for (int64_t j = 0; j < p.M; ++j) colsum[j] += std::exp((f[i] - Ci[j]) / eps + loga[i] - colmax[j]);
-    }
-    for (int64_t j = 0; j < p.M; ++j) {
-      bool valid = p.b[j] > 0 && colsum[j] > 0;
-      g[j] = valid ? -lam_b * eps * (colmax[j] + std::log(colsum[j])) : T(0);
-    }
+    col_pass();
+    for (int64_t j = 0; j < m; ++j) t.g[j] = t.lse_c[j] > NEG_INF ? -lam_b * o.eps * t.lse_c[j] : T(0);
   }
-  if (!has_tol || it == max_iter) {
-    row_pass();
-    err = row_error(p, f, ft.data(), ok, eps, T(tau_a), unb_a);
+  if (!o.has_tol || it == o.max_iter) {
+    rows();
+    err = row_error(t, o);
   }
   *n_iter = static_cast<int32_t>(it);
   *err_out = err;
+}
+
+template <typename T>
+void scatter(const Tile<T>& t, T* f, T* g) {
+  for (int64_t i = 0; i < t.n(); ++i) f[t.rows[i]] = t.f[i];
+  for (int64_t j = 0; j < t.m(); ++j) g[t.cols[j]] = t.g[j];
+}
+
+// Rows per parallel block: enough work (~16k exps) per task to amortise the scheduling.
+int64_t grain(int64_t other_dim) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(other_dim, 1)); }
+
+bool per_problem_schedule(int64_t B, int64_t N, int64_t M) {
+  return B >= 2 * at::get_num_threads() || N * M <= 4096;
+}
+
+template <typename T>
+void solve_batch(const T* C, const T* A, const T* Bw, int64_t B, int64_t N, int64_t M, const Options<T>& o, T* f,
+                 T* g, int32_t* n_iter, T* err) {
+  const Kernels<T>* K = kernels<T>();
+  const T inv_eps = T(1) / o.eps;
+  if (per_problem_schedule(B, N, M)) {
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      thread_local Tile<T> t;
+      for (int64_t k = begin; k < end; ++k) {
+        t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps);
+        const int64_t n = t.n();
+        const int64_t m = t.m();
+        iterate(
+            t, o, n_iter + k, err + k,
+            [&] {
+              K->lse_columns(t.CsT.data(), m, t.ldT, t.gs.data(), 0, t.ldT, t.lse_r.data(), t.colmax.data(),
+                             t.colsum.data());
+            },
+            [&] {
+              K->lse_columns(t.Cs.data(), n, t.ld, t.fs.data(), 0, t.ld, t.lse_c.data(), t.colmax.data(),
+                             t.colsum.data());
+            });
+        scatter(t, f + k * N, g + k * M);
+      }
+    });
+    return;
+  }
+  Tile<T> t;
+  for (int64_t k = 0; k < B; ++k) {
+    t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps);
+    const int64_t n = t.n(), m = t.m(), W = kLanes<T>;
+    iterate(
+        t, o, n_iter + k, err + k,
+        [&] {  // blocks of whole vectors of rows (columns of the transpose)
+          at::parallel_for(0, t.ldT / W, std::max<int64_t>(1, grain(m) / W), [&](int64_t v0, int64_t v1) {
+            K->lse_columns(t.CsT.data(), m, t.ldT, t.gs.data(), v0 * W, v1 * W, t.lse_r.data(), t.colmax.data(),
+                           t.colsum.data());
+          });
+        },
+        [&] {  // blocks of whole vectors of columns
+          at::parallel_for(0, t.ld / W, std::max<int64_t>(1, grain(n) / W), [&](int64_t v0, int64_t v1) {
+            K->lse_columns(t.Cs.data(), n, t.ld, t.fs.data(), v0 * W, v1 * W, t.lse_c.data(), t.colmax.data(),
+                           t.colsum.data());
+          });
+        });
+    scatter(t, f + k * N, g + k * M);
+  }
+}
+
+// Plan and/or <P, C> from the potentials, problem by problem (P rows written only on valid entries).
+template <typename T>
+void plan_batch(const T* C, const T* A, const T* Bw, const T* F, const T* G, int64_t B, int64_t N, int64_t M, T eps,
+                T* P, T* tc, T* mass) {
+  const Kernels<T>* K = kernels<T>();
+  const T inv_eps = T(1) / eps;
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    thread_local Tile<T> t;
+    thread_local std::vector<T> ptile;
+    for (int64_t k = begin; k < end; ++k) {
+      t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps, /*want_transpose=*/false);
+      const int64_t n = t.n(), m = t.m();
+      for (int64_t i = 0; i < n; ++i) t.fs[i] = F[k * N + t.rows[i]] * inv_eps + t.loga[i];
+      for (int64_t j = 0; j < m; ++j) t.gs[j] = G[k * M + t.cols[j]] * inv_eps + t.logb[j];
+      if (P) ptile.resize(n * t.ld);
+      T s = 0, sp = 0;
+      if (n > 0 && m > 0)
+        K->plan_rows(t.Cs.data(), t.ld, t.fs.data(), t.gs.data(), 0, n, P ? ptile.data() : nullptr, &s, &sp);
+      if (tc) {
+        tc[k] = s * eps;
+        mass[k] = sp;
+      }
+      if (P) {
+        T* Pk = P + k * N * M;
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < m; ++j) Pk[t.rows[i] * M + t.cols[j]] = ptile[i * t.ld + j];
+      }
+    }
+  });
 }
 
 void check_inputs(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b) {
@@ -137,97 +305,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(
   at::Tensor g = at::zeros({B, M}, C.options());
   at::Tensor n_iter = at::zeros({B}, C.options().dtype(at::kInt));
   at::Tensor err = at::zeros({B}, C.options());
-  const bool has_tol = tol.has_value();
-  const bool unb_a = tau_a.has_value(), unb_b = tau_b.has_value();
-  AT_DISPATCH_FLOATING_TYPES(C.scalar_type(), "sinkhorn_fwd_cpu", [&] {
-    const scalar_t* Cp = C.data_ptr<scalar_t>();
-    const scalar_t* Ap = A.data_ptr<scalar_t>();
-    const scalar_t* Bp = Bw.data_ptr<scalar_t>();
-    scalar_t* fp = f.data_ptr<scalar_t>();
-    scalar_t* gp = g.data_ptr<scalar_t>();
-    scalar_t* ep = err.data_ptr<scalar_t>();
-    int32_t* np = n_iter.data_ptr<int32_t>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        Problem<scalar_t> p{Cp + k * N * M, Ap + k * N, Bp + k * M, N, M};
-        solve_one(p, static_cast<scalar_t>(eps), max_iter, has_tol ? *tol : 0.0, has_tol,
-                  unb_a ? *tau_a : 0.0, unb_a, unb_b ? *tau_b : 0.0, unb_b, fp + k * N, gp + k * M, np + k,
-                  ep + k);
-      }
-    });
+  AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_fwd_cpu", [&] {
+    const Options<scalar_t> o{static_cast<scalar_t>(eps), max_iter, tol.has_value(),
+                              static_cast<scalar_t>(tol.value_or(0.0)), tau_a.has_value(), tau_b.has_value(),
+                              static_cast<scalar_t>(tau_a.value_or(1.0)), static_cast<scalar_t>(tau_b.value_or(1.0))};
+    solve_batch<scalar_t>(C.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), Bw.data_ptr<scalar_t>(), B, N, M, o,
+                          f.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), n_iter.data_ptr<int32_t>(),
+                          err.data_ptr<scalar_t>());
   });
   return {f, g, n_iter, err};
 }
 
-// Shared loop for the plan and <P, C>: calls emit(k, i, j, P_ij, C_ij) for every entry.
-template <typename T, typename Emit>
-void for_each_plan_entry(const at::Tensor& C, const at::Tensor& A, const at::Tensor& Bw, const at::Tensor& f,
-                         const at::Tensor& g, double eps, Emit emit) {
-  const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
-  const T* Cp = C.data_ptr<T>();
-  const T* Ap = A.data_ptr<T>();
-  const T* Bp = Bw.data_ptr<T>();
-  const T* fp = f.data_ptr<T>();
-  const T* gp = g.data_ptr<T>();
-  const T e = static_cast<T>(eps);
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      for (int64_t i = 0; i < N; ++i) {
-        const T ai = Ap[k * N + i];
-        for (int64_t j = 0; j < M; ++j) {
-          const T bj = Bp[k * M + j];
-          const T c = Cp[(k * N + i) * M + j];
-          T pij = 0;
-          if (ai > 0 && bj > 0) pij = ai * bj * std::exp((fp[k * N + i] + gp[k * M + j] - c) / e);
-          emit(k, i, j, pij, c);
-        }
-      }
-    }
-  });
-}
-
-at::Tensor sinkhorn_plan_cpu(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, const at::Tensor& f,
-                             const at::Tensor& g, double eps) {
+at::Tensor plan_or_cost(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, const at::Tensor& f,
+                        const at::Tensor& g, double eps, bool want_plan, at::Tensor* mass_out = nullptr) {
   check_inputs(cost, a, b);
   const auto dt = compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous();
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous();
-  at::Tensor P = at::empty(C.sizes(), C.options());
+  const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
+  at::Tensor out = want_plan ? at::zeros(C.sizes(), C.options()) : at::zeros({B}, C.options());
+  at::Tensor mass = want_plan ? at::Tensor() : at::zeros({B}, C.options());
   AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_plan_cpu", [&] {
-    scalar_t* Pp = P.data_ptr<scalar_t>();
-    const int64_t N = C.size(1), M = C.size(2);
-    for_each_plan_entry<scalar_t>(C, A, Bw, F, G, eps, [&](int64_t k, int64_t i, int64_t j, scalar_t p, scalar_t) {
-      Pp[(k * N + i) * M + j] = p;
-    });
+    plan_batch<scalar_t>(C.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), Bw.data_ptr<scalar_t>(),
+                         F.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), B, N, M, static_cast<scalar_t>(eps),
+                         want_plan ? out.data_ptr<scalar_t>() : nullptr, want_plan ? nullptr : out.data_ptr<scalar_t>(),
+                         want_plan ? nullptr : mass.data_ptr<scalar_t>());
   });
-  return P;
+  if (mass_out) *mass_out = mass;
+  return out;
+}
+
+at::Tensor sinkhorn_plan_cpu(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, const at::Tensor& f,
+                             const at::Tensor& g, double eps) {
+  return plan_or_cost(cost, a, b, f, g, eps, true);
 }
 
 std::tuple<at::Tensor, at::Tensor> sinkhorn_plan_sums_cpu(const at::Tensor& cost, const at::Tensor& a,
                                                          const at::Tensor& b, const at::Tensor& f, const at::Tensor& g,
                                                          double eps) {
-  check_inputs(cost, a, b);
-  const auto dt = compute_dtype(cost);
-  const at::Tensor C = cost.to(dt).contiguous();
-  const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
-  const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous();
-  at::Tensor out = at::zeros({C.size(0)}, C.options()), mass = at::zeros({C.size(0)}, C.options());
-  AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_plan_sums_cpu", [&] {
-    scalar_t* op = out.data_ptr<scalar_t>();
-    scalar_t* mp = mass.data_ptr<scalar_t>();
-    // Each problem k is owned by one task, so the per-problem sum needs no atomics.
-    for_each_plan_entry<scalar_t>(C, A, Bw, F, G, eps, [&](int64_t k, int64_t, int64_t, scalar_t p, scalar_t c) {
-      if (p > 0) {
-        op[k] += p * c;
-        mp[k] += p;
-      }
-    });
-  });
-  return {out, mass};
+  at::Tensor mass;
+  at::Tensor tc = plan_or_cost(cost, a, b, f, g, eps, false, &mass);
+  return {tc, mass};
 }
 
 }  // namespace
+
+// The instruction set the CPU kernels run with here ("base", "avx2" or "avx512").
+std::string cpu_isa() { return kernels<float>()->isa; }
 
 TORCH_LIBRARY_IMPL(fastot, CPU, m) {
   m.impl("sinkhorn_fwd", &sinkhorn_fwd_cpu);
@@ -235,4 +360,5 @@ TORCH_LIBRARY_IMPL(fastot, CPU, m) {
   m.impl("sinkhorn_plan_sums", &sinkhorn_plan_sums_cpu);
 }
 
+}  // namespace cpu
 }  // namespace fastot

@@ -6,15 +6,20 @@
 namespace fastot {
 namespace cpu {
 
+// Elements per 64-byte vector. Tiles have a row stride `ld` that is a multiple of this, padded with +inf.
+template <typename T>
+constexpr int64_t kLanes = 64 / sizeof(T);
+
 template <typename T>
 struct Kernels {
-  // out[i] = LSE_j(gs_j - Cs_ij) for rows [r0, r1) of the dense n x m tile Cs.
-  void (*row_lse)(const T* Cs, int64_t m, const T* gs, int64_t r0, int64_t r1, T* out);
-  // out[j] = LSE_i(fs_i - Cs_ij) for columns [c0, c1); colmax/colsum: [m] scratch.
-  void (*col_lse)(const T* Cs, int64_t n, int64_t m, const T* fs, int64_t c0, int64_t c1, T* out, T* colmax,
-                  T* colsum);
-  // P_ij = exp(fs_i + gs_j - Cs_ij) for rows [r0, r1), written to P if non-null; returns sum P_ij * Cs_ij.
-  T (*plan_rows)(const T* Cs, int64_t m, const T* fs, const T* gs, int64_t r0, int64_t r1, T* P);
+  // out[j] = LSE_i(s_i - X_ij) over the n rows of X (row stride ld), for columns [c0, c1) (multiples of
+  // kLanes); -inf where no term is finite. colmax/colsum: [ld] scratch.
+  void (*lse_columns)(const T* X, int64_t n, int64_t ld, const T* s, int64_t c0, int64_t c1, T* out, T* colmax,
+                      T* colsum);
+  // P_ij = exp(fs_i + gs_j - Cs_ij) for rows [r0, r1), written to P (stride ld) if non-null; adds sum P_ij Cs_ij
+  // to *sum_pc and sum P_ij to *sum_p (+inf costs, padding included, give P_ij = 0).
+  void (*plan_rows)(const T* Cs, int64_t ld, const T* fs, const T* gs, int64_t r0, int64_t r1, T* P, T* sum_pc,
+                    T* sum_p);
   const char* isa;
 };
 

@@ -32,6 +32,16 @@ TORCH_LIBRARY(fastot, m) {
   m.def(
       "sinkhorn_plan_sums(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> (Tensor transport_cost, "
       "Tensor mass)");
+  // Sinkhorn between token embeddings with the cost computed per problem from x [B,N,d], y [B,M,d] (never
+  // stored as [B,N,M]). cost: 0 cosine, 1 sqeuclidean, 2 dot. Returns f, g, n_iter, err, <P,C>, sum P.
+  m.def(
+      "sinkhorn_embeddings_fwd(Tensor x, Tensor y, Tensor a, Tensor b, int cost, float eps, int max_iter, float? tol, "
+      "float? tau_a, float? tau_b) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, Tensor transport_cost, "
+      "Tensor mass)");
+  // Envelope backward: dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* recomputed from the potentials.
+  m.def(
+      "sinkhorn_embeddings_bwd(Tensor x, Tensor y, Tensor a, Tensor b, Tensor f, Tensor g, Tensor scale, int cost, "
+      "float eps) -> (Tensor dx, Tensor dy)");
   // The instruction set the CPU kernels were chosen for at run time ("base", "avx2", "avx512").
   m.def("cpu_isa() -> str", &fastot::cpu::cpu_isa);
   // Code-switch token substitution on a tokenized batch; see fastot/reference/codeswitch.py for the contract.

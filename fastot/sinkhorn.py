@@ -104,6 +104,42 @@ class _SinkhornEnvelope(torch.autograd.Function):
         return d_cost, d_a, d_b, None, None, None, None, None, None
 
 
+_COST_KIND = {"cosine": 0, "sqeuclidean": 1, "dot": 2}
+
+
+class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
+    """Fused sinkhorn_embeddings (cpp): the cost is built per problem from x and y inside the kernel, forward
+    and backward, so no [B,N,M] tensor exists. Same gradient rules as _SinkhornEnvelope; dx, dy come from
+    the kernel as <P*, dC/dx> with P* recomputed from the potentials."""
+
+    @staticmethod
+    def forward(ctx, x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b):
+        kind = _COST_KIND[cost]
+        f, g, n_iter, err, tc, mass = torch.ops.fastot.sinkhorn_embeddings_fwd(x, y, a, b, kind, eps, max_iter, tol,
+                                                                             tau_a, tau_b)
+        value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
+        ctx.save_for_backward(x, y, a, b, f, g)
+        ctx.cfg = (kind, eps, tau_a, tau_b)
+        ctx.mark_non_differentiable(f, g, n_iter, err)
+        return f, g, value, tc, n_iter, err
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
+        x, y, a, b, f, g = ctx.saved_tensors
+        kind, eps, tau_a, tau_b = ctx.cfg
+        dx = dy = da = db = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            dx, dy = torch.ops.fastot.sinkhorn_embeddings_bwd(x, y, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps)
+            dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
+            dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            ga, gb = _weight_grads(a, b, f, g, eps, tau_a, tau_b)
+            da = (ga * g_value[:, None]).to(a.dtype) if ctx.needs_input_grad[2] else None
+            db = (gb * g_value[:, None]).to(b.dtype) if ctx.needs_input_grad[3] else None
+        return dx, dy, da, db, None, None, None, None, None, None
+
+
 @dataclass
 class SinkhornResult:
     """Result of :func:`sinkhorn`. Shapes: f [B,N], g [B,M], value/transport_cost/n_iter/err [B].
@@ -123,15 +159,16 @@ class SinkhornResult:
     err: torch.Tensor
     backend: str
     eps: float
-    _cost: torch.Tensor = field(repr=False)
+    _cost: torch.Tensor | Callable[[], torch.Tensor] = field(repr=False)
     _a: torch.Tensor = field(repr=False)
     _b: torch.Tensor = field(repr=False)
 
     def plan(self) -> torch.Tensor:
         with torch.no_grad():
             k = _kernels(self.backend)
-            return k.plan(self._cost.detach(), self._a.detach(), self._b.detach(), self.f.detach(),
-                          self.g.detach(), self.eps)
+            cost = self._cost() if callable(self._cost) else self._cost  # fused path: the cost is built on demand
+            return k.plan(cost.detach(), self._a.detach(), self._b.detach(), self.f.detach(), self.g.detach(),
+                          self.eps)
 
 
 def _check_positive(name: str, value, allow_none: bool = True) -> None:
@@ -249,6 +286,8 @@ def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> tor
 def _mask_weights(mask, w, n, like, name, shape):
     if mask is None:
         return w
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"sinkhorn_embeddings: {name} must be a tensor or None, got {type(mask).__name__}")
     if tuple(mask.shape) != shape:
         raise ValueError(f"sinkhorn_embeddings: {name} must have shape {list(shape)}, got {list(mask.shape)}")
     m = mask.to(device=like.device, dtype=ref.compute_dtype(like.dtype))
@@ -283,17 +322,38 @@ def sinkhorn_embeddings(
         cost: "cosine" (default), "sqeuclidean" or "dot".
         Other arguments as :func:`sinkhorn`. Gradients reach x and y through the cost.
 
-    For now the cost [B,N,M] is materialised on every backend; the fused kernels (issues 3 and 4)
-    will compute it tile by tile.
+    On the cpp backend the cost is computed per problem inside the kernel (forward and backward), so no
+    [B,N,M] tensor is stored: memory is O(B (N + M) d) plus one N x M tile per thread. Other backends
+    materialise the cost for now (the fused GPU kernels are issues 3 and 4).
     """
     if x.dim() != 3 or y.dim() != 3:
         raise ValueError(f"sinkhorn_embeddings: x and y must be [B, N, d] and [B, M, d], got {list(x.shape)} and {list(y.shape)}")
     if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
         raise ValueError(f"sinkhorn_embeddings: x {list(x.shape)} and y {list(y.shape)} must agree on B and d")
+    if not x.is_floating_point() or not y.is_floating_point():
+        raise TypeError(f"sinkhorn_embeddings: x and y must be floating point, got {x.dtype} and {y.dtype}")
+    if cost not in COSTS:
+        raise ValueError(f"sinkhorn_embeddings: cost must be one of {COSTS}, got {cost!r}")
+    B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    like = x.new_empty(0, dtype=ref.compute_dtype(x.dtype))
+    a = _mask_weights(x_mask, a, N, like, "x_mask", (B, N))
+    b = _mask_weights(y_mask, b, M, like, "y_mask", (B, M))
+    be = None if grad == "unrolled" else _backend.resolve("sinkhorn", x.device, backend)
+    if be == "cpp":  # fused: the cost is built per problem inside the kernel
+        _check_positive("eps", eps, allow_none=False)
+        _check_positive("tol", tol)
+        _check_positive("tau_a", tau_a)
+        _check_positive("tau_b", tau_b)
+        if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
+            raise ValueError(f"sinkhorn_embeddings: max_iter must be an integer >= 0, got {max_iter!r}")
+        a = _weights(a, like, N, "a", (B, N))
+        b = _weights(b, like, M, "b", (B, M))
+        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(
+            x, y, a, b, cost, float(eps), max_iter, None if tol is None else float(tol),
+            None if tau_a is None else float(tau_a), None if tau_b is None else float(tau_b))
+        return SinkhornResult(f, g, value, tc, n_iter, err, be, float(eps),
+                              lambda: pairwise_cost(x.detach(), y.detach(), cost), a, b)
     C = pairwise_cost(x, y, cost)
-    B, N, M = C.shape
-    a = _mask_weights(x_mask, a, N, C, "x_mask", (B, N))
-    b = _mask_weights(y_mask, b, M, C, "y_mask", (B, M))
     return sinkhorn(C, a, b, eps=eps, max_iter=max_iter, tol=tol, tau_a=tau_a, tau_b=tau_b, grad=grad, backend=backend)
 
 
@@ -315,3 +375,15 @@ def _register_fakes() -> None:
     def _(cost, a, b, f, g, eps):
         dt = ref.compute_dtype(cost.dtype)
         return cost.new_empty((cost.shape[0],), dtype=dt), cost.new_empty((cost.shape[0],), dtype=dt)
+
+    @torch.library.register_fake("fastot::sinkhorn_embeddings_fwd")
+    def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b):
+        B, N, M = x.shape[0], x.shape[1], y.shape[1]
+        dt = ref.compute_dtype(x.dtype)
+        e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731
+        return e(B, N), e(B, M), x.new_empty((B,), dtype=torch.int32), e(B), e(B), e(B)
+
+    @torch.library.register_fake("fastot::sinkhorn_embeddings_bwd")
+    def _(x, y, a, b, f, g, scale, cost, eps):
+        dt = ref.compute_dtype(x.dtype)
+        return x.new_empty(x.shape, dtype=dt), y.new_empty(y.shape, dtype=dt)

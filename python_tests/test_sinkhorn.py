@@ -344,6 +344,11 @@ def test_opcheck_registered_sinkhorn_ops(dtype):
     f, g, _, _ = ops.sinkhorn_fwd(C, a, b, 0.1, 20, None, None, None)
     torch.library.opcheck(ops.sinkhorn_plan.default, (C, a, b, f, g, 0.1))
     torch.library.opcheck(ops.sinkhorn_plan_sums.default, (C, a, b, f, g, 0.1))
+    x, y = torch.randn(2, 5, 6, dtype=dtype), torch.randn(2, 7, 6, dtype=dtype)
+    for kind in (0, 1, 2):
+        torch.library.opcheck(ops.sinkhorn_embeddings_fwd.default, (x, y, a, b, kind, 0.1, 20, None, None, None))
+        f, g = ops.sinkhorn_embeddings_fwd(x, y, a, b, kind, 0.1, 20, None, None, None)[:2]
+        torch.library.opcheck(ops.sinkhorn_embeddings_bwd.default, (x, y, a, b, f, g, torch.ones(2, dtype=dtype), kind, 0.1))
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
@@ -365,6 +370,21 @@ def test_compile_fullgraph_smoke(backend):
     expect.backward()
     torch.testing.assert_close(out, expect)
     torch.testing.assert_close(g, C2.grad)
+
+
+def test_compile_fullgraph_smoke_fused_embeddings():
+    if "cpp" not in fastot.available_backends("sinkhorn"):
+        pytest.skip("the compiled extension is not loaded")
+    x = torch.randn(2, 6, 8, requires_grad=True)
+    y = torch.randn(2, 5, 8)
+
+    def loss(x):
+        return fastot.sinkhorn_embeddings(x, y, eps=0.1, max_iter=10, backend="cpp").transport_cost.sum()
+
+    out = torch.compile(loss, fullgraph=True, backend="aot_eager")(x)
+    (gc,) = torch.autograd.grad(out, x)
+    (ge,) = torch.autograd.grad(loss(x), x)
+    torch.testing.assert_close(gc, ge)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -415,3 +435,46 @@ def test_value_is_dual_objective_and_entropic_bound():
     kl = (P * (P / (a[:, :, None] * b[:, None, :])).log()).sum((1, 2))
     torch.testing.assert_close(r.value, r.transport_cost + 0.1 * kl, rtol=0, atol=1e-10)  # strong duality
     assert math.isclose(P.sum().item(), 3.0, rel_tol=1e-10)
+
+
+def _largest_cpu_allocation(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max((e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0), default=0)
+
+
+def test_fused_embeddings_never_allocate_the_cost_tensor():
+    if "cpp" not in fastot.available_backends("sinkhorn"):
+        pytest.skip("the compiled extension is not loaded")
+    # B*N*M fp32 = 960 KiB; x, y, dx, dy: B*(N+M)*d fp32 = 176 KiB each pair; one problem's tile = 30 KiB.
+    # The profiler reports memory per op (all its outputs together), so the bound is on whole ops.
+    B, N, M, d = 32, 96, 80, 8
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, N, d, generator=g, requires_grad=True)
+    y = torch.randn(B, M, d, generator=g, requires_grad=True)
+
+    def run(backend):
+        def go():
+            r = fastot.sinkhorn_embeddings(x, y, eps=0.1, max_iter=5, backend=backend)
+            r.transport_cost.sum().backward()
+        return go
+
+    fused = _largest_cpu_allocation(run("cpp"))
+    materialised = _largest_cpu_allocation(run("torch"))
+    assert materialised >= B * N * M * 4
+    assert fused < B * N * M * 4 // 2, (fused, materialised)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_sinkhorn_embeddings_half_inputs(backend, device, dtype):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 9, 32, generator=g).to(device, dtype).requires_grad_()
+    y = torch.randn(3, 11, 32, generator=g).to(device, dtype)
+    r = fastot.sinkhorn_embeddings(x, y, eps=0.1, backend=backend)
+    expect = fastot.sinkhorn(fastot.pairwise_cost(x.detach().float(), y.float()), eps=0.1, backend="torch")
+    torch.testing.assert_close(r.value, expect.value, rtol=0, atol=1e-5)
+    r.transport_cost.sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()

@@ -8,8 +8,11 @@
 //  * few problems: problems in turn, each half-iteration split over row (or column) blocks.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
@@ -82,7 +85,8 @@ struct Tile {
   // iteration state and scratch
   std::vector<T> f, g, fs, gs, lse_r, lse_c, colmax, colsum;
 
-  void gather(const T* C, const T* aw, const T* bw, int64_t N, int64_t M, T inv_eps, bool want_transpose = true) {
+  // The valid rows and columns of a problem and their log-weights.
+  void select(const T* aw, const T* bw, int64_t N, int64_t M) {
     rows.clear();
     cols.clear();
     a.clear();
@@ -99,17 +103,23 @@ struct Tile {
         cols.push_back(j);
         logb.push_back(std::log(bw[j]));
       }
+  }
+
+  // Cs from a cost source: src(r) points at the costs of the r-th valid row; with `full_row` those hold all M
+  // columns (picked through `cols`), otherwise only the m valid ones.
+  template <typename RowSrc>
+  void fill(RowSrc src, bool full_row, int64_t M, T inv_eps, bool want_transpose) {
     const int64_t n = rows.size(), m = cols.size();
     ld = (m + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
     Cs.resize(n * ld);
-    const bool dense_cols = m == M;
+    const bool dense_cols = !full_row || m == M;
     for (int64_t r = 0; r < n; ++r) {
-      const T* src = C + rows[r] * M;
+      const T* s = src(r);
       T* dst = Cs.data() + r * ld;
       if (dense_cols) {
-        for (int64_t j = 0; j < m; ++j) dst[j] = src[j] * inv_eps;
+        for (int64_t j = 0; j < m; ++j) dst[j] = s[j] * inv_eps;
       } else {
-        for (int64_t c = 0; c < m; ++c) dst[c] = src[cols[c]] * inv_eps;
+        for (int64_t c = 0; c < m; ++c) dst[c] = s[cols[c]] * inv_eps;
       }
       for (int64_t j = m; j < ld; ++j) dst[j] = std::numeric_limits<T>::infinity();
     }
@@ -128,6 +138,12 @@ struct Tile {
     colmax.resize(std::max(ld, ldT));
     colsum.resize(std::max(ld, ldT));
   }
+
+  void gather(const T* C, const T* aw, const T* bw, int64_t N, int64_t M, T inv_eps, bool want_transpose = true) {
+    select(aw, bw, N, M);
+    fill([&](int64_t r) { return C + rows[r] * M; }, true, M, inv_eps, want_transpose);
+  }
+
   int64_t n() const { return static_cast<int64_t>(rows.size()); }
   int64_t m() const { return static_cast<int64_t>(cols.size()); }
 };
@@ -198,18 +214,18 @@ bool per_problem_schedule(int64_t B, int64_t N, int64_t M) {
   return B >= 2 * at::get_num_threads() || N * M <= 4096;
 }
 
-template <typename T>
-void solve_batch(const T* C, const T* A, const T* Bw, int64_t B, int64_t N, int64_t M, const Options<T>& o, T* f,
-                 T* g, int32_t* n_iter, T* err) {
+// Solves B problems. fill(k, tile) gathers problem k into the tile; after(k, tile) runs once its iterations
+// are done (while the tile is still there). Schedules as described at the top of this file.
+template <typename T, typename Fill, typename After>
+void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill fill, After after, T* f, T* g,
+                    int32_t* n_iter, T* err) {
   const Kernels<T>* K = kernels<T>();
-  const T inv_eps = T(1) / o.eps;
   if (per_problem_schedule(B, N, M)) {
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       thread_local Tile<T> t;
       for (int64_t k = begin; k < end; ++k) {
-        t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps);
-        const int64_t n = t.n();
-        const int64_t m = t.m();
+        fill(k, t);
+        const int64_t n = t.n(), m = t.m();
         iterate(
             t, o, n_iter + k, err + k,
             [&] {
@@ -221,13 +237,14 @@ void solve_batch(const T* C, const T* A, const T* Bw, int64_t B, int64_t N, int6
                              t.colsum.data());
             });
         scatter(t, f + k * N, g + k * M);
+        after(k, t);
       }
     });
     return;
   }
   Tile<T> t;
   for (int64_t k = 0; k < B; ++k) {
-    t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps);
+    fill(k, t);
     const int64_t n = t.n(), m = t.m(), W = kLanes<T>;
     iterate(
         t, o, n_iter + k, err + k,
@@ -244,7 +261,17 @@ void solve_batch(const T* C, const T* A, const T* Bw, int64_t B, int64_t N, int6
           });
         });
     scatter(t, f + k * N, g + k * M);
+    after(k, t);
   }
+}
+
+template <typename T>
+void solve_batch(const T* C, const T* A, const T* Bw, int64_t B, int64_t N, int64_t M, const Options<T>& o, T* f,
+                 T* g, int32_t* n_iter, T* err) {
+  const T inv_eps = T(1) / o.eps;
+  solve_problems<T>(
+      B, N, M, o, [&](int64_t k, Tile<T>& t) { t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps); },
+      [](int64_t, Tile<T>&) {}, f, g, n_iter, err);
 }
 
 // Plan and/or <P, C> from the potentials, problem by problem (P rows written only on valid entries).
@@ -349,6 +376,144 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_plan_sums_cpu(const at::Tensor& cost
   return {tc, mass};
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// sinkhorn_embeddings: the cost tile of each problem is computed from x and y (a GEMM over its valid rows and
+// columns) when the problem is solved, and again in the backward; no [B, N, M] tensor ever exists.
+enum CostKind : int64_t { kCosine = 0, kSqEuclidean = 1, kDot = 2 };
+
+// x [n, d], y [m, d] (valid rows only) -> cost [n, m], contiguous; cosine uses norms clamped at 1e-12 like
+// fastot.pairwise_cost, sqeuclidean is clamped at 0.
+at::Tensor embedding_cost(const at::Tensor& x, const at::Tensor& y, int64_t kind) {
+  if (kind == kCosine) {
+    const at::Tensor xn = x / x.norm(2, {1}, true).clamp_min(1e-12);
+    const at::Tensor yn = y / y.norm(2, {1}, true).clamp_min(1e-12);
+    return xn.mm(yn.t()).neg_().add_(1);
+  }
+  if (kind == kDot) return x.mm(y.t()).neg_();
+  return (x * x).sum(1, true).add(-2 * x.mm(y.t())).add_((y * y).sum(1).unsqueeze(0)).clamp_min_(0);
+}
+
+at::Tensor take_rows(const at::Tensor& x, std::vector<int64_t>& idx) {
+  if (static_cast<int64_t>(idx.size()) == x.size(0)) return x;
+  return x.index_select(0, at::from_blob(idx.data(), {static_cast<int64_t>(idx.size())}, at::kLong));
+}
+
+void check_embeddings(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b,
+                      int64_t kind) {
+  TORCH_CHECK(x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) && x.size(2) == y.size(2),
+              "sinkhorn_embeddings: x and y must be [B, N, d] and [B, M, d], got ", x.sizes(), " and ", y.sizes());
+  TORCH_CHECK(a.dim() == 2 && a.size(0) == x.size(0) && a.size(1) == x.size(1), "sinkhorn_embeddings: a must be [B, N]");
+  TORCH_CHECK(b.dim() == 2 && b.size(0) == y.size(0) && b.size(1) == y.size(1), "sinkhorn_embeddings: b must be [B, M]");
+  TORCH_CHECK(kind >= 0 && kind <= 2, "sinkhorn_embeddings: cost must be 0 (cosine), 1 (sqeuclidean) or 2 (dot)");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, int64_t kind, double eps,
+    int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
+  check_embeddings(x, y, a, b, kind);
+  TORCH_CHECK(eps > 0, "sinkhorn_embeddings: eps must be > 0, got ", eps);
+  TORCH_CHECK(max_iter >= 0, "sinkhorn_embeddings: max_iter must be >= 0, got ", max_iter);
+  const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor X = x.to(dt).contiguous(), Y = y.to(dt).contiguous();
+  const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
+  const int64_t B = X.size(0), N = X.size(1), M = Y.size(1);
+  const auto opts = X.options();
+  at::Tensor f = at::zeros({B, N}, opts), g = at::zeros({B, M}, opts), err = at::zeros({B}, opts);
+  at::Tensor n_iter = at::zeros({B}, opts.dtype(at::kInt));
+  at::Tensor tc = at::zeros({B}, opts), mass = at::zeros({B}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_embeddings_fwd_cpu", [&] {
+    using T = scalar_t;
+    const Options<T> o{static_cast<T>(eps), max_iter, tol.has_value(), static_cast<T>(tol.value_or(0.0)),
+                       tau_a.has_value(), tau_b.has_value(), static_cast<T>(tau_a.value_or(1.0)),
+                       static_cast<T>(tau_b.value_or(1.0))};
+    const T inv_eps = T(1) / o.eps;
+    const Kernels<T>* K = kernels<T>();
+    T *tcp = tc.data_ptr<T>(), *mp = mass.data_ptr<T>();
+    solve_problems<T>(
+        B, N, M, o,
+        [&](int64_t k, Tile<T>& t) {
+          t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
+          const at::Tensor C = embedding_cost(take_rows(X[k], t.rows), take_rows(Y[k], t.cols), kind).contiguous();
+          const T* Cp = C.data_ptr<T>();
+          const int64_t m = t.m();
+          t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, true);
+        },
+        [&](int64_t k, Tile<T>& t) {  // <P, C> and mass while the tile is here
+          T sp = 0, sm = 0;
+          if (t.n() > 0 && t.m() > 0) {
+            for (int64_t i = 0; i < t.n(); ++i) t.fs[i] = t.f[i] * inv_eps + t.loga[i];
+            for (int64_t j = 0; j < t.m(); ++j) t.gs[j] = t.g[j] * inv_eps + t.logb[j];
+            K->plan_rows(t.Cs.data(), t.ld, t.fs.data(), t.gs.data(), 0, t.n(), nullptr, &sp, &sm);
+          }
+          tcp[k] = sp * o.eps;
+          mp[k] = sm;
+        },
+        f.data_ptr<T>(), g.data_ptr<T>(), n_iter.data_ptr<int32_t>(), err.data_ptr<T>());
+  });
+  return {f, g, n_iter, err, tc, mass};
+}
+
+// dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* held constant (the envelope rule).
+std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor& x, const at::Tensor& y,
+                                                               const at::Tensor& a, const at::Tensor& b,
+                                                               const at::Tensor& f, const at::Tensor& g,
+                                                               const at::Tensor& scale, int64_t kind, double eps) {
+  check_embeddings(x, y, a, b, kind);
+  const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor X = x.to(dt).contiguous(), Y = y.to(dt).contiguous();
+  const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
+  const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous(), S = scale.to(dt).contiguous();
+  const int64_t B = X.size(0), N = X.size(1), M = Y.size(1);
+  at::Tensor dx = at::zeros(X.sizes(), X.options()), dy = at::zeros(Y.sizes(), Y.options());
+  AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_embeddings_bwd_cpu", [&] {
+    using T = scalar_t;
+    const Kernels<T>* K = kernels<T>();
+    const T inv_eps = T(1) / static_cast<T>(eps);
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      thread_local Tile<T> t;
+      thread_local std::vector<T> ptile;
+      for (int64_t k = begin; k < end; ++k) {
+        t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
+        const int64_t n = t.n(), m = t.m();
+        const T s = S.data_ptr<T>()[k];
+        if (n == 0 || m == 0 || s == 0) continue;
+        const at::Tensor xk = take_rows(X[k], t.rows), yk = take_rows(Y[k], t.cols);
+        const at::Tensor C = embedding_cost(xk, yk, kind).contiguous();
+        const T* Cp = C.data_ptr<T>();
+        t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, false);
+        for (int64_t i = 0; i < n; ++i) t.fs[i] = F.data_ptr<T>()[k * N + t.rows[i]] * inv_eps + t.loga[i];
+        for (int64_t j = 0; j < m; ++j) t.gs[j] = G.data_ptr<T>()[k * M + t.cols[j]] * inv_eps + t.logb[j];
+        ptile.assign(n * t.ld, T(0));
+        T unused_pc = 0, unused_p = 0;
+        K->plan_rows(t.Cs.data(), t.ld, t.fs.data(), t.gs.data(), 0, n, ptile.data(), &unused_pc, &unused_p);
+        at::Tensor P = at::from_blob(ptile.data(), {n, t.ld}, X.options()).narrow(1, 0, m).mul(s);
+        at::Tensor gx, gy;
+        if (kind == kDot) {
+          gx = -P.mm(yk);
+          gy = -P.t().mm(xk);
+        } else if (kind == kSqEuclidean) {
+          // d|x - y|^2 = 2 (x - y); zero where the clamp at 0 was active, as autograd through the clamp gives
+          const at::Tensor raw = (xk * xk).sum(1, true).add(-2 * xk.mm(yk.t())).add_((yk * yk).sum(1).unsqueeze(0));
+          P = P * (raw > 0);
+          gx = 2 * (P.sum(1, true) * xk - P.mm(yk));
+          gy = 2 * (P.sum(0).unsqueeze(1) * yk - P.t().mm(xk));
+        } else {
+          // C = 1 - <x/|x|, y/|y|>: d/dx = -(I - xh xh^T) (P yh) / |x|; below the 1e-12 clamp, x/1e-12 is linear
+          const at::Tensor nx = xk.norm(2, {1}, true), ny = yk.norm(2, {1}, true);
+          const at::Tensor nxc = nx.clamp_min(1e-12), nyc = ny.clamp_min(1e-12);
+          const at::Tensor xh = xk / nxc, yh = yk / nyc;
+          const at::Tensor Gx = -P.mm(yh), Gy = -P.t().mm(xh);
+          gx = at::where(nx > 1e-12, (Gx - (Gx * xh).sum(1, true) * xh) / nxc, Gx / 1e-12);
+          gy = at::where(ny > 1e-12, (Gy - (Gy * yh).sum(1, true) * yh) / nyc, Gy / 1e-12);
+        }
+        dx[k].index_copy_(0, at::from_blob(t.rows.data(), {n}, at::kLong), gx);
+        dy[k].index_copy_(0, at::from_blob(t.cols.data(), {m}, at::kLong), gy);
+      }
+    });
+  });
+  return {dx, dy};
+}
+
 }  // namespace
 
 // The instruction set the CPU kernels run with here ("base", "avx2" or "avx512").
@@ -358,6 +523,8 @@ TORCH_LIBRARY_IMPL(fastot, CPU, m) {
   m.impl("sinkhorn_fwd", &sinkhorn_fwd_cpu);
   m.impl("sinkhorn_plan", &sinkhorn_plan_cpu);
   m.impl("sinkhorn_plan_sums", &sinkhorn_plan_sums_cpu);
+  m.impl("sinkhorn_embeddings_fwd", &sinkhorn_embeddings_fwd_cpu);
+  m.impl("sinkhorn_embeddings_bwd", &sinkhorn_embeddings_bwd_cpu);
 }
 
 }  // namespace cpu

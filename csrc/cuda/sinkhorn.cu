@@ -41,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
   at::Tensor f = at::empty({B, N}, C.options()), g = at::empty({B, M}, C.options());
   at::Tensor n_iter = at::empty({B}, C.options().dtype(at::kInt)), err = at::empty({B}, C.options());
   SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
-                    tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value()};
+                    tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value(), max_smem};
   auto stream = c10::cuda::getCurrentCUDAStream();
   cudaError_t e;
   if (dt == at::kDouble)

@@ -1,0 +1,104 @@
+"""Sinkhorn on a CUDA GPU, side by side (issue 3's GPU targets): fastot cuda vs the torch reference in eager
+mode and under torch.compile, on the same problems in one run. NOT YET RUN: written without a GPU.
+
+    python -m bench.sinkhorn_gpu --out results.csv          # B=256, N=M=128, fp32, 100 iterations
+    python -m bench.sinkhorn_gpu --sanitize                 # one small solve per path, for compute-sanitizer
+
+Timing: CUDA events after warm-up (triton.testing.do_bench when triton is importable), median and the
+20-80% spread. Derived: exp/s = 2 B N M iterations / time, and its fraction of the SFU exp2 bound
+(16 ex2 per clock per SM on sm_80/sm_90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+
+import torch
+
+import fastot
+
+EX2_PER_CLOCK_PER_SM = 16  # MUFU.EX2 throughput, sm_80 and sm_90 (CUDA C++ Programming Guide, arithmetic instructions)
+
+
+def _bench(fn, reps: int = 50) -> tuple[float, float, float]:
+    try:
+        import triton.testing  # noqa: PLC0415
+
+        q = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], rep=200)
+        return q[0], q[1], q[2]
+    except ImportError:
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize()
+            times.append(s.elapsed_time(e))
+        qs = statistics.quantiles(times, n=5)
+        return statistics.median(times), qs[0], qs[-1]
+
+
+def exp_bound() -> float:
+    p = torch.cuda.get_device_properties(0)
+    clock_hz = getattr(p, "clock_rate", 0) * 1e3 or 1.755e9  # kHz -> Hz when torch exposes it
+    return p.multi_processor_count * EX2_PER_CLOCK_PER_SM * clock_hz
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--sanitize", action="store_true", help="one small run of each CUDA path, no timing")
+    ap.add_argument("--B", type=int, default=256)
+    ap.add_argument("--N", type=int, default=128)
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    if args.sanitize:  # exercise on-chip and global-memory forward, plan, sums, embeddings, code-switch
+        for B, N, M in [(3, 17, 33), (2, 300, 260)]:
+            C = torch.rand(B, N, M, device=dev)
+            a = torch.rand(B, N, device=dev)
+            a[0, N // 2:] = 0
+            r = fastot.sinkhorn(C, a / a.sum(1, keepdim=True), eps=0.05, max_iter=20, tol=1e-6, backend="cuda")
+            r.plan()
+            torch.cuda.synchronize()
+        print("sanitize run done")
+        return 0
+    B, N, iters, eps = args.B, args.N, 100, 0.05
+    C = torch.rand(B, N, N, device=dev) * 2
+    rows = []
+    ref = fastot.sinkhorn(C.double(), eps=eps, max_iter=iters, backend="torch").f
+    compiled = torch.compile(lambda c: fastot.sinkhorn(c, eps=eps, max_iter=iters, backend="torch").f)
+    cands = {
+        "fastot cuda": lambda: fastot.sinkhorn(C, eps=eps, max_iter=iters, backend="cuda").f,
+        "torch reference (eager)": lambda: fastot.sinkhorn(C, eps=eps, max_iter=iters, backend="torch").f,
+        "torch reference (torch.compile)": lambda: compiled(C),
+    }
+    if "triton" in fastot.available_backends("sinkhorn", "cuda"):
+        cands["fastot triton"] = lambda: fastot.sinkhorn(C, eps=eps, max_iter=iters, backend="triton").f
+    base = None
+    for name, fn in cands.items():
+        err = (fn().double() - ref).abs().max().item()
+        med, p20, p80 = _bench(fn)
+        base = base or med
+        exps = 2 * B * N * N * iters / (med * 1e-3)
+        rows.append({"contender": name, "B": B, "N": N, "iters": iters, "median_ms": med, "p20_ms": p20,
+                     "p80_ms": p80, "slower_than_fastot_cuda": med / base, "f_max_abs_err_vs_fp64": err,
+                     "exp_per_s": exps, "fraction_of_ex2_bound": exps / exp_bound(),
+                     "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda})
+        print(f"{name:34s} {med:9.3f} ms [{p20:.3f}-{p80:.3f}]  x{med / base:6.1f}  err {err:.1e}  "
+              f"{exps:.2e} exp/s ({exps / exp_bound():.0%} of ex2 bound)")
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -178,6 +178,20 @@ def _check_positive(name: str, value, allow_none: bool = True) -> None:
         raise ValueError(f"sinkhorn: {name} must be a positive number{' or None' if allow_none else ''}, got {value!r}")
 
 
+def _solver_args(eps, max_iter, tol, tau_a, tau_b, grad):
+    """Checks the scalar arguments shared by sinkhorn and sinkhorn_embeddings; returns them as floats."""
+    _check_positive("eps", eps, allow_none=False)
+    _check_positive("tol", tol)
+    _check_positive("tau_a", tau_a)
+    _check_positive("tau_b", tau_b)
+    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
+        raise ValueError(f"sinkhorn: max_iter must be an integer >= 0, got {max_iter!r}")
+    if grad not in ("envelope", "unrolled"):
+        raise ValueError(f"sinkhorn: grad must be 'envelope' or 'unrolled', got {grad!r}")
+    as_float = lambda v: None if v is None else float(v)  # noqa: E731
+    return float(eps), as_float(tol), as_float(tau_a), as_float(tau_b)
+
+
 def _weights(w, like: torch.Tensor, n: int, name: str, shape: tuple[int, int]) -> torch.Tensor:
     if w is None:
         return torch.full(shape, 1.0 / max(n, 1), dtype=ref.compute_dtype(like.dtype), device=like.device)
@@ -235,20 +249,10 @@ def sinkhorn(
         raise ValueError(f"sinkhorn: cost must be [B, N, M], got shape {list(cost.shape)}")
     if not cost.is_floating_point():
         raise TypeError(f"sinkhorn: cost must be floating point, got {cost.dtype}")
-    _check_positive("eps", eps, allow_none=False)
-    _check_positive("tol", tol)
-    _check_positive("tau_a", tau_a)
-    _check_positive("tau_b", tau_b)
-    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
-        raise ValueError(f"sinkhorn: max_iter must be an integer >= 0, got {max_iter!r}")
-    if grad not in ("envelope", "unrolled"):
-        raise ValueError(f"sinkhorn: grad must be 'envelope' or 'unrolled', got {grad!r}")
+    eps, tol, tau_a, tau_b = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad)
     B, N, M = cost.shape
     a = _weights(a, cost, N, "a", (B, N))
     b = _weights(b, cost, M, "b", (B, M))
-    eps, tol = float(eps), None if tol is None else float(tol)
-    tau_a = None if tau_a is None else float(tau_a)
-    tau_b = None if tau_b is None else float(tau_b)
 
     if grad == "unrolled":
         if backend not in (None, "auto", "torch"):
@@ -340,18 +344,12 @@ def sinkhorn_embeddings(
     b = _mask_weights(y_mask, b, M, like, "y_mask", (B, M))
     be = None if grad == "unrolled" else _backend.resolve("sinkhorn", x.device, backend)
     if be == "cpp":  # fused: the cost is built per problem inside the kernel
-        _check_positive("eps", eps, allow_none=False)
-        _check_positive("tol", tol)
-        _check_positive("tau_a", tau_a)
-        _check_positive("tau_b", tau_b)
-        if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
-            raise ValueError(f"sinkhorn_embeddings: max_iter must be an integer >= 0, got {max_iter!r}")
+        eps, tol, tau_a, tau_b = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad)
         a = _weights(a, like, N, "a", (B, N))
         b = _weights(b, like, M, "b", (B, M))
-        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(
-            x, y, a, b, cost, float(eps), max_iter, None if tol is None else float(tol),
-            None if tau_a is None else float(tau_a), None if tau_b is None else float(tau_b))
-        return SinkhornResult(f, g, value, tc, n_iter, err, be, float(eps),
+        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, cost, eps, max_iter, tol,
+                                                                         tau_a, tau_b)
+        return SinkhornResult(f, g, value, tc, n_iter, err, be, eps,
                               lambda: pairwise_cost(x.detach(), y.detach(), cost), a, b)
     C = pairwise_cost(x, y, cost)
     return sinkhorn(C, a, b, eps=eps, max_iter=max_iter, tol=tol, tau_a=tau_a, tau_b=tau_b, grad=grad, backend=backend)

@@ -327,7 +327,8 @@ def sinkhorn_embeddings(
         Other arguments as :func:`sinkhorn`. Gradients reach x and y through the cost.
 
     On the cpp backend the cost is computed per problem inside the kernel (forward and backward), so no
-    [B,N,M] tensor is stored: memory is O(B (N + M) d) plus one N x M tile per thread. Other backends
+    [B,N,M] tensor is stored: memory is O(B (N + M) d) plus, per thread, the current problem's N x M cost tile
+    and its scaled copy and transpose. Other backends
     materialise the cost for now (the fused GPU kernels are issues 3 and 4).
     """
     if x.dim() != 3 or y.dim() != 3:

@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Optional.h>
@@ -42,8 +43,12 @@ Isa detect_isa() {
   // FASTOT_CPU_ISA=base|avx2|avx512 caps the choice (for benchmarks and tests); it never raises it.
   if (const char* env = std::getenv("FASTOT_CPU_ISA")) {
     const std::string s(env);
-    const Isa want = s == "base" ? Isa::base : s == "avx2" ? Isa::avx2 : Isa::avx512;
-    if (static_cast<int>(want) < static_cast<int>(best)) best = want;
+    if (s == "base" || s == "avx2" || s == "avx512") {
+      const Isa want = s == "base" ? Isa::base : s == "avx2" ? Isa::avx2 : Isa::avx512;
+      if (static_cast<int>(want) < static_cast<int>(best)) best = want;
+    } else {
+      TORCH_WARN("FASTOT_CPU_ISA='", s, "' is not one of base, avx2, avx512; ignoring it");
+    }
   }
   return best;
 }
@@ -166,7 +171,7 @@ template <typename T, typename RowPass, typename ColPass>
 void iterate(Tile<T>& t, const Options<T>& o, int32_t* n_iter, T* err_out, RowPass row_pass, ColPass col_pass) {
   const int64_t n = t.n(), m = t.m();
   if (n == 0 || m == 0) {  // no mass on one side: every potential stays 0 (as in the reference)
-    *n_iter = o.has_tol ? 0 : static_cast<int32_t>(o.max_iter);
+    *n_iter = (o.has_tol && T(0) < o.tol) ? 0 : static_cast<int32_t>(o.max_iter);  // as the reference
     *err_out = 0;
     return;
   }
@@ -222,7 +227,7 @@ void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill f
   const Kernels<T>* K = kernels<T>();
   if (per_problem_schedule(B, N, M)) {
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      thread_local Tile<T> t;
+      Tile<T> t;  // per chunk (one per thread per call): freed when the call ends
       for (int64_t k = begin; k < end; ++k) {
         fill(k, t);
         const int64_t n = t.n(), m = t.m();
@@ -281,8 +286,8 @@ void plan_batch(const T* C, const T* A, const T* Bw, const T* F, const T* G, int
   const Kernels<T>* K = kernels<T>();
   const T inv_eps = T(1) / eps;
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    thread_local Tile<T> t;
-    thread_local std::vector<T> ptile;
+    Tile<T> t;  // per chunk (one per thread per call): freed when the call ends
+    std::vector<T> ptile;
     for (int64_t k = begin; k < end; ++k) {
       t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps, /*want_transpose=*/false);
       const int64_t n = t.n(), m = t.m();
@@ -381,16 +386,21 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_plan_sums_cpu(const at::Tensor& cost
 // columns) when the problem is solved, and again in the backward; no [B, N, M] tensor ever exists.
 enum CostKind : int64_t { kCosine = 0, kSqEuclidean = 1, kDot = 2 };
 
-// x [n, d], y [m, d] (valid rows only) -> cost [n, m], contiguous; cosine uses norms clamped at 1e-12 like
-// fastot.pairwise_cost, sqeuclidean is clamped at 0.
-at::Tensor embedding_cost(const at::Tensor& x, const at::Tensor& y, int64_t kind) {
+// x [n, d], y [m, d] (valid rows only) -> cost [n, m] written into `out` (resized; reused across the problems of a
+// task, so the [n, m] temporaries do not churn the allocator). cosine uses norms clamped at 1e-12 like
+// fastot.pairwise_cost; sqeuclidean is clamped at 0 unless raw_out is given, which then receives the unclamped
+// values (the backward needs to know where the clamp was active).
+void embedding_cost(const at::Tensor& x, const at::Tensor& y, int64_t kind, at::Tensor& out) {
+  out.resize_({x.size(0), y.size(0)});
   if (kind == kCosine) {
     const at::Tensor xn = x / x.norm(2, {1}, true).clamp_min(1e-12);
     const at::Tensor yn = y / y.norm(2, {1}, true).clamp_min(1e-12);
-    return xn.mm(yn.t()).neg_().add_(1);
+    at::mm_out(out, xn, yn.t()).neg_().add_(1);
+  } else if (kind == kDot) {
+    at::mm_out(out, x, y.t()).neg_();
+  } else {
+    at::mm_out(out, x, y.t()).mul_(-2).add_((x * x).sum(1, true)).add_((y * y).sum(1).unsqueeze(0)).clamp_min_(0);
   }
-  if (kind == kDot) return x.mm(y.t()).neg_();
-  return (x * x).sum(1, true).add(-2 * x.mm(y.t())).add_((y * y).sum(1).unsqueeze(0)).clamp_min_(0);
 }
 
 at::Tensor take_rows(const at::Tensor& x, std::vector<int64_t>& idx) {
@@ -414,7 +424,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(eps > 0, "sinkhorn_embeddings: eps must be > 0, got ", eps);
   TORCH_CHECK(max_iter >= 0, "sinkhorn_embeddings: max_iter must be >= 0, got ", max_iter);
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor X = x.to(dt).contiguous(), Y = y.to(dt).contiguous();
+  // Kernels work on data: detached, so the nested ATen calls (GEMMs into reused buffers) see no autograd.
+  const at::Tensor X = x.detach().to(dt).contiguous(), Y = y.detach().to(dt).contiguous();
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = X.size(0), N = X.size(1), M = Y.size(1);
   const auto opts = X.options();
@@ -432,8 +443,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     solve_problems<T>(
         B, N, M, o,
         [&](int64_t k, Tile<T>& t) {
+          thread_local at::Tensor C;  // tiny header; the storage is resized, not reallocated, per problem
+          if (!C.defined()) C = at::empty({0}, X.options());
           t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
-          const at::Tensor C = embedding_cost(take_rows(X[k], t.rows), take_rows(Y[k], t.cols), kind).contiguous();
+          embedding_cost(take_rows(X[k], t.rows), take_rows(Y[k], t.cols), kind, C);
           const T* Cp = C.data_ptr<T>();
           const int64_t m = t.m();
           t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, true);
@@ -460,7 +473,8 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
                                                                const at::Tensor& scale, int64_t kind, double eps) {
   check_embeddings(x, y, a, b, kind);
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor X = x.to(dt).contiguous(), Y = y.to(dt).contiguous();
+  // Kernels work on data: detached, so the nested ATen calls (GEMMs into reused buffers) see no autograd.
+  const at::Tensor X = x.detach().to(dt).contiguous(), Y = y.detach().to(dt).contiguous();
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous(), S = scale.to(dt).contiguous();
   const int64_t B = X.size(0), N = X.size(1), M = Y.size(1);
@@ -470,15 +484,16 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
     const Kernels<T>* K = kernels<T>();
     const T inv_eps = T(1) / static_cast<T>(eps);
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      thread_local Tile<T> t;
-      thread_local std::vector<T> ptile;
+      Tile<T> t;  // per chunk (one per thread per call): freed when the call ends
+      std::vector<T> ptile;
+      at::Tensor C = at::empty({0}, X.options()), raw = at::empty({0}, X.options());  // reused per problem
       for (int64_t k = begin; k < end; ++k) {
         t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
         const int64_t n = t.n(), m = t.m();
         const T s = S.data_ptr<T>()[k];
         if (n == 0 || m == 0 || s == 0) continue;
         const at::Tensor xk = take_rows(X[k], t.rows), yk = take_rows(Y[k], t.cols);
-        const at::Tensor C = embedding_cost(xk, yk, kind).contiguous();
+        embedding_cost(xk, yk, kind, C);
         const T* Cp = C.data_ptr<T>();
         t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, false);
         for (int64_t i = 0; i < n; ++i) t.fs[i] = F.data_ptr<T>()[k * N + t.rows[i]] * inv_eps + t.loga[i];
@@ -486,15 +501,16 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
         ptile.assign(n * t.ld, T(0));
         T unused_pc = 0, unused_p = 0;
         K->plan_rows(t.Cs.data(), t.ld, t.fs.data(), t.gs.data(), 0, n, ptile.data(), &unused_pc, &unused_p);
-        at::Tensor P = at::from_blob(ptile.data(), {n, t.ld}, X.options()).narrow(1, 0, m).mul(s);
+        at::Tensor P = at::from_blob(ptile.data(), {n, t.ld}, X.options()).narrow(1, 0, m).mul_(s);  // in place
         at::Tensor gx, gy;
         if (kind == kDot) {
           gx = -P.mm(yk);
           gy = -P.t().mm(xk);
         } else if (kind == kSqEuclidean) {
           // d|x - y|^2 = 2 (x - y); zero where the clamp at 0 was active, as autograd through the clamp gives
-          const at::Tensor raw = (xk * xk).sum(1, true).add(-2 * xk.mm(yk.t())).add_((yk * yk).sum(1).unsqueeze(0));
-          P = P * (raw > 0);
+          raw.resize_({n, m});
+          at::mm_out(raw, xk, yk.t()).mul_(-2).add_((xk * xk).sum(1, true)).add_((yk * yk).sum(1).unsqueeze(0));
+          P.masked_fill_(raw <= 0, 0);
           gx = 2 * (P.sum(1, true) * xk - P.mm(yk));
           gy = 2 * (P.sum(0).unsqueeze(1) * yk - P.t().mm(xk));
         } else {

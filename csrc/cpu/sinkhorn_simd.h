@@ -148,6 +148,9 @@ static void plan_rows(const T* __restrict Cs, int64_t ld, const T* __restrict fs
                       int64_t r1, T* __restrict P, T* sum_pc, T* sum_p) {
   constexpr int64_t W = kW<T>;
   constexpr T INF = std::numeric_limits<T>::infinity();
+  // vexp clamps below (result ~1e-38 / ~1e-308 instead of 0): fine inside a log-sum-exp, not in the plan,
+  // whose entries must be exactly 0 where they underflow (and for forbidden pairs).
+  constexpr T LO = sizeof(T) == 4 ? T(-87) : T(-708);
   V<T> acc = V<T>{}, mass = V<T>{};
   for (int64_t i = r0; i < r1; ++i) {
     const T* __restrict row = Cs + i * ld;
@@ -155,7 +158,8 @@ static void plan_rows(const T* __restrict Cs, int64_t ld, const T* __restrict fs
     for (int64_t j = 0; j < ld; j += W) {
       const V<T> c = load(row + j);
       const auto ok = c < INF;
-      const V<T> p = ok ? vexp(fi + load(gs + j) - c) : V<T>{};
+      const V<T> z = fi + load(gs + j) - c;
+      const V<T> p = (ok & (z > LO)) ? vexp(z) : V<T>{};
       if (P) store(P + i * ld + j, p);
       acc += ok ? p * c : V<T>{};
       mass += p;

@@ -6,6 +6,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 #include <algorithm>
 #include <tuple>
 
@@ -22,18 +24,8 @@ Outputs codeswitch_cpu(const at::Tensor& input_ids, const at::Tensor& attention_
                        const at::Tensor& trans_offsets, const at::Tensor& trans_ids, const at::Tensor& lang_ids, int64_t max_key_len,
                        int64_t prefix_switch, int64_t prefix_lang, int64_t prefix_trans, int64_t threshold,
                        int64_t max_length, int64_t pad_id) {
-  TORCH_CHECK(input_ids.dim() == 2, "codeswitch: input_ids must be [B, L], got ", input_ids.sizes());
-  TORCH_CHECK(attention_mask.sizes() == input_ids.sizes() && token_type_ids.sizes() == input_ids.sizes(),
-              "codeswitch: attention_mask and token_type_ids must match input_ids ", input_ids.sizes());
-  TORCH_CHECK(lang_ids.numel() >= 1, "codeswitch: lang_ids must name at least one language");
-  // Shapes of the packed lexicon (its contents are validated once by fastot.Lexicon).
-  TORCH_CHECK(word_start.dim() == 1 && special.numel() == word_start.numel(), "codeswitch: word_start/special must be [V]");
-  TORCH_CHECK(key_offsets.numel() == key_hash.numel() + 1, "codeswitch: key_offsets must have K+1 entries");
-  TORCH_CHECK(key_hash.numel() > 0 && (entry_offsets.numel() - 1) % key_hash.numel() == 0 && entry_offsets.numel() > 1,
-              "codeswitch: entry_offsets must have K*n_lang+1 entries");
-  TORCH_CHECK(trans_offsets.numel() >= 1, "codeswitch: trans_offsets must have T+1 entries");
-  for (auto* t : {&key_hash, &key_offsets, &key_ids, &entry_offsets, &trans_offsets, &trans_ids})
-    TORCH_CHECK(t->scalar_type() == at::kLong, "codeswitch: lexicon tensors must be int64");
+  check_codeswitch_inputs(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
+                          entry_offsets, trans_offsets, trans_ids, lang_ids);
   const at::Tensor ids = input_ids.to(at::kLong).contiguous();
   const at::Tensor mask = attention_mask.to(at::kLong).contiguous();
   const at::Tensor tt = token_type_ids.to(at::kLong).contiguous();

@@ -26,6 +26,7 @@
 #include <tuple>
 #include <vector>
 
+#include "checks.h"
 #include "cpu/sinkhorn_kernels.h"
 
 namespace fastot {
@@ -310,25 +311,14 @@ void plan_batch(const T* C, const T* A, const T* Bw, const T* F, const T* G, int
   });
 }
 
-void check_inputs(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(cost.dim() == 3, "sinkhorn: cost must be [B, N, M], got ", cost.sizes());
-  TORCH_CHECK(a.dim() == 2 && a.size(0) == cost.size(0) && a.size(1) == cost.size(1),
-              "sinkhorn: a must be [B, N] = ", cost.size(0), "x", cost.size(1), ", got ", a.sizes());
-  TORCH_CHECK(b.dim() == 2 && b.size(0) == cost.size(0) && b.size(1) == cost.size(2),
-              "sinkhorn: b must be [B, M] = ", cost.size(0), "x", cost.size(2), ", got ", b.sizes());
-}
-
-at::ScalarType compute_dtype(const at::Tensor& cost) {
-  return cost.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(
     const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps, int64_t max_iter,
     c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
-  check_inputs(cost, a, b);
+  check_sinkhorn_inputs(cost, a, b);
   TORCH_CHECK(eps > 0, "sinkhorn: eps must be > 0, got ", eps);
   TORCH_CHECK(max_iter >= 0, "sinkhorn: max_iter must be >= 0, got ", max_iter);
-  const auto dt = compute_dtype(cost);
+  const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous();
   const at::Tensor A = a.to(dt).contiguous();
   const at::Tensor Bw = b.to(dt).contiguous();
@@ -350,8 +340,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(
 
 at::Tensor plan_or_cost(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, const at::Tensor& f,
                         const at::Tensor& g, double eps, bool want_plan, at::Tensor* mass_out = nullptr) {
-  check_inputs(cost, a, b);
-  const auto dt = compute_dtype(cost);
+  check_sinkhorn_inputs(cost, a, b);
+  const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous();
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous();

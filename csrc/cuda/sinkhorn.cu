@@ -6,31 +6,20 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "cuda/sinkhorn_kernel.h"
 
 namespace fastot {
 namespace {
 
-void check(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(cost.dim() == 3, "sinkhorn: cost must be [B, N, M], got ", cost.sizes());
-  TORCH_CHECK(a.dim() == 2 && a.size(0) == cost.size(0) && a.size(1) == cost.size(1), "sinkhorn: a must be [B, N], got ",
-              a.sizes());
-  TORCH_CHECK(b.dim() == 2 && b.size(0) == cost.size(0) && b.size(1) == cost.size(2), "sinkhorn: b must be [B, M], got ",
-              b.sizes());
-  TORCH_CHECK(a.device() == cost.device() && b.device() == cost.device(), "sinkhorn: cost, a, b must be on one device");
-}
-
-at::ScalarType compute_dtype(const at::Tensor& cost) {
-  return cost.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
     const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps, int64_t max_iter,
     c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
-  check(cost, a, b);
+  check_sinkhorn_inputs(cost, a, b);
   TORCH_CHECK(eps > 0, "sinkhorn: eps must be > 0, got ", eps);
   const c10::cuda::CUDAGuard guard(cost.device());
-  const auto dt = compute_dtype(cost);
+  const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous(), A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
   int max_smem = 0;
@@ -58,9 +47,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
 // want_plan: return P [B,N,M]; otherwise <P,C> [B] (and sum P into *mass_out).
 at::Tensor plan_or_cost(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, const at::Tensor& f,
                         const at::Tensor& g, double eps, bool want_plan, at::Tensor* mass_out = nullptr) {
-  check(cost, a, b);
+  check_sinkhorn_inputs(cost, a, b);
   const c10::cuda::CUDAGuard guard(cost.device());
-  const auto dt = compute_dtype(cost);
+  const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous(), A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous();
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);

@@ -1,0 +1,44 @@
+// Argument checks shared by the CPU and CUDA torch glue (csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu), so both devices
+// reject bad input with the same messages. Torch headers: glue only, never kernel files.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace fastot {
+
+// cost [B,N,M], a [B,N], b [B,M] on one device.
+inline void check_sinkhorn_inputs(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(cost.dim() == 3, "sinkhorn: cost must be [B, N, M], got ", cost.sizes());
+  TORCH_CHECK(a.dim() == 2 && a.size(0) == cost.size(0) && a.size(1) == cost.size(1), "sinkhorn: a must be [B, N] = ",
+              cost.size(0), "x", cost.size(1), ", got ", a.sizes());
+  TORCH_CHECK(b.dim() == 2 && b.size(0) == cost.size(0) && b.size(1) == cost.size(2), "sinkhorn: b must be [B, M] = ",
+              cost.size(0), "x", cost.size(2), ", got ", b.sizes());
+  TORCH_CHECK(a.device() == cost.device() && b.device() == cost.device(), "sinkhorn: cost, a, b must be on one device");
+}
+
+// fp64 stays fp64; every other floating dtype is solved in fp32.
+inline at::ScalarType sinkhorn_compute_dtype(const at::Tensor& cost) {
+  return cost.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Shapes and dtypes of a code-switch call (the lexicon's contents are validated once by fastot.Lexicon).
+inline void check_codeswitch_inputs(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                    const at::Tensor& token_type_ids, const at::Tensor& word_start,
+                                    const at::Tensor& special, const at::Tensor& key_hash,
+                                    const at::Tensor& key_offsets, const at::Tensor& key_ids,
+                                    const at::Tensor& entry_offsets, const at::Tensor& trans_offsets,
+                                    const at::Tensor& trans_ids, const at::Tensor& lang_ids) {
+  TORCH_CHECK(input_ids.dim() == 2, "codeswitch: input_ids must be [B, L], got ", input_ids.sizes());
+  TORCH_CHECK(attention_mask.sizes() == input_ids.sizes() && token_type_ids.sizes() == input_ids.sizes(),
+              "codeswitch: attention_mask and token_type_ids must match input_ids ", input_ids.sizes());
+  TORCH_CHECK(lang_ids.numel() >= 1, "codeswitch: lang_ids must name at least one language");
+  TORCH_CHECK(word_start.dim() == 1 && special.numel() == word_start.numel(), "codeswitch: word_start/special must be [V]");
+  TORCH_CHECK(key_offsets.numel() == key_hash.numel() + 1, "codeswitch: key_offsets must have K+1 entries");
+  TORCH_CHECK(key_hash.numel() > 0 && (entry_offsets.numel() - 1) % key_hash.numel() == 0 && entry_offsets.numel() > 1,
+              "codeswitch: entry_offsets must have K*n_lang+1 entries");
+  TORCH_CHECK(trans_offsets.numel() >= 1, "codeswitch: trans_offsets must have T+1 entries");
+  for (const at::Tensor* t : {&key_hash, &key_offsets, &key_ids, &entry_offsets, &trans_offsets, &trans_ids})
+    TORCH_CHECK(t->scalar_type() == at::kLong, "codeswitch: lexicon tensors must be int64");
+}
+
+}  // namespace fastot

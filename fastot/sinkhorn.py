@@ -67,6 +67,17 @@ def _weight_grads(a, b, f, g, eps, tau_a, tau_b):
     return torch.where(a_ > 0, ga, torch.zeros_like(ga)), torch.where(b_ > 0, gb, torch.zeros_like(gb))
 
 
+def _weight_vjp(ctx, a, b, f, g, g_value, i_a: int, i_b: int):
+    """(d_a, d_b) of the backward: g_value times d value/da, d value/db, each only where its input needs it."""
+    need_a, need_b = ctx.needs_input_grad[i_a], ctx.needs_input_grad[i_b]
+    if not (need_a or need_b):
+        return None, None
+    _, eps, tau_a, tau_b = ctx.cfg
+    ga, gb = _weight_grads(a, b, f, g, eps, tau_a, tau_b)
+    return ((ga * g_value[:, None]).to(a.dtype) if need_a else None,
+            (gb * g_value[:, None]).to(b.dtype) if need_b else None)
+
+
 class _SinkhornEnvelope(torch.autograd.Function):
     """The solve is never recorded by autograd.
 
@@ -90,17 +101,12 @@ class _SinkhornEnvelope(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
         cost, a, b, f, g = ctx.saved_tensors
-        backend, eps, tau_a, tau_b = ctx.cfg
-        d_cost = d_a = d_b = None
+        backend, eps, _, _ = ctx.cfg
+        d_cost = None
         if ctx.needs_input_grad[0]:
             plan = _kernels(backend).plan(cost, a, b, f, g, eps)
             d_cost = (plan * (g_value + g_tc).to(plan.dtype)[:, None, None]).to(cost.dtype)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            ga, gb = _weight_grads(a, b, f, g, eps, tau_a, tau_b)
-            if ctx.needs_input_grad[1]:
-                d_a = (ga * g_value[:, None]).to(a.dtype)
-            if ctx.needs_input_grad[2]:
-                d_b = (gb * g_value[:, None]).to(b.dtype)
+        d_a, d_b = _weight_vjp(ctx, a, b, f, g, g_value, 1, 2)
         return d_cost, d_a, d_b, None, None, None, None, None, None
 
 
@@ -127,16 +133,13 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
         x, y, a, b, f, g = ctx.saved_tensors
-        kind, eps, tau_a, tau_b = ctx.cfg
-        dx = dy = da = db = None
+        kind, eps, _, _ = ctx.cfg
+        dx = dy = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             dx, dy = torch.ops.fastot.sinkhorn_embeddings_bwd(x, y, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps)
             dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
             dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            ga, gb = _weight_grads(a, b, f, g, eps, tau_a, tau_b)
-            da = (ga * g_value[:, None]).to(a.dtype) if ctx.needs_input_grad[2] else None
-            db = (gb * g_value[:, None]).to(b.dtype) if ctx.needs_input_grad[3] else None
+        da, db = _weight_vjp(ctx, a, b, f, g, g_value, 2, 3)
         return dx, dy, da, db, None, None, None, None, None, None
 
 

@@ -90,6 +90,7 @@ struct Tile {
   int64_t ld = 0, ldT = 0;
   // iteration state and scratch
   std::vector<T> f, g, fs, gs, lse_r, lse_c, colmax, colsum;
+  at::Tensor cost;  // sinkhorn_embeddings: this problem's [n, m] cost, storage reused across the chunk's problems
 
   // The valid rows and columns of a problem and their log-weights.
   void select(const T* aw, const T* bw, int64_t N, int64_t M) {
@@ -148,6 +149,13 @@ struct Tile {
   void gather(const T* C, const T* aw, const T* bw, int64_t N, int64_t M, T inv_eps, bool want_transpose = true) {
     select(aw, bw, N, M);
     fill([&](int64_t r) { return C + rows[r] * M; }, true, M, inv_eps, want_transpose);
+  }
+
+  // fs_i = f_i/eps + log a_i, gs_j = g_j/eps + log b_j over the valid rows/columns, from potentials given either
+  // for all N, M points (`full`, indexed through rows/cols) or for the n, m valid ones.
+  void load_potentials(const T* F, const T* G, bool full, T inv_eps) {
+    for (int64_t i = 0; i < n(); ++i) fs[i] = F[full ? rows[i] : i] * inv_eps + loga[i];
+    for (int64_t j = 0; j < m(); ++j) gs[j] = G[full ? cols[j] : j] * inv_eps + logb[j];
   }
 
   int64_t n() const { return static_cast<int64_t>(rows.size()); }
@@ -292,8 +300,7 @@ void plan_batch(const T* C, const T* A, const T* Bw, const T* F, const T* G, int
     for (int64_t k = begin; k < end; ++k) {
       t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps, /*want_transpose=*/false);
       const int64_t n = t.n(), m = t.m();
-      for (int64_t i = 0; i < n; ++i) t.fs[i] = F[k * N + t.rows[i]] * inv_eps + t.loga[i];
-      for (int64_t j = 0; j < m; ++j) t.gs[j] = G[k * M + t.cols[j]] * inv_eps + t.logb[j];
+      t.load_potentials(F + k * N, G + k * M, /*full=*/true, inv_eps);
       if (P) ptile.resize(n * t.ld);
       T s = 0, sp = 0;
       if (n > 0 && m > 0)
@@ -376,11 +383,11 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_plan_sums_cpu(const at::Tensor& cost
 // columns) when the problem is solved, and again in the backward; no [B, N, M] tensor ever exists.
 enum CostKind : int64_t { kCosine = 0, kSqEuclidean = 1, kDot = 2 };
 
-// x [n, d], y [m, d] (valid rows only) -> cost [n, m] written into `out` (resized; reused across the problems of a
-// task, so the [n, m] temporaries do not churn the allocator). cosine uses norms clamped at 1e-12 like
-// fastot.pairwise_cost; sqeuclidean is clamped at 0 unless raw_out is given, which then receives the unclamped
-// values (the backward needs to know where the clamp was active).
+// x [n, d], y [m, d] (valid rows only) -> cost [n, m] written into `out` (created on first use, then resized and
+// reused across the problems of a task, so the [n, m] temporaries do not churn the allocator). cosine uses norms
+// clamped at 1e-12 and sqeuclidean is clamped at 0, like fastot.pairwise_cost.
 void embedding_cost(const at::Tensor& x, const at::Tensor& y, int64_t kind, at::Tensor& out) {
+  if (!out.defined()) out = at::empty({0}, x.options());
   out.resize_({x.size(0), y.size(0)});
   if (kind == kCosine) {
     const at::Tensor xn = x / x.norm(2, {1}, true).clamp_min(1e-12);
@@ -433,19 +440,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     solve_problems<T>(
         B, N, M, o,
         [&](int64_t k, Tile<T>& t) {
-          thread_local at::Tensor C;  // tiny header; the storage is resized, not reallocated, per problem
-          if (!C.defined()) C = at::empty({0}, X.options());
           t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
-          embedding_cost(take_rows(X[k], t.rows), take_rows(Y[k], t.cols), kind, C);
-          const T* Cp = C.data_ptr<T>();
+          embedding_cost(take_rows(X[k], t.rows), take_rows(Y[k], t.cols), kind, t.cost);
+          const T* Cp = t.cost.data_ptr<T>();
           const int64_t m = t.m();
           t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, true);
         },
         [&](int64_t k, Tile<T>& t) {  // <P, C> and mass while the tile is here
           T sp = 0, sm = 0;
           if (t.n() > 0 && t.m() > 0) {
-            for (int64_t i = 0; i < t.n(); ++i) t.fs[i] = t.f[i] * inv_eps + t.loga[i];
-            for (int64_t j = 0; j < t.m(); ++j) t.gs[j] = t.g[j] * inv_eps + t.logb[j];
+            t.load_potentials(t.f.data(), t.g.data(), /*full=*/false, inv_eps);
             K->plan_rows(t.Cs.data(), t.ld, t.fs.data(), t.gs.data(), 0, t.n(), nullptr, &sp, &sm);
           }
           tcp[k] = sp * o.eps;
@@ -476,18 +480,16 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       Tile<T> t;  // per chunk (one per thread per call): freed when the call ends
       std::vector<T> ptile;
-      at::Tensor C = at::empty({0}, X.options()), raw = at::empty({0}, X.options());  // reused per problem
       for (int64_t k = begin; k < end; ++k) {
         t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
         const int64_t n = t.n(), m = t.m();
         const T s = S.data_ptr<T>()[k];
         if (n == 0 || m == 0 || s == 0) continue;
         const at::Tensor xk = take_rows(X[k], t.rows), yk = take_rows(Y[k], t.cols);
-        embedding_cost(xk, yk, kind, C);
-        const T* Cp = C.data_ptr<T>();
+        embedding_cost(xk, yk, kind, t.cost);
+        const T* Cp = t.cost.data_ptr<T>();
         t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, false);
-        for (int64_t i = 0; i < n; ++i) t.fs[i] = F.data_ptr<T>()[k * N + t.rows[i]] * inv_eps + t.loga[i];
-        for (int64_t j = 0; j < m; ++j) t.gs[j] = G.data_ptr<T>()[k * M + t.cols[j]] * inv_eps + t.logb[j];
+        t.load_potentials(F.data_ptr<T>() + k * N, G.data_ptr<T>() + k * M, /*full=*/true, inv_eps);
         ptile.assign(n * t.ld, T(0));
         T unused_pc = 0, unused_p = 0;
         K->plan_rows(t.Cs.data(), t.ld, t.fs.data(), t.gs.data(), 0, n, ptile.data(), &unused_pc, &unused_p);
@@ -497,10 +499,8 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
           gx = -P.mm(yk);
           gy = -P.t().mm(xk);
         } else if (kind == kSqEuclidean) {
-          // d|x - y|^2 = 2 (x - y); zero where the clamp at 0 was active, as autograd through the clamp gives
-          raw.resize_({n, m});
-          at::mm_out(raw, xk, yk.t()).mul_(-2).add_((xk * xk).sum(1, true)).add_((yk * yk).sum(1).unsqueeze(0));
-          P.masked_fill_(raw <= 0, 0);
+          // d|x - y|^2 = 2 (x - y); zero where the clamp at 0 was active (the clamped cost is exactly 0 there)
+          P.masked_fill_(t.cost == 0, 0);
           gx = 2 * (P.sum(1, true) * xk - P.mm(yk));
           gy = 2 * (P.sum(0).unsqueeze(1) * yk - P.t().mm(xk));
         } else {

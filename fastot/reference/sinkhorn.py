@@ -140,5 +140,5 @@ def sinkhorn_plan_sums(cost, a, b, f, g, eps: float) -> tuple[torch.Tensor, torc
     """(<P, C>, sum P) per problem, [B] each; forbidden (+inf) pairs contribute 0."""
     C = _prepare(cost, a, b)[0]
     P = sinkhorn_plan(cost, a, b, f, g, eps)
-    PC = torch.where(P > 0, P * torch.where(P > 0, C, torch.zeros_like(C)), torch.zeros_like(C))
-    return PC.sum((1, 2)), P.sum((1, 2))
+    # Where P is 0 the cost may be +inf (forbidden pair): take 0 * 0 there instead of 0 * inf.
+    return (P * torch.where(P > 0, C, torch.zeros_like(C))).sum((1, 2)), P.sum((1, 2))

@@ -16,6 +16,7 @@ echo "== build" && $PY -m pip install --no-build-isolation --no-deps -e . > "$OU
   || { tail -40 "$OUT/build.log"; exit 1; }
 $PY -c "import fastot; fastot.show_backends()" | tee "$OUT/backends.txt"
 echo "== tests" && $PY -m pytest python_tests -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests.txt" | tail -5
+echo "== triton kernels: registers and spills" && $PY -m fastot.triton.aot --arch 90 > "$OUT/triton_resources.txt" 2>&1
 echo "== compute-sanitizer" && compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m bench.sinkhorn_gpu --sanitize \
   > "$OUT/sanitizer.txt" 2>&1; echo "sanitizer exit $?" | tee -a "$OUT/sanitizer.txt"
 echo "== benchmark" && $PY -m bench.sinkhorn_gpu --out "$OUT/sinkhorn_gpu.csv" 2>&1 | tee "$OUT/bench.txt"

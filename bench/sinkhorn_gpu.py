@@ -1,5 +1,8 @@
-"""Sinkhorn on a CUDA GPU, side by side (issue 3's GPU targets): fastot cuda vs the torch reference in eager
-mode and under torch.compile, on the same problems in one run. NOT YET RUN: written without a GPU.
+"""Sinkhorn on a CUDA GPU, side by side (the GPU targets of issues 3 and 4): fastot cuda and triton vs the torch
+reference in eager mode and under torch.compile, and flash-sinkhorn (the published fused-Triton Sinkhorn, one
+call per problem) where it is installed, on the same problems in one run; then sinkhorn_embeddings at d=768 in
+bf16, fused (triton) vs materialise-then-solve, forward + backward, with peak memory.
+NOT YET RUN: written without a GPU.
 
     python -m bench.sinkhorn_gpu --out results.csv          # B=256, N=M=128, fp32, 100 iterations
     python -m bench.sinkhorn_gpu --sanitize                 # one small solve per path, for compute-sanitizer
@@ -58,15 +61,20 @@ def main(argv=None) -> int:
     ap.add_argument("--N", type=int, default=128)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
-    if args.sanitize:  # exercise on-chip and global-memory forward, plan, sums, embeddings, code-switch
-        for B, N, M in [(3, 17, 33), (2, 300, 260)]:
-            C = torch.rand(B, N, M, device=dev)
-            a = torch.rand(B, N, device=dev)
-            a[0, N // 2:] = 0
-            r = fastot.sinkhorn(C, a / a.sum(1, keepdim=True), eps=0.05, max_iter=20, tol=1e-6, backend="cuda")
-            r.plan()
-            torch.cuda.synchronize()
-        print("sanitize run done")
+    if args.sanitize:  # exercise on-chip and streaming forward, plan, sums, fused embeddings fwd + bwd
+        backends = [be for be in ("cuda", "triton") if be in fastot.available_backends("sinkhorn", "cuda")]
+        for be in backends:
+            for B, N, M in [(3, 17, 33), (2, 300, 260)]:
+                C = torch.rand(B, N, M, device=dev)
+                a = torch.rand(B, N, device=dev)
+                a[0, N // 2:] = 0
+                r = fastot.sinkhorn(C, a / a.sum(1, keepdim=True), eps=0.05, max_iter=20, tol=1e-6, backend=be)
+                r.plan()
+                x = torch.randn(B, N, 40, device=dev, dtype=torch.bfloat16, requires_grad=True)
+                y = torch.randn(B, M, 40, device=dev, dtype=torch.bfloat16, requires_grad=True)
+                fastot.sinkhorn_embeddings(x, y, eps=0.1, max_iter=10, backend=be).transport_cost.sum().backward()
+                torch.cuda.synchronize()
+        print("sanitize run done:", ", ".join(backends))
         return 0
     B, N, iters, eps = args.B, args.N, 100, 0.05
     C = torch.rand(B, N, N, device=dev) * 2
@@ -92,12 +100,72 @@ def main(argv=None) -> int:
                      "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda})
         print(f"{name:34s} {med:9.3f} ms [{p20:.3f}-{p80:.3f}]  x{med / base:6.1f}  err {err:.1e}  "
               f"{exps:.2e} exp/s ({exps / exp_bound():.0%} of ex2 bound)")
+    rows.extend(_flash_sinkhorn(B, N, iters, eps))
+    rows.extend(_embeddings(args.B, args.N, 768, iters, 0.1))
     if args.out:
         with open(args.out, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            fields = list(dict.fromkeys(k for row in rows for k in row))
+            w = csv.DictWriter(fh, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
     return 0
+
+
+def _flash_sinkhorn(B, N, iters, eps):
+    """flash-sinkhorn on the same batch of point clouds (sqeuclidean), one call per problem as its API takes one
+    pair at a time, against fastot triton's fused sqeuclidean solve. Reported as missing when not installed."""
+    x = torch.randn(B, N, 64, device="cuda")
+    y = torch.randn(B, N, 64, device="cuda")
+    try:
+        from flash_sinkhorn import SamplesLoss  # noqa: PLC0415
+
+        # GeomLoss conventions: cost |x-y|^2 / 2 and eps = blur^2; no debiasing, no eps-scaling.
+        loss = SamplesLoss(loss="sinkhorn", p=2, blur=(2 * eps) ** 0.5, debias=False, scaling=1.0)
+        peer = lambda: torch.stack([loss(x[k], y[k]) for k in range(B)])  # noqa: E731
+        peer()
+    except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
+        print(f"flash-sinkhorn: missing ({type(exc).__name__}: {exc})")
+        return [{"contender": "flash-sinkhorn", "B": B, "N": N, "iters": iters, "missing": f"{type(exc).__name__}: {exc}"}]
+    ours = lambda: fastot.sinkhorn_embeddings(x, y, cost="sqeuclidean", eps=eps, max_iter=iters,  # noqa: E731
+                                              backend="triton").value
+    rows = []
+    for name, fn in (("fastot triton (sqeuclidean, fused)", ours), ("flash-sinkhorn (loop over batch)", peer)):
+        med, p20, p80 = _bench(fn)
+        rows.append({"contender": name, "B": B, "N": N, "iters": iters, "median_ms": med, "p20_ms": p20,
+                     "p80_ms": p80, "gpu": torch.cuda.get_device_name()})
+        print(f"{name:34s} {med:9.3f} ms [{p20:.3f}-{p80:.3f}]")
+    return rows
+
+
+def _embeddings(B, N, d, iters, eps):
+    """Forward + backward of transport_cost, bf16 embeddings: fused triton vs materialise-then-solve."""
+    if "triton" not in fastot.available_backends("sinkhorn", "cuda"):
+        return []
+    x = torch.randn(B, N, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    y = torch.randn(B, N, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def fused():
+        fastot.sinkhorn_embeddings(x, y, eps=eps, max_iter=iters, backend="triton").transport_cost.sum().backward()
+
+    def materialised():
+        C = fastot.pairwise_cost(x, y)
+        fastot.sinkhorn(C, eps=eps, max_iter=iters, backend="triton").transport_cost.sum().backward()
+
+    rows = []
+    for name, fn in (("embeddings fused (triton)", fused), ("embeddings materialised + triton solve", materialised)):
+        fn()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        med, p20, p80 = _bench(fn)
+        rows.append({"contender": name, "B": B, "N": N, "d": d, "iters": iters, "median_ms": med, "p20_ms": p20,
+                     "p80_ms": p80, "peak_extra_MiB": peak / 2**20, "gpu": torch.cuda.get_device_name()})
+        print(f"{name:40s} {med:9.3f} ms [{p20:.3f}-{p80:.3f}]  peak +{peak / 2**20:.0f} MiB "
+              f"(one [B,N,N] fp32 = {B * N * N * 4 / 2**20:.0f} MiB)")
+    return rows
 
 
 if __name__ == "__main__":

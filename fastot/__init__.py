@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the fallback test 
 else:
     _backend._set_extension_error(None)
 
+from . import triton as _triton  # noqa: E402,F401  (tells _backend which ops have Triton kernels)
 from .codeswitch import CodeSwitcher, CodeSwitchOutput, Lexicon  # noqa: E402
 from .sinkhorn import SinkhornResult, pairwise_cost, sinkhorn, sinkhorn_embeddings  # noqa: E402
 

@@ -67,12 +67,11 @@ def _weight_grads(a, b, f, g, eps, tau_a, tau_b):
     return torch.where(a_ > 0, ga, torch.zeros_like(ga)), torch.where(b_ > 0, gb, torch.zeros_like(gb))
 
 
-def _weight_vjp(ctx, a, b, f, g, g_value, i_a: int, i_b: int):
+def _weight_vjp(ctx, a, b, f, g, g_value, i_a: int, i_b: int, eps, tau_a, tau_b):
     """(d_a, d_b) of the backward: g_value times d value/da, d value/db, each only where its input needs it."""
     need_a, need_b = ctx.needs_input_grad[i_a], ctx.needs_input_grad[i_b]
     if not (need_a or need_b):
         return None, None
-    _, eps, tau_a, tau_b = ctx.cfg
     ga, gb = _weight_grads(a, b, f, g, eps, tau_a, tau_b)
     return ((ga * g_value[:, None]).to(a.dtype) if need_a else None,
             (gb * g_value[:, None]).to(b.dtype) if need_b else None)
@@ -101,31 +100,41 @@ class _SinkhornEnvelope(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
         cost, a, b, f, g = ctx.saved_tensors
-        backend, eps, _, _ = ctx.cfg
+        backend, eps, tau_a, tau_b = ctx.cfg
         d_cost = None
         if ctx.needs_input_grad[0]:
             plan = _kernels(backend).plan(cost, a, b, f, g, eps)
             d_cost = (plan * (g_value + g_tc).to(plan.dtype)[:, None, None]).to(cost.dtype)
-        d_a, d_b = _weight_vjp(ctx, a, b, f, g, g_value, 1, 2)
+        d_a, d_b = _weight_vjp(ctx, a, b, f, g, g_value, 1, 2, eps, tau_a, tau_b)
         return d_cost, d_a, d_b, None, None, None, None, None, None
 
 
 _COST_KIND = {"cosine": 0, "sqeuclidean": 1, "dot": 2}
+_FUSED = ("cpp", "triton")  # backends whose kernels build the cost from x and y themselves
+
+
+def _embedding_kernels(backend: str):
+    """(forward, backward) of the fused embeddings path of ``backend`` (one of _FUSED)."""
+    if backend == "cpp":
+        return torch.ops.fastot.sinkhorn_embeddings_fwd, torch.ops.fastot.sinkhorn_embeddings_bwd
+    from .triton import sinkhorn as tsk  # noqa: PLC0415 - imported only when the backend is chosen
+
+    return tsk.sinkhorn_embeddings_fwd, tsk.sinkhorn_embeddings_bwd
 
 
 class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
-    """Fused sinkhorn_embeddings (cpp): the cost is built per problem from x and y inside the kernel, forward
-    and backward, so no [B,N,M] tensor exists. Same gradient rules as _SinkhornEnvelope; dx, dy come from
-    the kernel as <P*, dC/dx> with P* recomputed from the potentials."""
+    """Fused sinkhorn_embeddings (cpp, triton): the cost is built per problem from x and y inside the kernel,
+    forward and backward, so no [B,N,M] tensor exists. Same gradient rules as _SinkhornEnvelope; dx, dy come
+    from the kernel as <P*, dC/dx> with P* recomputed from the potentials."""
 
     @staticmethod
-    def forward(ctx, x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b):
+    def forward(ctx, x, y, a, b, backend, cost, eps, max_iter, tol, tau_a, tau_b):
         kind = _COST_KIND[cost]
-        f, g, n_iter, err, tc, mass = torch.ops.fastot.sinkhorn_embeddings_fwd(x, y, a, b, kind, eps, max_iter, tol,
-                                                                             tau_a, tau_b)
+        fwd, _ = _embedding_kernels(backend)
+        f, g, n_iter, err, tc, mass = fwd(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b)
         value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
         ctx.save_for_backward(x, y, a, b, f, g)
-        ctx.cfg = (kind, eps, tau_a, tau_b)
+        ctx.cfg = (backend, kind, eps, tau_a, tau_b)
         ctx.mark_non_differentiable(f, g, n_iter, err)
         return f, g, value, tc, n_iter, err
 
@@ -133,14 +142,15 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
         x, y, a, b, f, g = ctx.saved_tensors
-        kind, eps, _, _ = ctx.cfg
+        backend, kind, eps, tau_a, tau_b = ctx.cfg
         dx = dy = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dx, dy = torch.ops.fastot.sinkhorn_embeddings_bwd(x, y, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps)
+            _, bwd = _embedding_kernels(backend)
+            dx, dy = bwd(x, y, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps)
             dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
             dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None
-        da, db = _weight_vjp(ctx, a, b, f, g, g_value, 2, 3)
-        return dx, dy, da, db, None, None, None, None, None, None
+        da, db = _weight_vjp(ctx, a, b, f, g, g_value, 2, 3, eps, tau_a, tau_b)
+        return dx, dy, da, db, None, None, None, None, None, None, None
 
 
 @dataclass
@@ -329,10 +339,10 @@ def sinkhorn_embeddings(
         cost: "cosine" (default), "sqeuclidean" or "dot".
         Other arguments as :func:`sinkhorn`. Gradients reach x and y through the cost.
 
-    On the cpp backend the cost is computed per problem inside the kernel (forward and backward), so no
-    [B,N,M] tensor is stored: memory is O(B (N + M) d) plus, per thread, the current problem's N x M cost tile
-    and its scaled copy and transpose. Other backends
-    materialise the cost for now (the fused GPU kernels are issues 3 and 4).
+    On the cpp and triton backends the cost is computed per problem inside the kernels (forward and backward),
+    so no [B,N,M] tensor is stored: memory is O(B (N + M) d) plus, on cpp, the current problem's N x M cost tile
+    per thread, and on triton one tile per program in registers. The torch and cuda backends materialise the
+    cost (the fused CUDA kernel is still open in issue 3).
     """
     if x.dim() != 3 or y.dim() != 3:
         raise ValueError(f"sinkhorn_embeddings: x and y must be [B, N, d] and [B, M, d], got {list(x.shape)} and {list(y.shape)}")
@@ -347,11 +357,11 @@ def sinkhorn_embeddings(
     a = _mask_weights(x_mask, a, N, like, "x_mask", (B, N))
     b = _mask_weights(y_mask, b, M, like, "y_mask", (B, M))
     be = None if grad == "unrolled" else _backend.resolve("sinkhorn", x.device, backend)
-    if be == "cpp":  # fused: the cost is built per problem inside the kernel
+    if be in _FUSED:  # the cost is built per problem inside the kernel
         eps, tol, tau_a, tau_b = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad)
         a = _weights(a, like, N, "a", (B, N))
         b = _weights(b, like, M, "b", (B, M))
-        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, cost, eps, max_iter, tol,
+        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, be, cost, eps, max_iter, tol,
                                                                          tau_a, tau_b)
         return SinkhornResult(f, g, value, tc, n_iter, err, be, eps,
                               lambda: pairwise_cost(x.detach(), y.detach(), cost), a, b)

@@ -119,8 +119,9 @@ def _flash_sinkhorn(B, N, iters, eps):
     try:
         from flash_sinkhorn import SamplesLoss  # noqa: PLC0415
 
-        # GeomLoss conventions: cost |x-y|^2 / 2 and eps = blur^2; no debiasing, no eps-scaling.
-        loss = SamplesLoss(loss="sinkhorn", p=2, blur=(2 * eps) ** 0.5, debias=False, scaling=1.0)
+        # GeomLoss conventions: cost |x-y|^2 / 2 and eps = blur^2, so eps on |x-y|^2 is blur = sqrt(eps / 2);
+        # no debiasing, no eps-scaling.
+        loss = SamplesLoss(loss="sinkhorn", p=2, blur=(eps / 2) ** 0.5, debias=False, scaling=1.0)
         peer = lambda: torch.stack([loss(x[k], y[k]) for k in range(B)])  # noqa: E731
         peer()
     except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal

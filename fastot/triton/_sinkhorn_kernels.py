@@ -47,14 +47,16 @@ def _cost_block(
     K = cost * scale on the pairs inside the problem and +inf elsewhere (zero weight on either side, out of
     range, a +inf or NaN cost), so that exp2(... - kinv) is exactly 0 there.
     """
+    o_n64 = o_n.to(tl.int64)  # 64-bit offsets: one problem may hold more than 2^31 cost entries
+    o_m64 = o_m.to(tl.int64)
     if FROM_EMB:
         b_acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=DT)
         for k0 in range(0, D, BLOCK_K):
             o_k = k0 + tl.arange(0, BLOCK_K)
             m_k = o_k < D
-            b_x = tl.load(x_ptr + i_b * s_xb + o_n[:, None] * s_xn + o_k[None, :] * s_xd,
+            b_x = tl.load(x_ptr + i_b * s_xb + o_n64[:, None] * s_xn + o_k[None, :] * s_xd,
                           mask=m_n[:, None] & m_k[None, :], other=0.0)
-            b_y = tl.load(y_ptr + i_b * s_yb + o_m[:, None] * s_ym + o_k[None, :] * s_yd,
+            b_y = tl.load(y_ptr + i_b * s_yb + o_m64[:, None] * s_ym + o_k[None, :] * s_yd,
                           mask=m_m[:, None] & m_k[None, :], other=0.0)
             if DOT_UPCAST:  # the Triton interpreter multiplies bf16 bit patterns as integers
                 b_x = b_x.to(DT)
@@ -73,7 +75,7 @@ def _cost_block(
                 b_raw = b_rx[:, None] + b_ry[None, :] - 2.0 * b_acc
                 b_c = tl.maximum(b_raw, 0.0)
     else:
-        b_c = tl.load(c_ptr + i_b * s_cb + o_n[:, None] * s_cn + o_m[None, :] * s_cm,
+        b_c = tl.load(c_ptr + i_b * s_cb + o_n64[:, None] * s_cn + o_m64[None, :] * s_cm,
                       mask=m_n[:, None] & m_m[None, :], other=0.0).to(DT)
         b_raw = b_c
     m_valid = m_a[:, None] & m_b[None, :] & (b_c < float("inf"))
@@ -255,26 +257,34 @@ def _col_pass_kernel(
     N, M, D, it,  # it: index of this iteration (0-based)
     N_KEY, M_KEY, D_KEY,  # autotune key (see _row_pass_kernel)
     scale: tl.float64, lam_a: tl.float64, lam_b: tl.float64, tol: tl.float64,
-    HAS_TOL: tl.constexpr, FROM_EMB: tl.constexpr, KIND: tl.constexpr,
+    err_ptr,  # out: marginal error [B] (ERR_ONLY)
+    HAS_TOL: tl.constexpr, ERR_ONLY: tl.constexpr, FROM_EMB: tl.constexpr, KIND: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
     """Finish iteration ``it``: unless the problem has stopped (or its error is now below tol, which stops it),
     F <- lam_a FT and G_j <- lam_b (-LSE2_i(F_i + log2 a_i - K_ij)) for one block of columns.
 
-    Every write is a function of the row pass's output alone, so running the kernel twice (autotuning) is
-    harmless."""
+    With ERR_ONLY (after the last row pass) it only stores each problem's error, summed exactly as the stop test
+    sums it, so a problem that stopped reports an error below tol. Every write is a function of the row pass's
+    output alone, so running the kernel twice (autotuning) is harmless."""
     i_b = tl.program_id(0).to(tl.int64)
     i_m = tl.program_id(1)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
     active = tl.load(done_ptr + i_b) == 0
-    if HAS_TOL:
+    if HAS_TOL or ERR_ONLY:
         err = tl.zeros((BLOCK_N,), DT)
         for n0 in range(0, N, BLOCK_N):
             o_n = n0 + tl.arange(0, BLOCK_N)
             err += tl.load(re_ptr + i_b * N + o_n, mask=o_n < N, other=0.0)
-        stop = active & (tl.sum(err, 0) < tl.full((), tol, DT))
+        err_sum = tl.sum(err, 0)
+    if ERR_ONLY:
+        if i_m == 0:
+            tl.store(err_ptr + i_b, err_sum)
+        active = False
+    elif HAS_TOL:
+        stop = active & (err_sum < tl.full((), tol, DT))
         tl.store(done_ptr + i_b, 1, mask=stop)
         active = active & ~stop
     if active:
@@ -346,7 +356,8 @@ def _plan_kernel(
                                          FROM_EMB, KIND, BLOCK_N, BLOCK_M, BLOCK_K, PREC, DT, DOT_UPCAST)
         b_p = tl.exp2(b_f[:, None] + b_g[None, :] - b_kinv)
         if WRITE_PLAN:
-            tl.store(p_ptr + i_b * N * M + o_n[:, None] * M + o_m[None, :], b_p, mask=m_n[:, None] & m_m[None, :])
+            tl.store(p_ptr + (i_b * N + o_n.to(tl.int64))[:, None] * M + o_m[None, :], b_p,
+                     mask=m_n[:, None] & m_m[None, :])
         if SUMS:
             acc_tc += tl.sum(b_p * tl.where(b_p > 0, b_c, 0.0), 1)
             acc_mass += tl.sum(b_p, 1)
@@ -412,16 +423,16 @@ def _embedding_grad_kernel(
             b_wt = -2.0 * s_w * b_p
         else:
             b_wt = -s_w * b_p
-        b_y = tl.load(y_ptr + i_b * s_yb + o_m[:, None] * s_ym + o_d[None, :] * s_yd,
+        b_y = tl.load(y_ptr + i_b * s_yb + o_m.to(tl.int64)[:, None] * s_ym + o_d[None, :] * s_yd,
                       mask=m_m[:, None] & m_d[None, :], other=0.0)
-        if DOT_UPCAST:
-            b_y = b_y.to(DT)
-        acc = tl.dot(b_wt.to(b_y.dtype), b_y, acc, input_precision=PREC, out_dtype=DT)
-    b_x = tl.load(x_ptr + i_b * s_xb + o_n[:, None] * s_xn + o_d[None, :] * s_xd,
+        # W stays in the compute dtype: its entries are ~1/(N M) and would lose most digits in bf16 (fp16 flushes
+        # them to zero), so half inputs are upcast here rather than W cast down.
+        acc = tl.dot(b_wt, b_y.to(DT), acc, input_precision=PREC, out_dtype=DT)
+    b_x = tl.load(x_ptr + i_b * s_xb + o_n.to(tl.int64)[:, None] * s_xn + o_d[None, :] * s_xd,
                   mask=m_n[:, None] & m_d[None, :], other=0.0).to(DT)
     if KIND == 0:
         b_coef = tl.where(b_rx < 1e12, s_w * acc_c * b_rx * b_rx, 0.0)
         acc += b_coef[:, None] * b_x
     elif KIND == 1:
         acc += (2.0 * s_w * acc_c)[:, None] * b_x
-    tl.store(dx_ptr + i_b * N * D + o_n[:, None] * D + o_d[None, :], acc, mask=m_n[:, None] & m_d[None, :])
+    tl.store(dx_ptr + (i_b * N + o_n.to(tl.int64))[:, None] * D + o_d[None, :], acc, mask=m_n[:, None] & m_d[None, :])

@@ -63,9 +63,11 @@ def _variants():
         ("row-pass-cost-fp64-32x64", "_row_pass_kernel",
          merge(base, USE_DONE=False, UNBAL_A=True, BLOCK_N=32, BLOCK_M=64, PREC="ieee", DT=f64), i32, 4),
         ("col-pass-cost-fp32-tol-64x64", "_col_pass_kernel",
-         merge(base, HAS_TOL=True, BLOCK_N=64, BLOCK_M=64), i32, 8),
+         merge(base, HAS_TOL=True, ERR_ONLY=False, BLOCK_N=64, BLOCK_M=64), i32, 8),
+        ("col-pass-err-only-fp32-64x64", "_col_pass_kernel",
+         merge(base, HAS_TOL=True, ERR_ONLY=True, BLOCK_N=64, BLOCK_M=64), i32, 8),
         ("col-pass-emb-bf16-sqeuclidean-32x128", "_col_pass_kernel",
-         merge(base, HAS_TOL=False, FROM_EMB=True, KIND=1, BLOCK_K=64, BLOCK_N=32, BLOCK_M=128),
+         merge(base, HAS_TOL=False, ERR_ONLY=False, FROM_EMB=True, KIND=1, BLOCK_K=64, BLOCK_N=32, BLOCK_M=128),
          {**i32, **half("*bf16")}, 8),
         ("plan-cost-fp32", "_plan_kernel", merge(base, WRITE_PLAN=True, SUMS=False, BLOCK_N=64, BLOCK_M=64), {}, 8),
         ("plan-sums-emb-bf16-cosine", "_plan_kernel",
@@ -86,7 +88,10 @@ def _signature(fn, consts, ptr_types):
     tl = _tl()
     default_ptr = "*fp64" if consts["DT"] == tl.float64 else "*fp32"
     sig = {}
-    for p in inspect.signature(fn.fn).parameters.values():
+    # eval_str: the kernels' module uses `from __future__ import annotations`, so annotations are strings
+    for p in inspect.signature(fn.fn, eval_str=True).parameters.values():
+        if p.annotation is tl.constexpr and p.name not in consts:
+            raise ValueError(f"{fn.__name__}: variant gives no value for constexpr {p.name}")
         if p.name in consts:
             sig[p.name] = "constexpr"
         elif p.name.endswith("_ptr"):

@@ -26,7 +26,8 @@ __all__ = ["sinkhorn_fwd", "sinkhorn_plan", "sinkhorn_plan_sums", "sinkhorn_embe
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = math.log2(math.e)
-# Largest padded tile (entries) solved on chip; read on every call so tests and users can move it.
+# Largest padded tile (entries) solved on chip. The environment variable is read at import; the module attribute
+# on every call (tests move it to force the streaming path).
 ONCHIP_MAX = int(os.environ.get("FASTOT_TRITON_ONCHIP_MAX", "16384"))
 
 
@@ -40,8 +41,9 @@ def _configs(options, interpreted):
 
 # Candidates for triton.autotune to time on the GPU. No GPU was lent while they were chosen, so they come from
 # what this machine can measure: `python -m fastot.triton.aot` compiles for sm_90 and reports registers and spills
-# (bench/RESULTS.md). Streaming tiles keep <= 16 cost entries per thread (64x64 at 4 warps hits the 255-register
-# cap and spills; 64x64 at 8 warps uses 172 registers, no spill); on chip, 128x128 needs 16 warps (232 B spill).
+# (bench/RESULTS.md). Streaming tiles keep ~16 cost entries per thread (64x64 at 4 warps hits the 255-register
+# cap and spills; at 8 warps, 174-234 registers and no spill); on chip, 128x128 needs 16 warps (232 B spill;
+# 8 warps spill 848 B).
 _STREAM_OPTIONS = [({"BLOCK_N": 64, "BLOCK_M": 64}, 8), ({"BLOCK_N": 32, "BLOCK_M": 64}, 4),
                    ({"BLOCK_N": 32, "BLOCK_M": 128}, 8), ({"BLOCK_N": 64, "BLOCK_M": 128}, 16)]
 _ONCHIP_OPTIONS = [({}, 1), ({}, 2), ({}, 4), ({}, 8), ({}, 16)]
@@ -68,8 +70,8 @@ _col_pass = triton.autotune(_configs(_STREAM_OPTIONS, ({"BLOCK_N": 128, "BLOCK_M
 _grad = triton.autotune(_configs(_GRAD_OPTIONS, ({"BLOCK_N": 64, "BLOCK_M": 64, "BLOCK_D": 64}, 4)),
                         key=["N_KEY", "M_KEY", "D_KEY", "KIND"])(K._embedding_grad_kernel)
 # Fixed (the partial sums are laid out per row block); one pass, memory bound. 64 x 64 at 8 warps compiles without
-# spills (148 registers from a cost, 207 from bf16 embeddings); at 4 warps the embeddings variant hit the 255-register
-# cap and spilled 208 B (python -m fastot.triton.aot, sm_90).
+# spills (158 registers from a cost, 232 from bf16 embeddings); at 4 warps the embeddings variant hit the
+# 255-register cap and spilled 208 B (python -m fastot.triton.aot, sm_90).
 _PLAN_BLOCK = 64
 
 if INTERPRET:
@@ -108,6 +110,9 @@ class _Operand:
     def __init__(self, cost=None, x=None, y=None, kind=0, like=None):
         self.from_emb = cost is None
         if self.from_emb:
+            if y.dtype != x.dtype:  # tl.dot needs one operand dtype; x's, as on the cpp backend
+                y = y.to(x.dtype)
+            self.x, self.y = x, y
             self.B, self.N, self.D = x.shape
             self.M = y.shape[1]
             self.kind = kind
@@ -175,19 +180,20 @@ def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool):
     ft = torch.zeros(B, N, dtype=op.dt, device=dev)
     row_err = torch.zeros(B, N, dtype=op.dt, device=dev)
     done = torch.zeros(B, dtype=torch.int32, device=dev)
-    row_grid = lambda meta: (B, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-    col_grid = lambda meta: (B, triton.cdiv(M, meta["BLOCK_M"]))  # noqa: E731
+    # At least one block on each side: a launch with an empty grid does not run, and the column pass must still
+    # count iterations (and store F) when M = 0.
+    row_grid = lambda meta: (B, max(1, triton.cdiv(N, meta["BLOCK_N"])))  # noqa: E731
+    col_grid = lambda meta: (B, max(1, triton.cdiv(M, meta["BLOCK_M"])))  # noqa: E731
     keys = _keys(N, M, D)
     for it in range(max_iter + 1):
         last = it == max_iter  # the final row pass: the error of the returned state, for every problem
         _wrap(_row_pass)[row_grid](*op.args, a, b, f, g, ft, row_err, done, N, M, D, *keys, scale, eps_tau_a,
                                    USE_DONE=not last, UNBAL_A=tau_a is not None, **op.consts())
-        if last:
-            break
-        _wrap(_col_pass)[col_grid](*op.args, a, b, f, g, ft, row_err, done, n_iter, N, M, D, it, *keys,
-                                   scale, lam_a, lam_b, tol_v, HAS_TOL=has_tol, **op.consts())
+        _wrap(_col_pass)[(B, 1) if last else col_grid](
+            *op.args, a, b, f, g, ft, row_err, done, n_iter, N, M, D, it, *keys, scale, lam_a, lam_b, tol_v, err,
+            HAS_TOL=has_tol, ERR_ONLY=last, **op.consts())
     unscale = 1.0 / scale
-    f, g, err = f * unscale, g * unscale, row_err.sum(1)
+    f, g = f * unscale, g * unscale
     if sums:
         tc, mass = _plan_pass(op, a, b, f, g, eps, write_plan=False)
     return f, g, n_iter, err, tc, mass
@@ -249,6 +255,7 @@ def sinkhorn_embeddings_bwd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b
     """(dx, dy) of sum_k scale_k <P*_k, C_k(x, y)> with P* held constant, in the compute dtype."""
     op = _Operand(x=x, y=y, kind=cost)
     B, N, M, D = op.B, op.N, op.M, op.D
+    x, y = op.x, op.y
     a, b = _weights(op, a, b)
     f, g = f.to(op.dt).contiguous(), g.to(op.dt).contiguous()
     w = scale.to(op.dt).contiguous()

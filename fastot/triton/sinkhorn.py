@@ -7,7 +7,9 @@ same functions are registered as opaque ``torch.library.custom_op`` instead; eve
 
 Path choice per call: a problem whose padded tile BLOCK_N x BLOCK_M (powers of two >= 16) has at most
 ``FASTOT_TRITON_ONCHIP_MAX`` entries (default 16384, i.e. 128 x 128 in fp32: 64 KiB of registers per program)
-is solved on chip in one launch; larger problems stream (2 launches per iteration + 1).
+is solved on chip in one launch; larger problems stream (2 launches per iteration, plus 2 for the final error).
+Under ``torch.compile`` a traced ``triton_op`` unrolls those launches into the graph, so streaming solves with
+many iterations compile slowly; on-chip solves are one node.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from .reference import codeswitch as ref
 
 __all__ = ["Lexicon", "CodeSwitcher", "CodeSwitchOutput", "vocab_tables"]
 
+MAX_KEY_WORDS = 8  # the longest multi-word key ("longest match first" tracks it in 3 bits per state)
 _PACKED = ("key_hash", "key_offsets", "key_ids", "entry_offsets", "trans_offsets", "trans_ids")
 
 
@@ -54,10 +55,6 @@ def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
             special[i] = True
     word_start |= special
     return word_start, special, scheme
-
-
-def _encode(tokenizer, text: str) -> tuple[int, ...]:
-    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 class Lexicon:
@@ -122,6 +119,13 @@ class Lexicon:
         lens = T["key_offsets"][1:] - T["key_offsets"][:-1]
         if int(lens.max()) != self.max_key_len:
             raise ValueError(f"lexicon: max_key_len={self.max_key_len} but the longest key has {int(lens.max())} ids")
+        # Words per key: its first id plus every later id that starts a word.
+        starts = T["word_start"][T["key_ids"]].long()
+        starts[T["key_offsets"][:-1]] = 1
+        key_of = torch.repeat_interleave(torch.arange(K), lens)
+        self.max_key_words = int(torch.zeros(K, dtype=torch.long).index_add_(0, key_of, starts).max())
+        if self.max_key_words > MAX_KEY_WORDS:
+            raise ValueError(f"lexicon: keys span at most {MAX_KEY_WORDS} words, one spans {self.max_key_words}")
 
     @property
     def n_keys(self) -> int:
@@ -152,8 +156,10 @@ class Lexicon:
             languages: language order of the packed lexicon (default: order of first appearance).
 
         Source words are matched lower-cased: each is keyed by the ids of its lower-case,
-        capitalised and upper-case forms. Sources that the tokenizer splits into several words
-        (multi-word expressions) are skipped and counted in ``stats['skipped_multiword']``.
+        capitalised, title-case and upper-case forms. A source that the tokenizer splits into several
+        words ("new york", "don't") is a multi-word key, matched longest first at switching time;
+        sources of more than 8 words, or with special tokens, are skipped and counted in
+        ``stats['skipped']`` (pairs none of whose forms could be keyed).
         """
         triples: list[tuple[str, str, str]] = []
         if isinstance(pairs, Mapping):
@@ -177,29 +183,37 @@ class Lexicon:
                     raise ValueError(f"lexicon: language {lang!r} is not in languages={order}")
                 order.append(lang)
         word_start, special, scheme = vocab_tables(tokenizer)
-        entries: dict[tuple[int, ...], dict[int, list[tuple[int, ...]]]] = {}
-        skipped = 0
+        clean = []
         for src, tgt, lang in triples:
             if not isinstance(src, str) or not isinstance(tgt, str):
                 raise TypeError(f"lexicon: words must be strings, got {src!r} -> {tgt!r}")
             src, tgt = src.strip(), tgt.strip()
-            if not src or not tgt:
-                continue
-            t_ids = _encode(tokenizer, tgt)
+            if src and tgt:
+                low = src.lower()
+                clean.append((tuple(dict.fromkeys((low, low.capitalize(), low.title(), src.upper()))), tgt, lang))
+        # One batched tokenizer call for every distinct string (the fast tokenizers encode batches in parallel).
+        strings = list(dict.fromkeys([f for forms, _, _ in clean for f in forms] + [t for _, t, _ in clean]))
+        encoded = dict(zip(strings, map(tuple, tokenizer(strings, add_special_tokens=False)["input_ids"]))) if strings else {}
+        entries: dict[tuple[int, ...], dict[int, list[tuple[int, ...]]]] = {}
+        skipped = 0
+        for forms, tgt, lang in clean:
+            t_ids = encoded[tgt]
             if not t_ids:
                 continue
             li = order.index(lang)
-            for form in dict.fromkeys((src.lower(), src.lower().capitalize(), src.upper())):
-                key = _encode(tokenizer, form)
-                if not key or any(word_start[i] for i in key[1:]) or any(special[i] for i in key):
-                    skipped += 1
+            usable = 0
+            for form in forms:
+                key = encoded[form]
+                if not key or 1 + sum(bool(word_start[i]) for i in key[1:]) > MAX_KEY_WORDS or any(special[i] for i in key):
                     continue
+                usable += 1
                 lst = entries.setdefault(key, {}).setdefault(li, [])
                 if t_ids not in lst:
                     lst.append(t_ids)
+            skipped += usable == 0
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return cls.pack(entries, order, word_start, special, pad_id, scheme,
-                        stats={"pairs": len(triples), "skipped_multiword": skipped})
+                        stats={"pairs": len(triples), "skipped": skipped})
 
     @classmethod
     def pack(cls, entries, languages, word_start, special, pad_id, scheme, stats=None) -> "Lexicon":
@@ -252,7 +266,9 @@ class Lexicon:
 
 @dataclass
 class CodeSwitchOutput:
-    """input_ids, attention_mask, token_type_ids, source_index: [B, L'] int64; n_switched, n_words: [B]."""
+    """input_ids, attention_mask, token_type_ids, source_index: [B, L'] int64; n_switched, n_words: [B]
+    int64 (switched words, words per row); n_switched_lang: [B, n_active] int64 (switched words per active
+    language, in the order of ``CodeSwitcher.languages``)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -260,6 +276,7 @@ class CodeSwitchOutput:
     source_index: torch.Tensor
     n_switched: torch.Tensor
     n_words: torch.Tensor
+    n_switched_lang: torch.Tensor
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """The three tensors a Hugging Face encoder takes."""
@@ -360,7 +377,7 @@ class CodeSwitcher:
         be = _backend.resolve("codeswitch", dev, self.backend)
         args = (
             input_ids.long(), attention_mask.long(), token_type_ids.long(), lex["word_start"], lex["special"],
-            *(lex[k] for k in _PACKED), self._lang_ids_for(dev), self.lexicon.max_key_len,
+            *(lex[k] for k in _PACKED), self._lang_ids_for(dev), self.lexicon.max_key_len, self.lexicon.max_key_words,
             ref.rand_prefix(self.seed, step, ref.SALT_SWITCH), ref.rand_prefix(self.seed, step, ref.SALT_LANG),
             ref.rand_prefix(self.seed, step, ref.SALT_TRANS), self._threshold,
             -1 if max_length is None else max_length, self.lexicon.pad_id,
@@ -373,7 +390,8 @@ class CodeSwitcher:
             from .triton import codeswitch as tcs  # noqa: PLC0415
 
             out = tcs.codeswitch(*args)
-        return CodeSwitchOutput(*out)
+        ids_, mask_, tt_, src_, per_lang, n_words = out
+        return CodeSwitchOutput(ids_, mask_, tt_, src_, per_lang.sum(1), n_words, per_lang)
 
 
 def _register_fakes() -> None:
@@ -381,9 +399,10 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("fastot::codeswitch")
     def _(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
-          entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, prefix_switch, prefix_lang, prefix_trans,
+          entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch, prefix_lang, prefix_trans,
           threshold, max_length, pad_id):
         B = input_ids.shape[0]
         width = max_length if max_length >= 0 else torch.library.get_ctx().new_dynamic_size()
         mk = lambda: input_ids.new_empty((B, width), dtype=torch.long)  # noqa: E731
-        return mk(), mk(), mk(), mk(), input_ids.new_empty((B,), dtype=torch.long), input_ids.new_empty((B,), dtype=torch.long)
+        return (mk(), mk(), mk(), mk(), input_ids.new_empty((B, lang_ids.shape[0]), dtype=torch.long),
+                input_ids.new_empty((B,), dtype=torch.long))

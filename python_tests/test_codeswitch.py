@@ -26,7 +26,10 @@ SENTENCES = [
 PAIRS_SW = [("river", "mto"), ("market", "soko"), ("quick", "haraka"), ("rains", "mvua"), ("children", "watoto"),
             ("doctor", "daktari"), ("bread", "mkate"), ("milk", "maziwa"), ("water", "maji"), ("schools", "shule"),
             ("government", "serikali"), ("year", "mwaka"), ("harvest", "mavuno"), ("cafe", "mgahawa"),
-            ("prices", "bei"), ("the", "ile"), ("sick", "wagonjwa"), ("officials", "maafisa wa serikali")]
+            ("prices", "bei"), ("the", "ile"), ("sick", "wagonjwa"), ("officials", "maafisa wa serikali"),
+            # Multi-word keys, overlapping on purpose: "the river bank" is "the river" + "bank" (longest first).
+            ("river bank", "ukingo wa mto"), ("the river", "mtoni"), ("doesn't", "haielezi"),
+            ("at the market", "sokoni")]
 PAIRS_HA = [("river", "kogi"), ("market", "kasuwa"), ("water", "ruwa"), ("children", "yara"), ("bread", "burodi")]
 
 
@@ -58,7 +61,15 @@ def python_oracle(lex, ids, mask, tt, seed, step, p, langs, max_length):
     pre = [ref.rand_prefix(seed, step, s) for s in (ref.SALT_SWITCH, ref.SALT_LANG, ref.SALT_TRANS)]
     rows = []
     for r, (row, m, t) in enumerate(zip(ids.tolist(), mask.tolist(), tt.tolist())):
-        toks, l, w, nsw = [], 0, 0, 0  # toks: (id, segment, source, special)
+        toks, l, w = [], 0, 0  # toks: (id, segment, source, special)
+        nsw = [0] * len(lang_ids)
+
+        def word_end(q):
+            e = q + 1
+            while e < len(row) and m[e] and not T["special"][row[e]] and not T["word_start"][row[e]] and t[e] == t[q]:
+                e += 1
+            return e
+
         while l < len(row):
             if not m[l]:
                 l += 1
@@ -67,23 +78,26 @@ def python_oracle(lex, ids, mask, tt, seed, step, p, langs, max_length):
                 toks.append((row[l], t[l], l, True))
                 l += 1
                 continue
-            e = l + 1
-            while e < len(row) and m[e] and not T["special"][row[e]] and not T["word_start"][row[e]] and t[e] == t[l]:
-                e += 1
+            # Longest run of adjacent words of this segment that is a key; else the one word.
+            ends = [word_end(l)]
+            while ends[-1] < len(row) and m[ends[-1]] and not T["special"][row[ends[-1]]] and t[ends[-1]] == t[l]:
+                ends.append(word_end(ends[-1]))
+            matches = [(n + 1, e) for n, e in enumerate(ends) if tuple(row[l:e]) in keys]
+            n_unit, e = matches[-1] if matches else (1, ends[0])
             entry = keys.get(tuple(row[l:e]))
             choice = None
             if entry is not None and (ref.word_rand(pre[0], r, w) >> 8) < thr:
-                lang = lang_ids[0] if len(lang_ids) == 1 else lang_ids[ref.rand_below(ref.word_rand(pre[1], r, w), len(lang_ids))]
-                lo, hi = T["entry_offsets"][entry * n_lang + lang], T["entry_offsets"][entry * n_lang + lang + 1]
+                a = 0 if len(lang_ids) == 1 else ref.rand_below(ref.word_rand(pre[1], r, w), len(lang_ids))
+                lo, hi = T["entry_offsets"][entry * n_lang + lang_ids[a]], T["entry_offsets"][entry * n_lang + lang_ids[a] + 1]
                 if hi > lo:
                     choice = lo + ref.rand_below(ref.word_rand(pre[2], r, w), hi - lo)
             if choice is not None:
-                nsw += 1
+                nsw[a] += n_unit
                 for q in range(T["trans_offsets"][choice], T["trans_offsets"][choice + 1]):
                     toks.append((T["trans_ids"][q], t[l], l, False))
             else:
                 toks.extend((row[q], t[q], q, False) for q in range(l, e))
-            w += 1
+            w += n_unit
             l = e
         if max_length is not None:  # tokenizers' (Rust) longest_first, written as its source reads
             seg0 = [i for i, x in enumerate(toks) if not x[3] and x[1] == 0]
@@ -113,7 +127,7 @@ def _assert_matches_oracle(out, oracle, max_length):
         assert out.token_type_ids[r, :n].tolist() == [x[1] for x in toks]
         assert out.source_index[r, :n].tolist() == [x[2] for x in toks]
         assert (out.source_index[r, n:] == -1).all()
-        assert out.n_switched[r] == nsw and out.n_words[r] == nw
+        assert out.n_switched_lang[r].tolist() == nsw and out.n_switched[r] == sum(nsw) and out.n_words[r] == nw
 
 
 def random_batch(tok, B, L, seed):
@@ -178,11 +192,21 @@ def test_backends_bit_identical_to_reference(minilm_tokenizer, lexicon, backend,
             assert torch.equal(x, y.cpu())
 
 
-def _text_switch(tok, text, table):
-    """Word-level code-switching of the text, words as the tokenizer's own normalizer and pre-tokenizer see them."""
+def _words(tok, text):
     norm = tok.backend_tokenizer.normalizer.normalize_str(text)
-    words = [w for w, _ in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(norm)]
-    return " ".join(table.get(w, w) for w in words)
+    return tuple(w for w, _ in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(norm))
+
+
+def _text_switch(tok, text, table):
+    """Word-level code-switching of the text, longest n-gram first, words as the tokenizer's own normalizer
+    and pre-tokenizer see them; ``table`` maps word tuples to translations."""
+    words, out, i = _words(tok, text), [], 0
+    longest = max(map(len, table))
+    while i < len(words):
+        n = next((n for n in range(longest, 0, -1) if words[i:i + n] in table and i + n <= len(words)), 0)
+        out.append(table[words[i:i + n]] if n else words[i])
+        i += max(n, 1)
+    return " ".join(out)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -194,8 +218,7 @@ def test_equals_tokenizing_code_switched_text(minilm_tokenizer, backend, device)
         with open(os.path.join(DATA, "dev.en"), encoding="utf-8") as fh:
             sentences += [next(fh).strip() for _ in range(40)]
     lex = fastot.Lexicon.from_pairs(PAIRS_SW, tok, languages="sw")
-    norm = tok.backend_tokenizer.normalizer.normalize_str
-    table = {norm(s): t for s, t in PAIRS_SW}
+    table = {_words(tok, s): t for s, t in PAIRS_SW}
     queries, passages = sentences[::2], sentences[1::2][: len(sentences[::2])]
     queries = queries[: len(passages)]
     ids, mask, tt = _encode(tok, queries, passages)
@@ -267,15 +290,16 @@ def test_lexicon_save_load_roundtrip(tmp_path, minilm_tokenizer, lexicon):
 
 
 def test_lexicon_keys_case_variants_and_skips_multiword(minilm_tokenizer):
-    lex = fastot.Lexicon.from_pairs([("New York", "Nyu Yoki"), ("Water", "maji")], minilm_tokenizer, languages="sw")
-    assert lex.n_keys == 1 and lex.stats["skipped_multiword"] >= 1
+    lex = fastot.Lexicon.from_pairs([("New York", "Nyu Yoki"), ("Water", "maji"), ("a b c d e f g h i", "x")],
+                                    minilm_tokenizer, languages="sw")
+    assert lex.n_keys == 2 and lex.max_key_words == 2 and lex.stats["skipped"] == 1
 
 
 # --------------------------------------------------------------------------- registered op, compile
 def _cs_args(lexicon, ids, mask, tt, max_length):
     T = lexicon.tensors()
     return (ids, mask, tt, T["word_start"], T["special"], T["key_hash"], T["key_offsets"], T["key_ids"],
-            T["entry_offsets"], T["trans_offsets"], T["trans_ids"], torch.tensor([0, 1]), lexicon.max_key_len,
+            T["entry_offsets"], T["trans_offsets"], T["trans_ids"], torch.tensor([0, 1]), lexicon.max_key_len, lexicon.max_key_words,
             ref.rand_prefix(1, 2, ref.SALT_SWITCH), ref.rand_prefix(1, 2, ref.SALT_LANG),
             ref.rand_prefix(1, 2, ref.SALT_TRANS), 1 << 23, max_length, 0)
 

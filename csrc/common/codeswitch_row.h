@@ -17,6 +17,7 @@ struct LexiconView {
   int64_t n_keys;
   int64_t n_lang;                // languages stored in the lexicon
   int64_t max_key_len;
+  int64_t max_key_words;         // most words a key spans (adjacent words, "longest match first")
 };
 
 struct SwitchParams {
@@ -45,13 +46,15 @@ FASTOT_HD int64_t lexicon_find(const LexiconView& lex, const int64_t* ids, int64
   return lo;
 }
 
-// Translation index chosen for word `word` of row `row` whose lexicon entry is `entry`, or -1 (kept).
+// Translation index chosen for the unit whose first word is word `word` of row `row` and whose lexicon entry is
+// `entry`, or -1 (kept); `active` receives the drawn active-language index.
 FASTOT_HD int64_t choose_translation(const LexiconView& lex, const SwitchParams& sp, int64_t entry, int64_t row,
-                                     int64_t word) {
+                                     int64_t word, int64_t& active) {
+  active = 0;
   if (entry < 0) return -1;
   if (static_cast<int64_t>(word_rand(sp.prefix_switch, row, word) >> 8) >= sp.threshold) return -1;
-  int64_t lang = sp.lang_ids[0];
-  if (sp.n_active > 1) lang = sp.lang_ids[rand_below(word_rand(sp.prefix_lang, row, word), sp.n_active)];
+  if (sp.n_active > 1) active = rand_below(word_rand(sp.prefix_lang, row, word), sp.n_active);
+  const int64_t lang = sp.lang_ids[active];
   const int64_t s = lex.entry_offsets[entry * lex.n_lang + lang];
   const int64_t n = lex.entry_offsets[entry * lex.n_lang + lang + 1] - s;
   if (n <= 0) return -1;
@@ -78,32 +81,51 @@ FASTOT_HD void longest_first(int64_t l0, int64_t l1, int64_t budget, int64_t& k0
   k1 = k1 < l1 ? k1 : l1;
 }
 
-// Walks one row and calls emit(out_pos_candidate_info...) for every output token in order. Two passes use it:
-// one to count per-segment lengths, one to write. `visit(src_pos, token_id, segment, is_special)`.
+// End (exclusive) of the word that starts at position l: the following attended, non-special,
+// non-word-start tokens of the same segment.
+FASTOT_HD int64_t word_end(const int64_t* ids, const int64_t* mask, const int64_t* tt, const bool* word_start,
+                           const bool* special, int64_t L, int64_t l) {
+  int64_t e = l + 1;
+  while (e < L && mask[e] && !special[ids[e]] && !word_start[ids[e]] && tt[e] == tt[l]) ++e;
+  return e;
+}
+
+// Walks one row and calls visit(src_pos, token_id, segment, is_special) for every output token in order.
+// Two passes use it: one to count per-segment lengths, one to write. n_switched_lang ([n_active], may be
+// null) receives the switched words per active language.
 template <typename Visit>
 FASTOT_HD void walk_row(const LexiconView& lex, const SwitchParams& sp, const int64_t* ids, const int64_t* mask,
                         const int64_t* tt, const bool* word_start, const bool* special, int64_t L, int64_t row,
-                        int64_t& n_switched, int64_t& n_words, Visit visit) {
-  n_switched = 0;
+                        int64_t* n_switched_lang, int64_t& n_words, Visit visit) {
+  if (n_switched_lang)
+    for (int64_t a = 0; a < sp.n_active; ++a) n_switched_lang[a] = 0;
   n_words = 0;
   int64_t l = 0;
   while (l < L) {
     if (!mask[l]) { ++l; continue; }
     const int64_t id = ids[l];
     if (special[id]) { visit(l, id, tt[l], true); ++l; continue; }
-    // A word: this token and the following attended, non-special, non-word-start tokens of the same segment.
-    int64_t e = l + 1;
-    while (e < L && mask[e] && !special[ids[e]] && !word_start[ids[e]] && tt[e] == tt[l]) ++e;
-    const int64_t entry = lexicon_find(lex, ids + l, e - l);
-    const int64_t t = choose_translation(lex, sp, entry, row, n_words);
+    // A unit: the longest run of 1..max_key_words adjacent words of this segment that is a key, else one word.
+    int64_t e = word_end(ids, mask, tt, word_start, special, L, l);
+    int64_t entry = lexicon_find(lex, ids + l, e - l), unit_end = e, unit_words = 1;
+    for (int64_t n = 2; n <= lex.max_key_words; ++n) {
+      if (e >= L || !mask[e] || special[ids[e]] || tt[e] != tt[l]) break;
+      e = word_end(ids, mask, tt, word_start, special, L, e);
+      if (e - l > lex.max_key_len) break;
+      const int64_t found = lexicon_find(lex, ids + l, e - l);
+      if (found >= 0) { entry = found; unit_end = e; unit_words = n; }
+    }
+    int64_t active;
+    const int64_t t = choose_translation(lex, sp, entry, row, n_words, active);
     if (t >= 0) {
-      ++n_switched;
+      if (n_switched_lang) n_switched_lang[active] += unit_words;
       for (int64_t q = lex.trans_offsets[t]; q < lex.trans_offsets[t + 1]; ++q) visit(l, lex.trans_ids[q], tt[l], false);
     } else {
-      for (int64_t q = l; q < e; ++q) visit(q, ids[q], tt[q], false);
+      for (int64_t q = l; q < unit_end; ++q) visit(q, ids[q], tt[q], false);
     }
-    ++n_words;
-    l = e;
+    // Words of the unit: a matched span's count, else the one word.
+    n_words += unit_words;
+    l = unit_end;
   }
 }
 

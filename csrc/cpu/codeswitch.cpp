@@ -1,8 +1,9 @@
-// CPU code-switch: one row per task (at::parallel_for over the batch), the shared per-row walk
-// from common/codeswitch_row.h, two passes (count, then write) so no per-row buffers are needed.
+// CPU code-switch: rows in parallel (at::parallel_for over the batch), each walked once with the shared
+// per-row walk from common/codeswitch_row.h into its own token list; a second pass cuts and writes the rows
+// once the output width (the longest row, or max_length) is known.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/full.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <vector>
 
 #include "common/codeswitch_row.h"
 
@@ -21,7 +23,7 @@ using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::T
 Outputs codeswitch_cpu(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& token_type_ids,
                        const at::Tensor& word_start, const at::Tensor& special, const at::Tensor& key_hash,
                        const at::Tensor& key_offsets, const at::Tensor& key_ids, const at::Tensor& entry_offsets,
-                       const at::Tensor& trans_offsets, const at::Tensor& trans_ids, const at::Tensor& lang_ids, int64_t max_key_len,
+                       const at::Tensor& trans_offsets, const at::Tensor& trans_ids, const at::Tensor& lang_ids, int64_t max_key_len, int64_t max_key_words,
                        int64_t prefix_switch, int64_t prefix_lang, int64_t prefix_trans, int64_t threshold,
                        int64_t max_length, int64_t pad_id) {
   check_codeswitch_inputs(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
@@ -37,57 +39,66 @@ Outputs codeswitch_cpu(const at::Tensor& input_ids, const at::Tensor& attention_
   const int64_t n_keys = kh.numel();
   LexiconView lex{kh.data_ptr<int64_t>(), ko.data_ptr<int64_t>(), ki.data_ptr<int64_t>(), eo.data_ptr<int64_t>(),
                   to.data_ptr<int64_t>(), ti.data_ptr<int64_t>(), n_keys,
-                  n_keys > 0 ? (eo.numel() - 1) / n_keys : 1, max_key_len};
+                  n_keys > 0 ? (eo.numel() - 1) / n_keys : 1, max_key_len, max_key_words};
   SwitchParams sp{li.data_ptr<int64_t>(), li.numel(), static_cast<uint64_t>(prefix_switch),
                   static_cast<uint64_t>(prefix_lang), static_cast<uint64_t>(prefix_trans), threshold};
 
-  // Pass 1: per row, the number of special and per-segment content tokens; kept lengths after truncation.
-  at::Tensor kept = at::zeros({B, 3}, ids.options());  // k0, k1, total
-  at::Tensor n_switched = at::zeros({B}, ids.options()), n_words = at::zeros({B}, ids.options());
-  auto* kp = kept.data_ptr<int64_t>();
+  // Pass 1: each row walked once into its own token list; kept segment lengths after truncation.
+  struct Tok {
+    int64_t id, src, seg;
+    bool special;
+  };
+  std::vector<std::vector<Tok>> rows(B);
+  std::vector<int64_t> kept(B * 3);  // k0, k1, row length
+  at::Tensor n_switched = at::zeros({B, sp.n_active}, ids.options()), n_words = at::zeros({B}, ids.options());
+  auto *nsp = n_switched.data_ptr<int64_t>(), *nwp = n_words.data_ptr<int64_t>();
   const int64_t *idp = ids.data_ptr<int64_t>(), *mp = mask.data_ptr<int64_t>(), *tp = tt.data_ptr<int64_t>();
   const bool *wsp = ws.data_ptr<bool>(), *spp = spc.data_ptr<bool>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      int64_t n_sp = 0, l0 = 0, l1 = 0, nsw, nw;
-      walk_row(lex, sp, idp + r * L, mp + r * L, tp + r * L, wsp, spp, L, r, nsw, nw,
-               [&](int64_t, int64_t, int64_t seg, bool is_sp) {
+      std::vector<Tok>& toks = rows[r];
+      toks.reserve(L);
+      int64_t n_sp = 0, l0 = 0, l1 = 0;
+      walk_row(lex, sp, idp + r * L, mp + r * L, tp + r * L, wsp, spp, L, r, nsp + r * sp.n_active, nwp[r],
+               [&](int64_t src, int64_t tok, int64_t seg, bool is_sp) {
+                 toks.push_back({tok, src, seg, is_sp});
                  if (is_sp) ++n_sp; else if (seg == 0) ++l0; else ++l1;
                });
       int64_t k0 = l0, k1 = l1;
       if (max_length >= 0) longest_first(l0, l1, max_length - n_sp, k0, k1);
-      kp[r * 3 + 0] = k0;
-      kp[r * 3 + 1] = k1;
-      kp[r * 3 + 2] = n_sp + k0 + k1;
+      kept[r * 3 + 0] = k0;
+      kept[r * 3 + 1] = k1;
+      kept[r * 3 + 2] = n_sp + k0 + k1;
     }
   });
   int64_t width = max_length;
   if (width < 0) {
     width = 0;
-    for (int64_t r = 0; r < B; ++r) width = std::max(width, kp[r * 3 + 2]);
+    for (int64_t r = 0; r < B; ++r) width = std::max(width, kept[r * 3 + 2]);
   }
-  at::Tensor out_ids = at::full({B, width}, pad_id, ids.options());
-  at::Tensor out_mask = at::zeros({B, width}, ids.options());
-  at::Tensor out_tt = at::zeros({B, width}, ids.options());
-  at::Tensor out_src = at::full({B, width}, -1, ids.options());
+  at::Tensor out_ids = at::empty({B, width}, ids.options()), out_mask = at::empty({B, width}, ids.options());
+  at::Tensor out_tt = at::empty({B, width}, ids.options()), out_src = at::empty({B, width}, ids.options());
   auto *oi = out_ids.data_ptr<int64_t>(), *om = out_mask.data_ptr<int64_t>(), *ot = out_tt.data_ptr<int64_t>(),
        *os = out_src.data_ptr<int64_t>();
-  auto *nsp = n_switched.data_ptr<int64_t>(), *nwp = n_words.data_ptr<int64_t>();
-  // Pass 2: write the kept tokens.
+  // Pass 2: write the kept tokens (segments cut from their ends), then the padding.
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       int64_t pos = 0, c0 = 0, c1 = 0;
-      const int64_t k0 = kp[r * 3 + 0], k1 = kp[r * 3 + 1];
-      walk_row(lex, sp, idp + r * L, mp + r * L, tp + r * L, wsp, spp, L, r, nsp[r], nwp[r],
-               [&](int64_t src, int64_t tok, int64_t seg, bool is_sp) {
-                 bool keep = is_sp || (seg == 0 ? c0++ < k0 : c1++ < k1);
-                 if (!keep || pos >= width) return;
-                 oi[r * width + pos] = tok;
-                 om[r * width + pos] = 1;
-                 ot[r * width + pos] = seg;
-                 os[r * width + pos] = src;
-                 ++pos;
-               });
+      const int64_t k0 = kept[r * 3 + 0], k1 = kept[r * 3 + 1], o = r * width;
+      for (const Tok& t : rows[r]) {
+        const bool keep = t.special || (t.seg == 0 ? c0++ < k0 : c1++ < k1);
+        if (!keep || pos >= width) continue;
+        oi[o + pos] = t.id;
+        om[o + pos] = 1;
+        ot[o + pos] = t.seg;
+        os[o + pos] = t.src;
+        ++pos;
+      }
+      std::fill(oi + o + pos, oi + o + width, pad_id);
+      std::fill(om + o + pos, om + o + width, 0);
+      std::fill(ot + o + pos, ot + o + width, 0);
+      std::fill(os + o + pos, os + o + width, -1);
+      std::vector<Tok>().swap(rows[r]);
     }
   });
   return {out_ids, out_mask, out_tt, out_src, n_switched, n_words};

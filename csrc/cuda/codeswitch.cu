@@ -19,7 +19,7 @@ Outputs codeswitch_cuda(const at::Tensor& input_ids, const at::Tensor& attention
                         const at::Tensor& token_type_ids, const at::Tensor& word_start, const at::Tensor& special,
                         const at::Tensor& key_hash, const at::Tensor& key_offsets, const at::Tensor& key_ids,
                         const at::Tensor& entry_offsets, const at::Tensor& trans_offsets, const at::Tensor& trans_ids,
-                        const at::Tensor& lang_ids, int64_t max_key_len, int64_t prefix_switch, int64_t prefix_lang, int64_t prefix_trans,
+                        const at::Tensor& lang_ids, int64_t max_key_len, int64_t max_key_words, int64_t prefix_switch, int64_t prefix_lang, int64_t prefix_trans,
                         int64_t threshold, int64_t max_length, int64_t pad_id) {
   check_codeswitch_inputs(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
                           entry_offsets, trans_offsets, trans_ids, lang_ids);
@@ -33,7 +33,7 @@ Outputs codeswitch_cuda(const at::Tensor& input_ids, const at::Tensor& attention
   const int64_t B = ids.size(0), L = ids.size(1), n_keys = kh.numel();
   LexiconView lex{kh.data_ptr<int64_t>(), ko.data_ptr<int64_t>(), ki.data_ptr<int64_t>(), eo.data_ptr<int64_t>(),
                   to.data_ptr<int64_t>(), ti.data_ptr<int64_t>(), n_keys,
-                  n_keys > 0 ? (eo.numel() - 1) / n_keys : 1, max_key_len};
+                  n_keys > 0 ? (eo.numel() - 1) / n_keys : 1, max_key_len, max_key_words};
   SwitchParams sp{li.data_ptr<int64_t>(), li.numel(), static_cast<uint64_t>(prefix_switch),
                   static_cast<uint64_t>(prefix_lang), static_cast<uint64_t>(prefix_trans), threshold};
   CodeswitchRows rows{ids.data_ptr<int64_t>(), mask.data_ptr<int64_t>(), tt.data_ptr<int64_t>(), ws.data_ptr<bool>(),
@@ -47,7 +47,7 @@ Outputs codeswitch_cuda(const at::Tensor& input_ids, const at::Tensor& attention
   at::Tensor out_ids = at::full({B, width}, pad_id, ids.options());
   at::Tensor out_mask = at::zeros({B, width}, ids.options()), out_tt = at::zeros({B, width}, ids.options());
   at::Tensor out_src = at::full({B, width}, -1, ids.options());
-  at::Tensor n_switched = at::zeros({B}, ids.options()), n_words = at::zeros({B}, ids.options());
+  at::Tensor n_switched = at::zeros({B, li.numel()}, ids.options()), n_words = at::zeros({B}, ids.options());
   e = launch_codeswitch_write(rows, lex, sp, kept.data_ptr<int64_t>(), width, out_ids.data_ptr<int64_t>(),
                               out_mask.data_ptr<int64_t>(), out_tt.data_ptr<int64_t>(), out_src.data_ptr<int64_t>(),
                               n_switched.data_ptr<int64_t>(), n_words.data_ptr<int64_t>(), stream);

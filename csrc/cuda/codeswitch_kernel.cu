@@ -11,9 +11,10 @@ __global__ void codeswitch_count_kernel(CodeswitchRows rows, LexiconView lex, Sw
                                         int64_t* __restrict__ kept) {  // [B,3] out
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= rows.B) return;
-  int64_t n_sp = 0, l0 = 0, l1 = 0, nsw, nw;
+  int64_t n_sp = 0, l0 = 0, l1 = 0, nw;
   const int64_t off = r * rows.L;
-  walk_row(lex, sp, rows.ids + off, rows.mask + off, rows.tt + off, rows.word_start, rows.special, rows.L, r, nsw, nw,
+  walk_row(lex, sp, rows.ids + off, rows.mask + off, rows.tt + off, rows.word_start, rows.special, rows.L, r,
+           static_cast<int64_t*>(nullptr), nw,
            [&](int64_t, int64_t, int64_t seg, bool is_sp) {
              if (is_sp) ++n_sp; else if (seg == 0) ++l0; else ++l1;
            });
@@ -29,13 +30,14 @@ __global__ void codeswitch_write_kernel(CodeswitchRows rows, LexiconView lex, Sw
                                         int64_t width,                     // output row width
                                         int64_t* __restrict__ out_ids, int64_t* __restrict__ out_mask,
                                         int64_t* __restrict__ out_tt, int64_t* __restrict__ out_src,
-                                        int64_t* __restrict__ n_switched, int64_t* __restrict__ n_words) {
+                                        int64_t* __restrict__ n_switched,  // [B, n_active]
+                                        int64_t* __restrict__ n_words) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= rows.B) return;
   const int64_t off = r * rows.L, k0 = kept[r * 3 + 0], k1 = kept[r * 3 + 1];
   int64_t pos = 0, c0 = 0, c1 = 0;
   walk_row(lex, sp, rows.ids + off, rows.mask + off, rows.tt + off, rows.word_start, rows.special, rows.L, r,
-           n_switched[r], n_words[r], [&](int64_t src, int64_t tok, int64_t seg, bool is_sp) {
+           n_switched + r * sp.n_active, n_words[r], [&](int64_t src, int64_t tok, int64_t seg, bool is_sp) {
              const bool keep = is_sp || (seg == 0 ? c0++ < k0 : c1++ < k1);
              if (!keep || pos >= width) return;
              const int64_t o = r * width + pos;

@@ -20,7 +20,7 @@ struct CodeswitchRows {
 // to max_length (< 0: none).
 cudaError_t launch_codeswitch_count(const CodeswitchRows& rows, const LexiconView& lex, const SwitchParams& sp,
                                     int64_t max_length, int64_t* kept, cudaStream_t stream);
-// Pass 2: writes the [B,width] outputs (pre-filled with padding) and n_switched/n_words [B].
+// Pass 2: writes the [B,width] outputs (pre-filled with padding), n_switched [B,n_active] and n_words [B].
 cudaError_t launch_codeswitch_write(const CodeswitchRows& rows, const LexiconView& lex, const SwitchParams& sp,
                                     const int64_t* kept, int64_t width, int64_t* out_ids, int64_t* out_mask,
                                     int64_t* out_tt, int64_t* out_src, int64_t* n_switched, int64_t* n_words,

@@ -7,14 +7,20 @@ Contract (every backend is bit-identical to this):
   attended, non-special tokens of the same segment that are not word starts (``word_start[id]``,
   e.g. WordPiece pieces without ``##``, SentencePiece pieces with ``▁``). Words are numbered 0, 1, ...
   per row, counting every word.
-* A word whose subword-id sequence is a lexicon key (a 62-bit polynomial hash, verified id by id)
-  is switched when ``rand(prefix_switch, row, word) >> 8 < threshold`` (threshold = round(p·2^24)).
-  The language is ``lang_ids[0]``, or with several active languages
-  ``lang_ids[rand_below(rand(prefix_lang, row, word), n_active)]``. If the entry has n > 0
-  translations in that language, translation ``rand_below(rand(prefix_trans, row, word), n)`` replaces
-  the word's tokens; otherwise the word is kept (no fallback to another language).
+* Lexicon keys are subword-id sequences of one or more adjacent words (a key's words are told by the
+  same word-start rule; at most ``max_key_words`` words and ``max_key_len`` ids). Each key is a 62-bit
+  polynomial hash, verified id by id. Rows are cut into *units* greedily from the left: at a unit's first
+  word, the unit is the longest run of adjacent words of one segment (no special token or padding between)
+  whose ids form a key, else that single word; the next unit begins after it ("longest match first").
+* A unit that is a key is switched when ``rand(prefix_switch, row, w) >> 8 < threshold``
+  (threshold = round(p·2^24), w = the number of its first word). The language is ``lang_ids[0]``, or with
+  several active languages ``lang_ids[a]``, ``a = rand_below(rand(prefix_lang, row, w), n_active)``. If the
+  entry has n > 0 translations in that language, translation ``rand_below(rand(prefix_trans, row, w), n)``
+  replaces the unit's tokens; otherwise the unit is kept (no fallback to another language).
+* ``n_switched[row, a]`` counts the words of the switched units whose drawn language is ``lang_ids[a]``;
+  ``n_words[row]`` counts every word.
 * Output tokens keep the segment (token type) of their source; ``source_index`` is the input position a
-  token came from (the word's first position for translation tokens), -1 on padding.
+  token came from (the unit's first position for translation tokens), -1 on padding.
 * With ``max_length >= 0`` rows are cut like the Hugging Face fast tokenizers' ``longest_first``
   (segments = token type 0 and the rest; only the longer one is cut while the shorter fits in half the
   budget, else the shorter keeps budget // 2 and the longer the rest, the second on a tie; tokens go
@@ -86,6 +92,33 @@ def longest_first(l0, l1, budget):
     return torch.where(fits, l0, torch.minimum(k0, l0)), torch.where(fits, l1, torch.minimum(k1, l1))
 
 
+def _unit_starts(starts: torch.Tensor, span_words: torch.Tensor, max_key_words: int) -> torch.Tensor:
+    """Greedy left-to-right units: a word starts a unit unless an earlier matched span covers it.
+
+    The greedy walk is an automaton whose state is the number of words still covered by the current unit
+    (0 .. max_key_words-1); each word start maps state 0 to ``span_words - 1`` and state s > 0 to s - 1.
+    The per-position transition functions are packed 3 bits per state into one integer and composed with a
+    log-step (Hillis-Steele) inclusive scan, so there is no loop over words.
+    """
+    B, L = starts.shape
+    S = max_key_words
+    state = torch.arange(S, device=starts.device)
+    # f(s) for every position: identity off word starts.
+    nxt = torch.where(starts[..., None], torch.where(state == 0, (span_words - 1)[..., None], state - 1), state)
+    f = (nxt << (3 * state)).sum(-1)
+    d = 1
+    while d < L:  # inclusive scan: F[p] = f[p] o F[p-d]
+        a, b = f[:, :-d], f[:, d:]
+        comp = torch.zeros_like(b)
+        for s_ in range(S):
+            a_s = (a >> (3 * s_)) & 7
+            comp |= ((b >> (3 * a_s)) & 7) << (3 * s_)
+        f = torch.cat([f[:, :d], comp], 1)
+        d *= 2
+    before = torch.cat([torch.zeros(B, 1, dtype=f.dtype, device=f.device), f[:, :-1] & 7], 1)  # F[p-1](0)
+    return starts & (before == 0)
+
+
 def codeswitch(
     input_ids: torch.Tensor,  # [B, L] int
     attention_mask: torch.Tensor,  # [B, L] 0/1
@@ -100,6 +133,7 @@ def codeswitch(
     trans_ids: torch.Tensor,  # int64
     lang_ids: torch.Tensor,  # [n_active] int64
     max_key_len: int,
+    max_key_words: int,
     prefix_switch: int,
     prefix_lang: int,
     prefix_trans: int,
@@ -107,8 +141,9 @@ def codeswitch(
     max_length: int,
     pad_id: int,
 ):
-    """Returns (input_ids, attention_mask, token_type_ids, source_index) [B, L'] int64 and
-    (n_switched, n_words) [B] int64. See the module docstring for the contract."""
+    """Returns (input_ids, attention_mask, token_type_ids, source_index) [B, L'] int64, n_switched
+    [B, n_active] int64 (switched words per active language) and n_words [B] int64. See the module
+    docstring for the contract."""
     dev = input_ids.device
     ids = input_ids.long()
     att = attention_mask.long() != 0
@@ -116,7 +151,9 @@ def codeswitch(
     B, L = ids.shape
     K = key_hash_.numel()
     n_lang = (entry_offsets.numel() - 1) // max(K, 1)
+    n_active = lang_ids.numel()
     pos = torch.arange(L, device=dev).expand(B, L)
+    gather = lambda t, i: torch.gather(t, 1, i.clamp(0, max(L - 1, 0)))  # noqa: E731
 
     # --- words -----------------------------------------------------------------------------------
     sp = special[ids] & att
@@ -124,48 +161,59 @@ def codeswitch(
     prev_content = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=dev), content[:, :-1]], 1)
     prev_tt = torch.cat([tt[:, :1], tt[:, :-1]], 1)
     starts = content & (word_start[ids] | ~prev_content | (tt != prev_tt))
-    word_idx = torch.cumsum(starts.long(), 1) - 1
     n_words = starts.sum(1)
+    word_no = torch.cumsum(starts.long(), 1) - 1
     # End (exclusive) of the word starting at each position: the next start or non-content position.
     boundary = starts | ~content
     nxt = torch.where(boundary, pos, torch.full_like(pos, L))
     nxt = torch.cat([nxt[:, 1:], torch.full((B, 1), L, device=dev, dtype=torch.long)], 1)
     word_end = torch.flip(torch.cummin(torch.flip(nxt, [1]), 1).values, [1])
-    word_len = word_end - pos
 
-    # --- lexicon lookup at word starts ---------------------------------------------------------------
+    # --- longest lexicon match at each word start: spans of 1..max_key_words adjacent words ----------
+    # Prefix hashes of ids[p : p+k] for k = 1..max_key_len, at every position.
     h1 = torch.zeros(B, L, dtype=torch.long, device=dev)
     h2 = torch.zeros(B, L, dtype=torch.long, device=dev)
+    prefix_keys = torch.empty(max_key_len, B, L, dtype=torch.long, device=dev)
     for k in range(max_key_len):
-        tok = torch.gather(ids, 1, (pos + k).clamp_max(L - 1))
-        inside = k < word_len
-        h1 = torch.where(inside, (h1 * KEY_BASE1 + tok + 1) % KEY_MOD1, h1)
-        h2 = torch.where(inside, (h2 * KEY_BASE2 + tok + 1) % KEY_MOD2, h2)
-    key = (h1 << 31) | h2
-    candidate = starts & (word_len <= max_key_len) & (K > 0)
-    if K > 0:
-        entry = torch.searchsorted(key_hash_, key).clamp_max(K - 1)
-        found = candidate & (key_hash_[entry] == key)
-        k_start = key_offsets[entry]
-        found &= (key_offsets[entry + 1] - k_start) == word_len
+        tok = gather(ids, pos + k)
+        h1 = (h1 * KEY_BASE1 + tok + 1) % KEY_MOD1
+        h2 = (h2 * KEY_BASE2 + tok + 1) % KEY_MOD2
+        prefix_keys[k] = (h1 << 31) | h2
+    span_words = torch.ones_like(ids)  # words in the unit that starts here (1 when nothing matches)
+    entry = torch.zeros_like(ids)  # its lexicon entry
+    found = torch.zeros_like(starts)
+    span_end = word_end
+    alive = starts.clone()  # the span of n words exists (adjacent words, one segment)
+    for n in range(1, max_key_words + 1):
+        if n > 1:
+            alive &= (span_end < L) & gather(content, span_end) & (gather(tt, span_end) == tt)
+            span_end = torch.where(alive, gather(word_end, span_end), span_end)
+        span_len = span_end - pos
+        ok = alive & (span_len <= max_key_len)
+        if not bool(ok.any()) or K == 0:
+            continue
+        key = prefix_keys.gather(0, (span_len - 1).clamp(0, max_key_len - 1)[None])[0]
+        e = torch.searchsorted(key_hash_, key).clamp_max(K - 1)
+        hit = ok & (key_hash_[e] == key)
+        k_start = key_offsets[e]
+        hit &= (key_offsets[e + 1] - k_start) == span_len
         for k in range(max_key_len):
-            tok = torch.gather(ids, 1, (pos + k).clamp_max(L - 1))
             kid = key_ids[(k_start + k).clamp(0, key_ids.numel() - 1)]
-            found &= (k >= word_len) | (kid == tok)
-    else:
-        entry = torch.zeros_like(ids)
-        found = candidate
+            hit &= (k >= span_len) | (kid == gather(ids, pos + k))
+        span_words = torch.where(hit, n, span_words)
+        entry = torch.where(hit, e, entry)
+        found |= hit
+    unit = _unit_starts(starts, span_words, max_key_words) if max_key_words > 1 else starts
 
-    # --- random decisions ------------------------------------------------------------------------------
+    # --- random decisions per unit, counted by the word number of its first word -----------------------
     row = torch.arange(B, device=dev)[:, None].expand(B, L)
-    wsafe = word_idx.clamp_min(0)
-    switch = found & ((word_rand(prefix_switch, row, wsafe) >> 8) < threshold)
-    n_active = lang_ids.numel()
+    wsafe = word_no.clamp_min(0)
+    switch = unit & found & ((word_rand(prefix_switch, row, wsafe) >> 8) < threshold)
     if n_active > 1:
-        lang = lang_ids[rand_below(word_rand(prefix_lang, row, wsafe), n_active)]
+        active = rand_below(word_rand(prefix_lang, row, wsafe), n_active)
     else:
-        lang = lang_ids[0].expand(B, L)
-    eo = entry * n_lang + lang
+        active = torch.zeros_like(ids)
+    eo = entry * n_lang + lang_ids[active]
     t_lo = entry_offsets[eo]
     n_t = entry_offsets[eo + 1] - t_lo
     switch &= n_t > 0
@@ -173,13 +221,14 @@ def codeswitch(
     trans = torch.where(switch, trans, torch.zeros_like(trans))
     tr_lo = trans_offsets[trans]
     tr_len = trans_offsets[trans + 1] - tr_lo
-    n_switched = switch.sum(1)
+    n_switched = torch.zeros(B, n_active, dtype=torch.long, device=dev)
+    n_switched.scatter_add_(1, active, torch.where(switch, span_words, torch.zeros_like(span_words)))
 
     # --- output token counts per input position ---------------------------------------------------
-    word_first = torch.cummax(torch.where(starts, pos, torch.full_like(pos, -1)), 1).values
-    in_switched = content & torch.gather(switch, 1, word_first.clamp_min(0))
+    unit_first = torch.cummax(torch.where(unit, pos, torch.full_like(pos, -1)), 1).values
+    in_switched = content & gather(switch, unit_first)
     count = torch.where(att, torch.ones_like(ids), torch.zeros_like(ids))
-    count = torch.where(in_switched, torch.where(starts, tr_len, torch.zeros_like(ids)), count)
+    count = torch.where(in_switched, torch.where(unit, tr_len, torch.zeros_like(ids)), count)
 
     # --- truncation ----------------------------------------------------------------------------------
     seg1 = tt != 0

@@ -389,7 +389,65 @@ def test_bad_input_raises_and_changes_nothing(minilm_tokenizer, lexicon):
         fastot.CodeSwitcher(lexicon, languages=["xx"])
     with pytest.raises(ValueError, match="empty lexicon"):
         fastot.Lexicon.from_pairs([], minilm_tokenizer, languages="sw")
-    with pytest.raises(fastot.BackendUnavailable, match="triton"):
-        fastot.CodeSwitcher(lexicon, backend="triton")(ids, mask, tt)
+    with pytest.raises(fastot.BackendUnavailable, match="cuda"):
+        fastot.CodeSwitcher(lexicon, backend="cuda")(ids, mask, tt)
     for x, y in zip((ids, mask, tt), keep):
         assert torch.equal(x, y)
+
+
+# --------------------------------------------------------------------------- every backend vs the reference
+def _assert_same(a, b):
+    for name, x in vars(a).items():
+        y = getattr(b, name).cpu()
+        assert x.shape == y.shape and torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_single_word_lexicon_and_edge_shapes(minilm_tokenizer, backend, device):
+    """Single-word keys (no unit scan), one language, and shapes at the edges: B=0, L=0, L=1, all padding."""
+    lex = fastot.Lexicon.from_pairs([(s, t) for s, t in PAIRS_SW if " " not in s and "'" not in s],
+                                    minilm_tokenizer, languages="sw")
+    assert lex.max_key_words == 1
+    ids, mask, tt = random_batch(minilm_tokenizer, 13, 29, seed=21)
+    mask[3] = 0  # a row of padding only
+    cases = [(ids, mask, tt), (ids[:0], mask[:0], tt[:0]), (ids[:, :0], mask[:, :0], tt[:, :0]),
+             (ids[:, :1], mask[:, :1], tt[:, :1])]
+    for max_length in (None, 9, 0):
+        for i, m, t in cases:
+            if max_length == 0 and i.shape[1]:
+                m = torch.zeros_like(m)  # no specials to keep in a zero budget
+            ref_out = fastot.CodeSwitcher(lex, p=0.6, seed=5, backend="torch")(i, m, t, step=2, max_length=max_length)
+            out = fastot.CodeSwitcher(lex, p=0.6, seed=5, backend=backend)(
+                i.to(device), m.to(device), t.to(device), step=2, max_length=max_length)
+            _assert_same(ref_out, out)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_long_rows_with_chained_multiword_keys(minilm_tokenizer, lexicon, backend, device):
+    """Rows longer than 256 tokens full of overlapping multi-word keys ("at the market the river bank ...")."""
+    rng = random.Random(7)
+    phrases = ["at the market", "the river bank", "the river", "river bank", "doesn't", "bread", "at the", "x"]
+    text = [" ".join(rng.choice(phrases) for _ in range(120)) for _ in range(3)]
+    enc = minilm_tokenizer(text, text[::-1], padding=True, return_tensors="pt")
+    args = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    assert args[0].shape[1] > 256
+    for p, max_length in ((1.0, None), (0.5, 300)):
+        ref_out = fastot.CodeSwitcher(lexicon, p=p, seed=9, backend="torch")(*args, step=4, max_length=max_length)
+        out = fastot.CodeSwitcher(lexicon, p=p, seed=9, backend=backend)(*(a.to(device) for a in args), step=4,
+                                                                         max_length=max_length)
+        _assert_same(ref_out, out)
+    out = fastot.CodeSwitcher(lexicon, p=1.0, seed=9, backend=backend)(*(a.to(device) for a in args), step=4)
+    _assert_matches_oracle(type(out)(*(t.cpu() for t in vars(out).values())),
+                           python_oracle(lexicon, *args, 9, 4, 1.0, lexicon.languages, None), None)
+
+
+@pytest.mark.parametrize("max_length", [16, -1], ids=["static-width", "dynamic-width"])
+def test_opcheck_triton_codeswitch_op(minilm_tokenizer, lexicon, max_length):
+    if "triton" not in fastot.available_backends("codeswitch"):
+        pytest.skip("triton cannot run here")
+    from fastot.triton import codeswitch as _registers_the_op  # noqa: F401, PLC0415
+
+    ids, mask, tt = random_batch(minilm_tokenizer, 5, 24, seed=4)
+    args = _cs_args(lexicon, ids, mask, tt, max_length)
+    tests = ("test_schema", "test_faketensor") + (("test_aot_dispatch_dynamic",) if max_length >= 0 else ())
+    torch.library.opcheck(torch.ops.fastot.triton_codeswitch.default, args, test_utils=tests)

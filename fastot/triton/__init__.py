@@ -1,4 +1,4 @@
-"""Triton kernels: ``sinkhorn.py`` (issue 4); code-switching follows (issue 5).
+"""Triton kernels: ``sinkhorn.py`` and ``codeswitch.py``.
 
 Importing this package does not import Triton: it only tells ``fastot._backend`` which ops have a Triton
 implementation. The kernel modules are imported when the triton backend is first chosen, so
@@ -8,3 +8,4 @@ implementation. The kernel modules are imported when the triton backend is first
 from .. import _backend
 
 _backend.register_triton_op("sinkhorn")
+_backend.register_triton_op("codeswitch")

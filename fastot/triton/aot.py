@@ -1,4 +1,4 @@
-"""Compile the Triton Sinkhorn kernels for an NVIDIA architecture without a GPU.
+"""Compile the Triton kernels (Sinkhorn, code-switch) for an NVIDIA architecture without a GPU.
 
 Triton lowers a kernel to PTX and runs its bundled ``ptxas`` without touching a device, so this machine can
 check that every kernel variant compiles for sm_80 / sm_90 (the interpreter, which runs the tests on CPU,
@@ -30,7 +30,8 @@ def _tl():
     return tl
 
 
-# (name, kernel, constexprs, pointer dtypes that differ from the compute dtype, num_warps)
+# (name, kernel, constexprs, pointer dtypes that differ from the compute dtype, num_warps); kernels named
+# "codeswitch:<kernel>" live in _codeswitch_kernels (int64 pointers and scalars unless named).
 def _variants():
     tl = _tl()
     f32, f64 = tl.float32, tl.float64
@@ -38,6 +39,7 @@ def _variants():
     onchip = dict(HAS_TOL=False, UNBAL_A=False, SUMS=False)
     i32 = {"nit_ptr": "*i32", "done_ptr": "*i32"}
     half = lambda t: {"x_ptr": t, "y_ptr": t}  # noqa: E731
+    u8 = {"word_start_ptr": "*u8", "special_ptr": "*u8", "*": "*i64", "int": "i64"}
 
     def merge(*parts, **kw):  # later keys win
         out = {}
@@ -78,6 +80,12 @@ def _variants():
          half("*bf16"), 8),
         ("grad-fp64-dot-32x32x64", "_embedding_grad_kernel",
          dict(KIND=2, BLOCK_N=32, BLOCK_M=32, BLOCK_K=32, BLOCK_D=64, PREC="ieee", DT=f64, DOT_UPCAST=False), {}, 4),
+        ("codeswitch-1word-trunc-2x512", "codeswitch:_codeswitch_kernel",
+         dict(BLOCK_B=2, BLOCK_L=512, LOG2_L=9, MAX_KEY_WORDS=1, TRUNCATE=True, WRITE=True), u8, 8),
+        ("codeswitch-3words-8x128", "codeswitch:_codeswitch_kernel",
+         dict(BLOCK_B=8, BLOCK_L=128, LOG2_L=7, MAX_KEY_WORDS=3, TRUNCATE=False, WRITE=True), u8, 8),
+        ("codeswitch-count-3words-2x512", "codeswitch:_codeswitch_kernel",
+         dict(BLOCK_B=2, BLOCK_L=512, LOG2_L=9, MAX_KEY_WORDS=3, TRUNCATE=False, WRITE=False), u8, 8),
     ]
 
 
@@ -86,7 +94,7 @@ VARIANTS = [v[0] for v in _variants()]
 
 def _signature(fn, consts, ptr_types):
     tl = _tl()
-    default_ptr = "*fp64" if consts["DT"] == tl.float64 else "*fp32"
+    default_ptr = ptr_types.get("*") or ("*fp64" if consts["DT"] == tl.float64 else "*fp32")
     sig = {}
     # eval_str: the kernels' module uses `from __future__ import annotations`, so annotations are strings
     for p in inspect.signature(fn.fn, eval_str=True).parameters.values():
@@ -99,7 +107,7 @@ def _signature(fn, consts, ptr_types):
         elif p.annotation is tl.float64:
             sig[p.name] = "fp64"
         else:
-            sig[p.name] = "i32"
+            sig[p.name] = ptr_types.get("int", "i32")
     return sig
 
 
@@ -109,10 +117,11 @@ def compile_variant(name: str, arch: int = 90):
     from triton.backends.compiler import GPUTarget  # noqa: PLC0415
     from triton.compiler import ASTSource  # noqa: PLC0415
 
-    from . import _sinkhorn_kernels as K  # noqa: PLC0415
+    from . import _codeswitch_kernels, _sinkhorn_kernels  # noqa: PLC0415
 
     (_, kname, consts, ptrs, warps), = [v for v in _variants() if v[0] == name]
-    fn = getattr(K, kname)
+    module, _, kname = kname.rpartition(":")
+    fn = getattr(_codeswitch_kernels if module == "codeswitch" else _sinkhorn_kernels, kname)
     src = ASTSource(fn=fn, signature=_signature(fn, consts, ptrs), constexprs=consts)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps))
 

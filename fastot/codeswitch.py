@@ -216,6 +216,77 @@ class Lexicon:
                         stats={"pairs": len(triples), "skipped": skipped})
 
     @classmethod
+    def from_muse(cls, path, tokenizer, language: str) -> "Lexicon":
+        """Build from a MUSE bilingual dictionary file (``src tgt`` per line, several lines per source
+        allowed); see :func:`fastot.lexicons.read_muse`. For several languages, read each file with
+        ``read_muse`` and pass ``{lang: pairs}`` to :meth:`from_pairs`."""
+        from . import lexicons  # noqa: PLC0415
+
+        return cls.from_pairs(lexicons.read_muse(path), tokenizer, languages=language)
+
+    @classmethod
+    def from_embeddings(cls, src_vec, tgt_vec, tokenizer, language: str, *, method: str = "nn", csls_k: int = 10,
+                        source_vocab=None, max_words: int | None = 200000) -> "Lexicon":
+        """Build from aligned cross-lingual word embeddings (two fastText ``.vec`` files): each source word
+        (restricted to ``source_vocab`` if given) translates to its top-1 target by dot product of unit
+        vectors (``method="nn"``, the published method) or by CSLS (``method="csls"``); the first
+        ``max_words`` rows of each file are read. See :func:`fastot.lexicons.induce_from_embeddings`."""
+        from . import lexicons  # noqa: PLC0415
+
+        triples = lexicons.induce_from_vec_files(src_vec, tgt_vec, max_words=max_words, method=method,
+                                                 csls_k=csls_k, source_vocab=source_vocab)
+        return cls.from_pairs([(s, t) for s, t, _ in triples], tokenizer, languages=language)
+
+    @classmethod
+    def from_titles(cls, titles, tokenizer, language: str, *, max_n: int = 3, stopwords=None) -> "Lexicon":
+        """Build from parallel titles: a TSV file (``en<TAB>tgt`` per line) or ``[(en, tgt), ...]``.
+        Lower-cased 1..``max_n``-word entries, stop-word-only sources skipped
+        (:func:`fastot.lexicons.title_entries`); multi-word entries are matched longest first."""
+        from . import lexicons  # noqa: PLC0415
+
+        pairs = lexicons.read_title_pairs(titles) if isinstance(titles, (str, os.PathLike)) else titles
+        return cls.from_pairs(lexicons.title_entries(pairs, max_n=max_n, stopwords=stopwords), tokenizer,
+                              languages=language)
+
+    @classmethod
+    def from_bitext(cls, path, tokenizer, language: str, *, split: str = "train", method: str = "dice",
+                    min_count: int = 3, min_score: float = 0.1, top_k: int = 1,
+                    max_sentences: int | None = None) -> "Lexicon":
+        """Induce word translations from parallel sentences: a directory with line-aligned
+        ``<split>.en`` / ``<split>.<language>`` (the MAFAND layout) or a TSV file. Dice or IBM Model 1
+        scores, the ``top_k`` targets per source word with score >= ``min_score``
+        (:func:`fastot.lexicons.induce_from_bitext`)."""
+        from . import lexicons  # noqa: PLC0415
+
+        src, tgt = lexicons.read_bitext(path, language, split=split)
+        triples = lexicons.induce_from_bitext(src, tgt, method=method, min_count=min_count, min_score=min_score,
+                                              top_k=top_k, max_sentences=max_sentences)
+        lex = cls.from_pairs([(s, t) for s, t, _ in triples], tokenizer, languages=language)
+        lex.stats.update(method=method, sentences=len(src) if max_sentences is None else min(len(src), max_sentences))
+        return lex
+
+    def coverage(self, texts, tokenizer, *, batch_size: int = 256, backend: str | None = None) -> dict:
+        """Share of the words of ``texts`` (strings) that have a translation, per language.
+
+        Words are counted as the switcher counts them (the tokenizer's words; a multi-word entry covers all
+        of its words). Returns ``{"words": n, "covered": {lang: share}}``; computed with the switcher itself at
+        p = 1, one language at a time, so it is exactly the switched-word ratio that p = 1 would give.
+        """
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("coverage: texts must be strings")
+        words, covered = 0, dict.fromkeys(self.languages, 0)
+        switchers = {lang: CodeSwitcher(self, p=1.0, languages=[lang], backend=backend) for lang in self.languages}
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], padding=True, return_tensors="pt")
+            tt = enc.get("token_type_ids")
+            for lang, cs in switchers.items():
+                out = cs(enc["input_ids"], enc["attention_mask"], tt)
+                covered[lang] += int(out.n_switched.sum())
+            words += int(out.n_words.sum())
+        return {"words": words, "covered": {k: (v / words if words else 0.0) for k, v in covered.items()}}
+
+    @classmethod
     def pack(cls, entries, languages, word_start, special, pad_id, scheme, stats=None) -> "Lexicon":
         """Pack ``{key ids: {lang index: [translation ids, ...]}}`` into CSR tensors sorted by key hash."""
         hashed = sorted((ref.key_hash(k), k) for k in entries)

@@ -19,4 +19,7 @@ echo "== tests" && $PY -m pytest python_tests -q -x -p no:cacheprovider 2>&1 | t
 echo "== triton kernels: registers and spills" && $PY -m fastot.triton.aot --arch 90 > "$OUT/triton_resources.txt" 2>&1
 echo "== compute-sanitizer" && compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m bench.sinkhorn_gpu --sanitize \
   > "$OUT/sanitizer.txt" 2>&1; echo "sanitizer exit $?" | tee -a "$OUT/sanitizer.txt"
+compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m bench.codeswitch_gpu --sanitize \
+  > "$OUT/sanitizer_codeswitch.txt" 2>&1; echo "sanitizer (codeswitch) exit $?" | tee -a "$OUT/sanitizer_codeswitch.txt"
 echo "== benchmark" && $PY -m bench.sinkhorn_gpu --out "$OUT/sinkhorn_gpu.csv" 2>&1 | tee "$OUT/bench.txt"
+$PY -m bench.codeswitch_gpu --out "$OUT/codeswitch_gpu.csv" 2>&1 | tee -a "$OUT/bench.txt"

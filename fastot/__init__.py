@@ -25,6 +25,7 @@ else:
 
 from . import triton as _triton  # noqa: E402,F401  (tells _backend which ops have Triton kernels)
 from .codeswitch import CodeSwitcher, CodeSwitchOutput, Lexicon  # noqa: E402
+from .collate import CodeSwitchCollator  # noqa: E402
 from .sinkhorn import SinkhornResult, pairwise_cost, sinkhorn, sinkhorn_embeddings  # noqa: E402
 
 if _backend._EXT_ERROR is None:
@@ -41,6 +42,7 @@ available_backends = _backend.available
 __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailable",
+    "CodeSwitchCollator",
     "CodeSwitchOutput",
     "CodeSwitcher",
     "Lexicon",

@@ -24,6 +24,9 @@ _PACKED = ("key_hash", "key_offsets", "key_ids", "entry_offsets", "trans_offsets
 def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Word-start and special-token tables [V] (bool) for a Hugging Face tokenizer, and the scheme.
 
+    Special tokens (never switched, never cut by truncation) are the tokenizer's special and added special
+    tokens except the unknown token, which stands for a word of the text.
+
     WordPiece: a piece starts a word unless it begins with the continuation prefix (``##``).
     SentencePiece / metaspace: a piece starts a word when it begins with ``▁``.
     """
@@ -53,6 +56,11 @@ def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
     for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}:
         if i < V and getattr(tokenizer.added_tokens_decoder[i], "special", False):
             special[i] = True
+    # [UNK] stands for a word of the text: the tokenizers' truncation cuts it like any text token, so it is a
+    # (one-token, never translated) word here rather than a special token that is never dropped.
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id < V:
+        special[tokenizer.unk_token_id] = False
+        word_start[tokenizer.unk_token_id] = True
     word_start |= special
     return word_start, special, scheme
 

@@ -1,0 +1,189 @@
+"""A DataLoader collator for cross-encoder (query, passage) pairs that code-switches the tokenized batch.
+
+    switcher = fastot.CodeSwitcher(fastot.Lexicon.from_pairs(pairs, tokenizer, languages="sw"), p=0.5, seed=0)
+    collator = CodeSwitchCollator(tokenizer, switcher, max_length=256)
+    loader = DataLoader(dataset, batch_size=32, collate_fn=collator, num_workers=4, persistent_workers=True)
+
+The text is tokenized once, as usual; the switch runs on the token ids (:class:`fastot.CodeSwitcher`), which
+then cuts each row ``longest_first`` to ``max_length`` and pads to exactly that width, as the tokenizer would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch.utils.data import get_worker_info
+
+from .codeswitch import CodeSwitcher
+
+__all__ = ["CodeSwitchCollator"]
+
+_NAME = "CodeSwitchCollator"
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{_NAME}: {name} must be an integer > 0, got {value!r}")
+    return value
+
+
+class CodeSwitchCollator:
+    """Tokenizes (query, passage[, label]) items as pairs and code-switches the batch on its token ids.
+
+    Args:
+        tokenizer: Hugging Face tokenizer with a pad token; the one ``switcher.lexicon`` was built with
+            (checked by vocabulary size). It must give passages token type 1 (BERT-style pairs): the cut to
+            ``max_length`` after switching tells the two segments apart by token type.
+        switcher: a :class:`fastot.CodeSwitcher`.
+        max_length: width of the output; every row is cut ``longest_first`` after switching and padded to it.
+        pre_max_length: ``longest_first`` cut when tokenizing, before switching; it only bounds the tokenizing
+            work. Rows longer than it are cut twice, which equals one cut to ``max_length`` (so ``p = 0`` gives
+            the tokenizer's own output) when it is at least ``max_length`` and, after the special tokens of a
+            pair, leaves an odd budget: then the first cut leaves no tie between the segments for the second
+            to break differently. Default: ``2 * max_length``, plus one where needed for that.
+        device: where the switch runs and the batch is returned (e.g. ``"cuda"`` in the main process);
+            default: stay on the CPU, which is what DataLoader workers should do.
+        label_dtype: dtype of ``labels``.
+
+    Randomness: a pure function of (``switcher.seed``, step, row, word), so query and passage words each get
+    their own independent draw, and a batch is reproducible from its step. The step is ``calls * num_workers
+    + worker_id``, where ``calls`` counts this collator's earlier calls without an explicit ``step`` (in this
+    process) and the worker comes from :func:`torch.utils.data.get_worker_info`: the workers of one
+    DataLoader take batches in turn, so the step is the batch's index in the loader and no two workers
+    repeat a random stream. A DataLoader without ``persistent_workers=True`` copies the collator into fresh
+    workers every epoch, so every epoch then repeats the same steps; keep the workers, or pass ``step=``.
+    """
+
+    def __init__(self, tokenizer, switcher: CodeSwitcher, *, max_length: int = 256,
+                 pre_max_length: int | None = None, device: torch.device | str | None = None,
+                 label_dtype: torch.dtype = torch.float32):
+        if not isinstance(switcher, CodeSwitcher):
+            raise TypeError(f"{_NAME}: switcher must be a fastot.CodeSwitcher, got {type(switcher).__name__}")
+        if not callable(tokenizer) or not hasattr(tokenizer, "num_special_tokens_to_add"):
+            raise TypeError(f"{_NAME}: tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"{_NAME}: tokenizer must have a pad token, got pad_token_id=None")
+        if 1 not in tokenizer("a", "b", return_token_type_ids=True)["token_type_ids"]:
+            raise ValueError(f"{_NAME}: tokenizer must give the passage of a pair token type 1 (BERT-style), "
+                             f"{type(tokenizer).__name__} gives it 0")
+        if len(tokenizer) != switcher.lexicon.vocab_size:
+            raise ValueError(f"{_NAME}: the tokenizer's vocabulary ({len(tokenizer)} tokens) must be the one "
+                             f"switcher.lexicon was built with ({switcher.lexicon.vocab_size} tokens)")
+        max_length = _positive_int("max_length", max_length)
+        if pre_max_length is None:  # odd budget after the pair's special tokens (see the class docstring)
+            pre_max_length = 2 * max_length + (2 * max_length - tokenizer.num_special_tokens_to_add(pair=True) + 1) % 2
+        pre_max_length = _positive_int("pre_max_length", pre_max_length)
+        if pre_max_length < max_length:
+            raise ValueError(f"{_NAME}: pre_max_length must be >= max_length={max_length}, got {pre_max_length}")
+        if device is not None:
+            if not isinstance(device, (str, torch.device)):
+                raise TypeError(f"{_NAME}: device must be None, a str or a torch.device, got {device!r}")
+            try:
+                device = torch.device(device)
+            except RuntimeError as exc:
+                raise ValueError(f"{_NAME}: device must name a torch device, got {device!r}") from exc
+        if not isinstance(label_dtype, torch.dtype):
+            raise TypeError(f"{_NAME}: label_dtype must be a torch.dtype, got {label_dtype!r}")
+        self.tokenizer, self.switcher, self.device, self.label_dtype = tokenizer, switcher, device, label_dtype
+        self.max_length, self.pre_max_length = max_length, pre_max_length
+        self.calls = 0
+
+    @property
+    def languages(self) -> list[str]:
+        """The active languages, in the order of ``cs_stats["switched_per_language"]``."""
+        return self.switcher.languages
+
+    def __repr__(self) -> str:
+        return (f"{_NAME}({self.switcher!r}, max_length={self.max_length}, pre_max_length={self.pre_max_length}, "
+                f"device={self.device}, calls={self.calls})")
+
+    @staticmethod
+    def _split(batch) -> tuple[list[str], list[str], list | None]:
+        if isinstance(batch, (str, bytes, Mapping)) or not isinstance(batch, Sequence) or len(batch) == 0:
+            raise ValueError(f"{_NAME}: batch must be a non-empty list of (query, passage[, label]) items, "
+                             f"got {type(batch).__name__} {batch!r:.80}")
+        queries, passages, labels = [], [], []
+        for i, item in enumerate(batch):
+            if isinstance(item, Mapping):
+                if "query" not in item or "passage" not in item:
+                    raise ValueError(f"{_NAME}: batch[{i}] must have keys 'query' and 'passage' "
+                                     f"(and optionally 'label'), got keys {sorted(item)}")
+                fields = (item["query"], item["passage"]) + ((item["label"],) if "label" in item else ())
+            elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+                fields = tuple(item)
+            else:
+                raise ValueError(f"{_NAME}: batch[{i}] must be a (query, passage[, label]) tuple or a dict, "
+                                 f"got {type(item).__name__} {item!r:.80}")
+            for name, text in zip(("query", "passage"), fields):
+                if not isinstance(text, str):
+                    raise TypeError(f"{_NAME}: batch[{i}] {name} must be a str, got {type(text).__name__}")
+            if i and (len(fields) == 3) != bool(labels):
+                raise ValueError(f"{_NAME}: batch[{i}] {'has' if len(fields) == 3 else 'lacks'} a label "
+                                 f"and batch[0] {'does not' if len(fields) == 3 else 'does'}: label all items or none")
+            queries.append(fields[0])
+            passages.append(fields[1])
+            labels.extend(fields[2:])
+        return queries, passages, labels or None
+
+    def __call__(self, batch: Sequence, *, step: int | None = None) -> dict:
+        """Tokenize, switch and pad a batch of B items.
+
+        Args:
+            batch: items ``(query, passage)``, ``(query, passage, label)`` or dicts with keys ``"query"``,
+                ``"passage"`` and optionally ``"label"`` (labels for all items or none).
+            step: the switch's step; default ``calls * num_workers + worker_id`` (see the class docstring).
+        Returns:
+            ``input_ids``, ``attention_mask``, ``token_type_ids``: [B, max_length] int64; ``labels``: [B]
+            label_dtype (only when the items have labels); ``cs_stats``: ``{"words": [] int64, "switched": []
+            int64, "switched_per_language": [n_active] int64}`` summed over the batch (tensors on the output's
+            device: no host synchronisation; see :meth:`switch_ratios`).
+        """
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise ValueError(f"{_NAME}: step must be None or an integer >= 0, got {step!r}")
+        queries, passages, labels = self._split(batch)
+        if labels is not None:
+            try:
+                labels = torch.tensor(labels, dtype=self.label_dtype)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"{_NAME}: labels must be numbers convertible to {self.label_dtype}, "
+                                 f"got {labels[:3]!r}...: {exc}") from exc
+            if labels.shape != (len(queries),):
+                raise ValueError(f"{_NAME}: each label must be a scalar, got labels of shape {list(labels.shape)}")
+        enc = self.tokenizer(queries, passages, padding=True, truncation="longest_first",
+                             max_length=self.pre_max_length, return_tensors="pt", return_token_type_ids=True,
+                             return_attention_mask=True)
+        ids, mask, tt = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+        if self.device is not None:
+            ids, mask, tt = ids.to(self.device), mask.to(self.device), tt.to(self.device)
+            labels = None if labels is None else labels.to(self.device)
+        counted = step is None
+        if counted:
+            info = get_worker_info()
+            step = self.calls if info is None else self.calls * info.num_workers + info.id
+        out = self.switcher(ids, mask, tt, step=step, max_length=self.max_length)
+        if counted:
+            self.calls += 1
+        result = {**out.model_inputs(), "cs_stats": {
+            "words": out.n_words.sum(),
+            "switched": out.n_switched.sum(),
+            "switched_per_language": out.n_switched_lang.sum(0),
+        }}
+        if labels is not None:
+            result["labels"] = labels
+        return result
+
+    def switch_ratios(self, stats: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Code-switching frequency: switched words / words, ``"overall"`` and per active language.
+
+        ``stats`` is a ``cs_stats`` dict, or several summed key by key. A language's ratio is the share of all
+        words switched into it (the ratios of the languages add up to the overall one); 0 when there are no
+        words. Reads the tensors on the host (one synchronisation): call it when logging, not every step.
+        """
+        words = int(stats["words"])
+        per_lang = stats["switched_per_language"].tolist()
+        if len(per_lang) != len(self.languages):
+            raise ValueError(f"switch_ratios: stats['switched_per_language'] must have {len(self.languages)} entries "
+                             f"(languages {self.languages}), got {len(per_lang)}")
+        ratio = (lambda n: n / words) if words else (lambda n: 0.0)
+        return {"overall": ratio(int(stats["switched"])), **dict(zip(self.languages, map(ratio, per_lang)))}

@@ -1,0 +1,307 @@
+"""CodeSwitchCollator: shapes, labels, equality with the tokenizer + switcher called by hand, the tokenizer's own
+output at p = 0, every translatable word switched at p = 1, statistics, steps across DataLoader workers, bad input."""
+
+import copy
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import fastot
+from fastot.collate import CodeSwitchCollator
+
+from conftest import backend_params
+
+BACKENDS = backend_params("codeswitch")
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")
+
+SENTENCES = [
+    "The river flooded the quick market in Nairobi on Monday.",
+    "Farmers say the rains came late this year, and the harvest is small.",
+    "A doctor's report doesn't explain why the children were sick.",
+    "Government officials met traders at the river bank to discuss prices.",
+    "She bought bread, milk and rice at the market before noon.",
+    "Résumé of the café meeting: water, schools and roads.",
+    "Children walk to school along the river every morning.",
+    "The market sells water, bread and milk at low prices.",
+]
+PAIRS_SW = [("river", "mto"), ("market", "soko"), ("quick", "haraka"), ("rains", "mvua"), ("children", "watoto"),
+            ("doctor", "daktari"), ("bread", "mkate"), ("milk", "maziwa"), ("water", "maji"), ("schools", "shule"),
+            ("government", "serikali"), ("year", "mwaka"), ("harvest", "mavuno"), ("prices", "bei"), ("the", "ile"),
+            ("school", "shule"), ("morning", "asubuhi"), ("of", "ya"), ("and", "na")]
+PAIRS_HA = [("river", "kogi"), ("market", "kasuwa"), ("water", "ruwa"), ("children", "yara"), ("bread", "burodi")]
+
+
+def _sentences(n):
+    """n real English sentences (MAFAND en-swa dev) or, without the data, the built-in ones repeated."""
+    if os.path.isdir(DATA):
+        with open(os.path.join(DATA, "dev.en"), encoding="utf-8") as fh:
+            lines = [s for s in (line.strip() for line in fh) if s]
+        return lines[:n]
+    return [SENTENCES[i % len(SENTENCES)] for i in range(n)]
+
+
+def _pairs(n):
+    sents = _sentences(2 * n)
+    return [(" ".join(sents[2 * i].split()[:10]), sents[2 * i + 1]) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def lex_sw(minilm_tokenizer):
+    return fastot.Lexicon.from_pairs(PAIRS_SW, minilm_tokenizer, languages="sw")
+
+
+@pytest.fixture(scope="module")
+def lex_ml(minilm_tokenizer):
+    return fastot.Lexicon.from_pairs({"sw": PAIRS_SW, "ha": PAIRS_HA}, minilm_tokenizer)
+
+
+def _assert_batches_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if k == "cs_stats":
+            _assert_batches_equal(a[k], b[k])
+        else:
+            assert torch.equal(a[k].cpu(), b[k].cpu()), k
+
+
+@pytest.mark.parametrize("form", ["tuple", "tuple-label", "dict", "dict-label", "list-label"])
+@pytest.mark.parametrize("label_dtype", [torch.float32, torch.long], ids=["fp32", "int64"])
+def test_shapes_dtypes_and_labels(minilm_tokenizer, lex_ml, form, label_dtype):
+    pairs = _pairs(7)
+    labels = [1, 0, 1, 1, 0, 0, 1]
+    with_label = form.endswith("label")
+    if form.startswith("dict"):
+        batch = [{"query": q, "passage": p, **({"label": y} if with_label else {})} for (q, p), y in zip(pairs, labels)]
+    elif form.startswith("list"):
+        batch = [[q, p, y] for (q, p), y in zip(pairs, labels)]
+    else:
+        batch = [(q, p, y) if with_label else (q, p) for (q, p), y in zip(pairs, labels)]
+    cs = fastot.CodeSwitcher(lex_ml, p=0.5, seed=1, languages=["ha", "sw"])
+    out = CodeSwitchCollator(minilm_tokenizer, cs, max_length=33, label_dtype=label_dtype)(batch)
+    keys = {"input_ids", "attention_mask", "token_type_ids", "cs_stats"}
+    assert set(out) == keys | ({"labels"} if with_label else set())
+    for k in ("input_ids", "attention_mask", "token_type_ids"):
+        assert out[k].shape == (7, 33) and out[k].dtype == torch.int64, k
+    if with_label:
+        assert out["labels"].dtype == label_dtype and out["labels"].tolist() == labels
+    st = out["cs_stats"]
+    assert st["words"].shape == () and st["switched"].shape == () and st["switched_per_language"].shape == (2,)
+    assert all(t.dtype == torch.int64 for t in st.values())
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("max_length,pre_max_length", [(256, None), (24, 48), (9, 9)],
+                         ids=["L256", "L24-pre48", "L9-pre9"])
+def test_equals_tokenizer_then_switcher_by_hand(minilm_tokenizer, lex_ml, backend, device, max_length, pre_max_length):
+    tok = minilm_tokenizer
+    pairs = _pairs(13)
+    cs = fastot.CodeSwitcher(lex_ml, p=0.6, seed=7, backend=backend)
+    col = CodeSwitchCollator(tok, cs, max_length=max_length, pre_max_length=pre_max_length, device=device)
+    enc = tok([q for q, _ in pairs], [p for _, p in pairs], padding=True, truncation="longest_first",
+              max_length=pre_max_length or 2 * max_length, return_tensors="pt")
+    for step in range(3):
+        got = col(pairs)
+        ref = cs(enc["input_ids"].to(device), enc["attention_mask"].to(device), enc["token_type_ids"].to(device),
+                 step=step, max_length=max_length)
+        for k, v in ref.model_inputs().items():
+            assert got[k].device.type == torch.device(device).type and torch.equal(got[k], v), k
+        st = got["cs_stats"]
+        assert torch.equal(st["words"], ref.n_words.sum()) and torch.equal(st["switched"], ref.n_switched.sum())
+        assert torch.equal(st["switched_per_language"], ref.n_switched_lang.sum(0))  # needs n_switched_lang
+        assert int(st["switched_per_language"].sum()) == int(st["switched"]) > 0
+    assert col.calls == 3
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("max_length,pre_max_length,n", [(256, None, 32), (64, None, 32), (16, 32, 32), (17, 512, 32),
+                                                         (8, 8, 8)], ids=["L256", "L64", "L16-pre32", "L17", "L8-pre8"])
+def test_p0_is_the_tokenizers_own_output(minilm_tokenizer, lex_sw, backend, device, max_length, pre_max_length, n):
+    """p = 0: exactly ``tokenizer(..., truncation="longest_first", max_length=..., padding="max_length")``,
+    also when the rows are cut twice (before switching at pre_max_length, after it at an even max_length)."""
+    tok = minilm_tokenizer
+    pairs = _pairs(n)
+    col = CodeSwitchCollator(tok, fastot.CodeSwitcher(lex_sw, p=0.0, backend=backend), max_length=max_length,
+                             pre_max_length=pre_max_length, device=device)
+    got = col(pairs)
+    exp = tok([q for q, _ in pairs], [p for _, p in pairs], truncation="longest_first", max_length=max_length,
+              padding="max_length", return_tensors="pt")
+    for k in ("input_ids", "attention_mask", "token_type_ids"):
+        assert torch.equal(got[k].cpu(), exp[k]), k
+    assert int(got["cs_stats"]["switched"]) == 0 and int(got["cs_stats"]["words"]) > 0
+
+
+def test_default_pre_cut_then_cut_equals_one_cut(minilm_tokenizer, lex_sw):
+    """Segment lengths around every tie, cut twice (default pre_max_length, then max_length) == cut once."""
+    tok = minilm_tokenizer
+    words = ["river", "market", "water", "bread", "milk", "rice", "noon", "road"]  # one WordPiece each
+    text = lambda n: " ".join(words[i % len(words)] for i in range(n))  # noqa: E731
+    pairs = [(text(a), text(b)) for a in range(0, 36, 3) for b in range(1, 36, 2)]
+    cs = fastot.CodeSwitcher(lex_sw, p=0.0)
+    for max_length in range(4, 16):
+        col = CodeSwitchCollator(tok, cs, max_length=max_length)
+        assert col.pre_max_length == 2 * max_length  # 3 special tokens: 2 * max_length - 3 is already odd
+        exp = tok([q for q, _ in pairs], [p for _, p in pairs], truncation="longest_first", max_length=max_length,
+                  padding="max_length", return_tensors="pt")
+        assert torch.equal(col(pairs)["input_ids"], exp["input_ids"]), max_length
+
+
+def test_p0_cuts_unknown_tokens_like_the_tokenizer(minilm_tokenizer, lex_sw):
+    tok = minilm_tokenizer
+    pairs = [("the river \U0001F600 flows " * 3, "a short passage")]
+    got = CodeSwitchCollator(tok, fastot.CodeSwitcher(lex_sw, p=0.0), max_length=10)(pairs)
+    exp = tok(*pairs[0], truncation="longest_first", max_length=10, padding="max_length", return_tensors="pt")
+    assert tok.unk_token_id in exp["input_ids"][0].tolist()
+    assert got["input_ids"].tolist() == exp["input_ids"].tolist()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_p1_switches_every_word_with_a_translation(minilm_tokenizer, lex_sw, backend, device):
+    tok = minilm_tokenizer
+    table = dict(PAIRS_SW)
+    pairs = [(SENTENCES[i], SENTENCES[-1 - i]) for i in range(len(SENTENCES))]
+    col = CodeSwitchCollator(tok, fastot.CodeSwitcher(lex_sw, p=1.0, backend=backend), max_length=128, device=device)
+    out = col(pairs)
+    # Words as the tokenizer itself splits them (independent of fastot), and how many have a translation.
+    norm, pre = tok.backend_tokenizer.normalizer, tok.backend_tokenizer.pre_tokenizer
+    split = lambda text: [w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))]  # noqa: E731
+    words = [w for q, p in pairs for text in (q, p) for w in split(text)]
+    translatable = sum(w in table for w in words)
+    st = out["cs_stats"]
+    assert int(st["words"]) == len(words) and int(st["switched"]) == translatable > 0
+    assert col.switch_ratios(st)["overall"] == pytest.approx(translatable / len(words))
+    text = set(split(" ".join(tok.batch_decode(out["input_ids"], skip_special_tokens=True))))
+    assert not text & set(table) and {"mto", "soko", "maji"} <= text
+    # Text made only of lexicon words: every word is switched, the ratio is exactly 1.
+    only = [("river market water", "bread milk the river"), ("children of the market", "rains and harvest")]
+    ratios = col.switch_ratios(col(only)["cs_stats"])
+    assert ratios == {"overall": 1.0, "sw": 1.0}
+
+
+def test_stats_match_output_and_ratios(minilm_tokenizer, lex_ml):
+    pairs = [(SENTENCES[i % 8], SENTENCES[(3 * i + 1) % 8]) for i in range(40)]
+    cs = fastot.CodeSwitcher(lex_ml, p=0.5, seed=3, languages=["sw", "ha"])
+    col = CodeSwitchCollator(minilm_tokenizer, cs, max_length=64)
+    out = col(pairs, step=9)
+    st = out["cs_stats"]
+    assert int(st["switched"]) == int(st["switched_per_language"].sum())  # needs n_switched_lang
+    assert 0 < int(st["switched_per_language"][1]) < int(st["switched_per_language"][0])  # ha has fewer words
+    r = col.switch_ratios(st)
+    assert set(r) == {"overall", "sw", "ha"}
+    assert r["overall"] == pytest.approx(r["sw"] + r["ha"]) and 0 < r["overall"] < 1
+    total = {k: st[k] + col(pairs, step=10)["cs_stats"][k] for k in st}  # stats add up across batches
+    assert 0 < col.switch_ratios(total)["overall"] < 1
+    zero = {"words": torch.tensor(0), "switched": torch.tensor(0),
+            "switched_per_language": torch.zeros(2, dtype=torch.long)}
+    assert col.switch_ratios(zero) == {"overall": 0.0, "sw": 0.0, "ha": 0.0}
+    with pytest.raises(ValueError, match="switched_per_language"):
+        col.switch_ratios({**zero, "switched_per_language": torch.zeros(3, dtype=torch.long)})
+
+
+def test_step_counter_and_explicit_step(minilm_tokenizer, lex_sw):
+    pairs = _pairs(16)
+    cs = fastot.CodeSwitcher(lex_sw, p=0.5, seed=5)
+    col, fresh = CodeSwitchCollator(minilm_tokenizer, cs), CodeSwitchCollator(minilm_tokenizer, cs)
+    first = col(pairs)
+    _assert_batches_equal(col(pairs, step=0), first)  # an explicit step leaves the counter alone...
+    second = col(pairs)
+    _assert_batches_equal(second, fresh(pairs, step=1))  # ...so the next call is step 1
+    assert not torch.equal(first["input_ids"], second["input_ids"]) and col.calls == 2
+
+
+def test_dataloader_workers_take_distinct_steps_and_repeat_exactly(minilm_tokenizer, lex_sw):
+    """Every item is the same pair, so batches differ only by their step; with 2 workers batch i has step i."""
+    pair = ("the river market water bread milk", "Children of the market: the river, water, bread and milk " * 3)
+    dataset = [pair] * 32
+    cs = fastot.CodeSwitcher(lex_sw, p=0.5, seed=11)
+    col = CodeSwitchCollator(minilm_tokenizer, cs, max_length=64)
+
+    def run():
+        return list(DataLoader(dataset, batch_size=4, collate_fn=col, num_workers=2))
+
+    a, b = run(), run()
+    assert len(a) == len(b) == 8
+    for x, y in zip(a, b):
+        _assert_batches_equal(x, y)
+    ids = [x["input_ids"] for x in a]
+    assert all(not torch.equal(ids[i], ids[j]) for i in range(8) for j in range(i))  # no repeated stream
+    fresh = CodeSwitchCollator(minilm_tokenizer, cs, max_length=64)
+    for i, x in enumerate(a):
+        _assert_batches_equal(x, fresh(dataset[:4], step=i))
+    assert col.calls == 0  # the workers counted on their copies
+
+
+def test_query_and_passage_words_draw_independently(minilm_tokenizer, lex_sw):
+    """The same words in the query and the passage are not switched in lockstep (randomness is per row and word)."""
+    text = " ".join(["river market water bread milk"] * 8)
+    out = CodeSwitchCollator(minilm_tokenizer, fastot.CodeSwitcher(lex_sw, p=0.5, seed=2))([(text, text)] * 4)
+    for ids, tt, m in zip(out["input_ids"], out["token_type_ids"], out["attention_mask"]):
+        q, p = ids[(tt == 0) & (m == 1)][1:-1].tolist(), ids[(tt == 1) & (m == 1)][:-1].tolist()
+        assert q != p
+
+
+def test_constructor_rejects_bad_arguments(minilm_tokenizer, lex_sw):
+    tok = minilm_tokenizer
+    cs = fastot.CodeSwitcher(lex_sw)
+    cases = [
+        (dict(switcher=lex_sw), TypeError, "switcher must be a fastot.CodeSwitcher, got Lexicon"),
+        (dict(tokenizer="bert"), TypeError, "tokenizer must be a Hugging Face tokenizer, got str"),
+        (dict(max_length=0), ValueError, "max_length must be an integer > 0, got 0"),
+        (dict(max_length=True), ValueError, "max_length must be an integer > 0, got True"),
+        (dict(max_length=256.0), ValueError, "max_length must be an integer > 0, got 256.0"),
+        (dict(pre_max_length=-1), ValueError, "pre_max_length must be an integer > 0, got -1"),
+        (dict(max_length=64, pre_max_length=32), ValueError, "pre_max_length must be >= max_length=64, got 32"),
+        (dict(device="gpu0"), ValueError, "device must name a torch device, got 'gpu0'"),
+        (dict(device=0.5), TypeError, "device must be None, a str or a torch.device, got 0.5"),
+        (dict(label_dtype="float"), TypeError, "label_dtype must be a torch.dtype, got 'float'"),
+    ]
+    for kw, exc, msg in cases:
+        args = {"tokenizer": tok, "switcher": cs, **kw}
+        with pytest.raises(exc, match=msg.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+            CodeSwitchCollator(args.pop("tokenizer"), args.pop("switcher"), **args)
+    bigger = copy.deepcopy(tok)
+    bigger.add_tokens(["zzqxw"])
+    with pytest.raises(ValueError, match=r"vocabulary \(30523 tokens\).*built with \(30522 tokens\)"):
+        CodeSwitchCollator(bigger, cs)
+    class UntypedPairs:  # a tokenizer that gives both segments of a pair token type 0 (RoBERTa-style)
+        pad_token_id, num_special_tokens_to_add, __len__ = tok.pad_token_id, tok.num_special_tokens_to_add, tok.__len__
+
+        def __call__(self, *args, **kwargs):
+            enc = tok(*args, **kwargs)
+            return {**enc, "token_type_ids": [0] * len(enc["token_type_ids"])}
+
+    with pytest.raises(ValueError, match="tokenizer must give the passage of a pair token type 1 .*UntypedPairs gives"):
+        CodeSwitchCollator(UntypedPairs(), cs)
+    nopad = copy.deepcopy(tok)
+    nopad.pad_token = None
+    with pytest.raises(ValueError, match="tokenizer must have a pad token, got pad_token_id=None"):
+        CodeSwitchCollator(nopad, cs)
+
+
+def test_call_rejects_bad_input_and_changes_nothing(minilm_tokenizer, lex_sw):
+    col = CodeSwitchCollator(minilm_tokenizer, fastot.CodeSwitcher(lex_sw, p=0.5), max_length=32)
+    good = ("a river", "the market")
+    cases = [
+        ([], ValueError, r"batch must be a non-empty list .* got list \[\]"),
+        ("river", ValueError, "batch must be a non-empty list .* got str 'river'"),
+        ({"query": "q", "passage": "p"}, ValueError, "batch must be a non-empty list .* got dict"),
+        ([good, ("only one",)], ValueError, r"batch\[1\] must be a \(query, passage\[, label\]\) tuple or a dict, got tup"),
+        ([good, "text"], ValueError, r"batch\[1\] must be .* got str 'text'"),
+        ([good, (1, "p")], TypeError, r"batch\[1\] query must be a str, got int"),
+        ([good, ("q", None)], TypeError, r"batch\[1\] passage must be a str, got NoneType"),
+        ([{"query": "q"}], ValueError, r"batch\[0\] must have keys 'query' and 'passage' .* got keys \['query'\]"),
+        ([good, ("q", "p", 1.0)], ValueError, r"batch\[1\] has a label and batch\[0\] does not"),
+        ([("q", "p", 1.0), good], ValueError, r"batch\[1\] lacks a label and batch\[0\] does"),
+        ([("q", "p", "yes")], ValueError, "labels must be numbers convertible to torch.float32, got \\['yes'\\]"),
+        ([("q", "p", [1, 2])], ValueError, r"each label must be a scalar, got labels of shape \[1, 2\]"),
+    ]
+    for batch, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            col(batch)
+    for step in (-1, 1.0, True):
+        with pytest.raises(ValueError, match=f"step must be None or an integer >= 0, got {step!r}"):
+            col([good], step=step)
+    assert col.calls == 0
+    fresh = CodeSwitchCollator(minilm_tokenizer, col.switcher, max_length=32)
+    _assert_batches_equal(col([good]), fresh([good], step=0))

@@ -1,5 +1,5 @@
-// The per-row code-switch algorithm, written once for the CPU kernel and the CUDA kernel
-// (one thread per row there). Raw pointers only; no torch headers.
+// The code-switch algorithm, written once for the CPU kernel and the CUDA kernel: find_unit per word start
+// (parallel over positions), then walk_row per row. Raw pointers only; no torch headers.
 #pragma once
 #include <cstdint>
 
@@ -90,12 +90,44 @@ FASTOT_HD int64_t word_end(const int64_t* ids, const int64_t* mask, const int64_
   return e;
 }
 
+// Whether position l starts a word: an attended, non-special token that is a word start, or follows no
+// content token of its segment.
+FASTOT_HD bool is_word_start(const int64_t* ids, const int64_t* mask, const int64_t* tt, const bool* word_start,
+                             const bool* special, int64_t l) {
+  if (!mask[l] || special[ids[l]]) return false;
+  return l == 0 || word_start[ids[l]] || !mask[l - 1] || special[ids[l - 1]] || tt[l - 1] != tt[l];
+}
+
+// The unit that would start at a word start: the longest run of 1..max_key_words adjacent words of its
+// segment whose ids are a lexicon key (entry >= 0), else the one word (entry -1).
+struct Unit {
+  int64_t entry;
+  int32_t end;    // exclusive end position
+  int32_t words;  // words it spans
+};
+
+FASTOT_HD Unit find_unit(const LexiconView& lex, const int64_t* ids, const int64_t* mask, const int64_t* tt,
+                         const bool* word_start, const bool* special, int64_t L, int64_t l) {
+  int64_t e = word_end(ids, mask, tt, word_start, special, L, l);
+  Unit u{lexicon_find(lex, ids + l, e - l), static_cast<int32_t>(e), 1};
+  for (int32_t n = 2; n <= lex.max_key_words; ++n) {
+    if (e >= L || !mask[e] || special[ids[e]] || tt[e] != tt[l]) break;
+    e = word_end(ids, mask, tt, word_start, special, L, e);
+    if (e - l > lex.max_key_len) break;
+    const int64_t found = lexicon_find(lex, ids + l, e - l);
+    if (found >= 0) u = Unit{found, static_cast<int32_t>(e), n};
+  }
+  return u;
+}
+
 // Walks one row and calls visit(src_pos, token_id, segment, is_special) for every output token in order.
+// units[l] must hold find_unit(l) for every word start l of the row (the lookups, the costly part, are
+// done beforehand, in parallel over positions); the walk only chains units greedily from the left.
 // Two passes use it: one to count per-segment lengths, one to write. n_switched_lang ([n_active], may be
 // null) receives the switched words per active language.
 template <typename Visit>
 FASTOT_HD void walk_row(const LexiconView& lex, const SwitchParams& sp, const int64_t* ids, const int64_t* mask,
-                        const int64_t* tt, const bool* word_start, const bool* special, int64_t L, int64_t row,
+                        const int64_t* tt, const bool* special, const Unit* units, int64_t L, int64_t row,
                         int64_t* n_switched_lang, int64_t& n_words, Visit visit) {
   if (n_switched_lang)
     for (int64_t a = 0; a < sp.n_active; ++a) n_switched_lang[a] = 0;
@@ -105,27 +137,17 @@ FASTOT_HD void walk_row(const LexiconView& lex, const SwitchParams& sp, const in
     if (!mask[l]) { ++l; continue; }
     const int64_t id = ids[l];
     if (special[id]) { visit(l, id, tt[l], true); ++l; continue; }
-    // A unit: the longest run of 1..max_key_words adjacent words of this segment that is a key, else one word.
-    int64_t e = word_end(ids, mask, tt, word_start, special, L, l);
-    int64_t entry = lexicon_find(lex, ids + l, e - l), unit_end = e, unit_words = 1;
-    for (int64_t n = 2; n <= lex.max_key_words; ++n) {
-      if (e >= L || !mask[e] || special[ids[e]] || tt[e] != tt[l]) break;
-      e = word_end(ids, mask, tt, word_start, special, L, e);
-      if (e - l > lex.max_key_len) break;
-      const int64_t found = lexicon_find(lex, ids + l, e - l);
-      if (found >= 0) { entry = found; unit_end = e; unit_words = n; }
-    }
+    const Unit u = units[l];  // l starts a word here: the row's first content token or the end of a unit
     int64_t active;
-    const int64_t t = choose_translation(lex, sp, entry, row, n_words, active);
+    const int64_t t = choose_translation(lex, sp, u.entry, row, n_words, active);
     if (t >= 0) {
-      if (n_switched_lang) n_switched_lang[active] += unit_words;
+      if (n_switched_lang) n_switched_lang[active] += u.words;
       for (int64_t q = lex.trans_offsets[t]; q < lex.trans_offsets[t + 1]; ++q) visit(l, lex.trans_ids[q], tt[l], false);
     } else {
-      for (int64_t q = l; q < unit_end; ++q) visit(q, ids[q], tt[q], false);
+      for (int64_t q = l; q < u.end; ++q) visit(q, ids[q], tt[q], false);
     }
-    // Words of the unit: a matched span's count, else the one word.
-    n_words += unit_words;
-    l = unit_end;
+    n_words += u.words;
+    l = u.end;
   }
 }
 

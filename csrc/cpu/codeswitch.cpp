@@ -1,6 +1,7 @@
-// CPU code-switch: rows in parallel (at::parallel_for over the batch), each walked once with the shared
-// per-row walk from common/codeswitch_row.h into its own token list; a second pass cuts and writes the rows
-// once the output width (the longest row, or max_length) is known.
+// CPU code-switch: rows in parallel (at::parallel_for over the batch). Per row, the shared code of
+// common/codeswitch_row.h that the CUDA kernels run too: find_unit at every word start, then walk_row into the
+// row's token list; a second pass cuts and writes the rows once the output width (the longest row, or
+// max_length) is known.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -55,11 +56,15 @@ Outputs codeswitch_cpu(const at::Tensor& input_ids, const at::Tensor& attention_
   const int64_t *idp = ids.data_ptr<int64_t>(), *mp = mask.data_ptr<int64_t>(), *tp = tt.data_ptr<int64_t>();
   const bool *wsp = ws.data_ptr<bool>(), *spp = spc.data_ptr<bool>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Unit> units(L);
     for (int64_t r = begin; r < end; ++r) {
       std::vector<Tok>& toks = rows[r];
       toks.reserve(L);
+      const int64_t *ri = idp + r * L, *rm = mp + r * L, *rt = tp + r * L;
+      for (int64_t l = 0; l < L; ++l)
+        if (is_word_start(ri, rm, rt, wsp, spp, l)) units[l] = find_unit(lex, ri, rm, rt, wsp, spp, L, l);
       int64_t n_sp = 0, l0 = 0, l1 = 0;
-      walk_row(lex, sp, idp + r * L, mp + r * L, tp + r * L, wsp, spp, L, r, nsp + r * sp.n_active, nwp[r],
+      walk_row(lex, sp, ri, rm, rt, spp, units.data(), L, r, nsp + r * sp.n_active, nwp[r],
                [&](int64_t src, int64_t tok, int64_t seg, bool is_sp) {
                  toks.push_back({tok, src, seg, is_sp});
                  if (is_sp) ++n_sp; else if (seg == 0) ++l0; else ++l1;

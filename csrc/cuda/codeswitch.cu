@@ -1,6 +1,7 @@
 // Torch glue for the CUDA code-switch kernels: checks, device guard, stream, launch.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -40,7 +41,12 @@ Outputs codeswitch_cuda(const at::Tensor& input_ids, const at::Tensor& attention
                       spc.data_ptr<bool>(), B, L};
   auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor kept = at::zeros({B, 3}, ids.options());
-  cudaError_t e = launch_codeswitch_count(rows, lex, sp, max_length, kept.data_ptr<int64_t>(), stream);
+  // Scratch for the units found at word starts: B*L of them (16 bytes each), never read elsewhere.
+  at::Tensor unit_buf = at::empty({B * L * static_cast<int64_t>(sizeof(Unit))}, ids.options().dtype(at::kByte));
+  Unit* units = reinterpret_cast<Unit*>(unit_buf.data_ptr<uint8_t>());
+  cudaError_t e = launch_codeswitch_units(rows, lex, units, stream);
+  TORCH_CHECK(e == cudaSuccess, "codeswitch: CUDA launch failed: ", cudaGetErrorString(e));
+  e = launch_codeswitch_count(rows, lex, sp, units, max_length, kept.data_ptr<int64_t>(), stream);
   TORCH_CHECK(e == cudaSuccess, "codeswitch: CUDA launch failed: ", cudaGetErrorString(e));
   // With max_length the width is static and nothing synchronises; without it, sizing the output needs one sync.
   const int64_t width = max_length >= 0 ? max_length : (B > 0 ? kept.select(1, 2).max().item<int64_t>() : 0);
@@ -48,7 +54,7 @@ Outputs codeswitch_cuda(const at::Tensor& input_ids, const at::Tensor& attention
   at::Tensor out_mask = at::zeros({B, width}, ids.options()), out_tt = at::zeros({B, width}, ids.options());
   at::Tensor out_src = at::full({B, width}, -1, ids.options());
   at::Tensor n_switched = at::zeros({B, li.numel()}, ids.options()), n_words = at::zeros({B}, ids.options());
-  e = launch_codeswitch_write(rows, lex, sp, kept.data_ptr<int64_t>(), width, out_ids.data_ptr<int64_t>(),
+  e = launch_codeswitch_write(rows, lex, sp, units, kept.data_ptr<int64_t>(), width, out_ids.data_ptr<int64_t>(),
                               out_mask.data_ptr<int64_t>(), out_tt.data_ptr<int64_t>(), out_src.data_ptr<int64_t>(),
                               n_switched.data_ptr<int64_t>(), n_words.data_ptr<int64_t>(), stream);
   TORCH_CHECK(e == cudaSuccess, "codeswitch: CUDA launch failed: ", cudaGetErrorString(e));

@@ -16,13 +16,16 @@ struct CodeswitchRows {
   int64_t B, L;
 };
 
+// Pass 0: units[r*L + l] = find_unit(...) at every word start (one thread per position).
+cudaError_t launch_codeswitch_units(const CodeswitchRows& rows, const LexiconView& lex, Unit* units,
+                                    cudaStream_t stream);
 // Pass 1: kept [B,3] = (segment-0 tokens kept, segment-1 tokens kept, row length) after truncation
 // to max_length (< 0: none).
 cudaError_t launch_codeswitch_count(const CodeswitchRows& rows, const LexiconView& lex, const SwitchParams& sp,
-                                    int64_t max_length, int64_t* kept, cudaStream_t stream);
+                                    const Unit* units, int64_t max_length, int64_t* kept, cudaStream_t stream);
 // Pass 2: writes the [B,width] outputs (pre-filled with padding), n_switched [B,n_active] and n_words [B].
 cudaError_t launch_codeswitch_write(const CodeswitchRows& rows, const LexiconView& lex, const SwitchParams& sp,
-                                    const int64_t* kept, int64_t width, int64_t* out_ids, int64_t* out_mask,
+                                    const Unit* units, const int64_t* kept, int64_t width, int64_t* out_ids, int64_t* out_mask,
                                     int64_t* out_tt, int64_t* out_src, int64_t* n_switched, int64_t* n_words,
                                     cudaStream_t stream);
 

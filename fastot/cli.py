@@ -20,7 +20,8 @@ from .codeswitch import CodeSwitcher, Lexicon
 from .reference import sinkhorn as ref_sinkhorn
 from .sinkhorn import sinkhorn
 
-# A few English -> Swahili pairs for the tour (the lexicon builders come with the code-switch issue).
+# A few English -> Swahili pairs for the tour when the MAFAND bitext (../shared/data) is absent; with it, the
+# tour induces its lexicon from the bitext (Lexicon.from_bitext).
 _TOUR_PAIRS = [("river", "mto"), ("market", "soko"), ("government", "serikali"), ("people", "watu"),
                ("water", "maji"), ("children", "watoto"), ("president", "rais"), ("year", "mwaka"),
                ("country", "nchi"), ("said", "alisema"), ("police", "polisi"), ("health", "afya"),
@@ -84,7 +85,10 @@ def tour(small: bool = False, repeats: int = 5, file=sys.stdout) -> list[dict]:
         else:
             text = (text * (16 if small else 256))[: 16 if small else 256]
         enc = tok(text[0::2], text[1::2], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        lex = Lexicon.from_pairs(_TOUR_PAIRS, tok, languages="sw")
+        if os.path.exists(_DATA):
+            lex = Lexicon.from_bitext(os.path.dirname(_DATA), tok, "swa", max_sentences=2000 if small else 10000)
+        else:
+            lex = Lexicon.from_pairs(_TOUR_PAIRS, tok, languages="sw")
         ids, mask, tt = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
         expect = CodeSwitcher(lex, p=0.5, seed=0, backend="torch")(ids, mask, tt, step=1)
         for dev in devices:

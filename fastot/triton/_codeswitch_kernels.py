@@ -91,8 +91,7 @@ def _codeswitch_kernel(
     out_ids_ptr, out_att_ptr, out_tt_ptr, out_src_ptr,  # [B, width] int64, pre-filled with padding (WRITE)
     n_switched_ptr, n_words_ptr,  # [B, n_active], [B] int64 (WRITE)
     row_len_ptr,  # [B] int64 output row lengths (not WRITE)
-    B, L, K, n_lang, n_active, max_key_len, max_trans_len, search_steps,  # sizes; max_trans_len >= 1;
-    # search_steps = bit_length(K)
+    B, L, K, n_lang, n_active, max_key_len, search_steps,  # sizes; search_steps = bit_length(K)
     prefix_switch, prefix_lang, prefix_trans, threshold,  # randomness (see the reference)
     max_length, width,  # truncation budget (TRUNCATE) and output width
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, LOG2_L: tl.constexpr,  # BLOCK_L = 2**LOG2_L >= L
@@ -237,7 +236,7 @@ def _codeswitch_kernel(
     out_start = tl.cumsum(kept, 1) - kept
 
     if WRITE:
-        for j in range(0, max_trans_len):
+        for j in range(0, tl.max(tl.max(kept, 1), 0)):  # the most tokens any position of the block writes
             m_j = m_bl & (j < kept) & (out_start + j < width)
             tok = tl.where(in_switched, tl.load(trans_ids_ptr + tr_lo + j, mask=m_j & in_switched, other=0), b_ids)
             o_out = o_b[:, None] * width + out_start + j

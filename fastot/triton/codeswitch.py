@@ -24,15 +24,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # programs.
 _TILE = 16384 if INTERPRET else 1024
 _NUM_WARPS = 8
-_max_trans_len: dict[tuple[int, int, str], int] = {}
-
-
-def _longest_translation(trans_offsets: torch.Tensor) -> int:
-    """Longest translation in ids (cached per tensor: the lexicon's tensors live once per device)."""
-    key = (trans_offsets.data_ptr(), trans_offsets.numel(), str(trans_offsets.device))
-    if key not in _max_trans_len:
-        _max_trans_len[key] = int((trans_offsets[1:] - trans_offsets[:-1]).max()) if trans_offsets.numel() > 1 else 0
-    return _max_trans_len[key]
 
 
 @torch.library.custom_op("fastot::triton_codeswitch", mutates_args=())
@@ -57,8 +48,7 @@ def _triton_codeswitch(
               key_hash.contiguous(), key_offsets.contiguous(), key_ids.contiguous(), entry_offsets.contiguous(),
               trans_offsets.contiguous(), trans_ids.contiguous(), lang_ids.long().contiguous())
     sizes = (B, L, n_keys, (entry_offsets.numel() - 1) // max(n_keys, 1), n_active, max_key_len,
-             max(1, _longest_translation(trans_offsets)), n_keys.bit_length(), prefix_switch, prefix_lang,
-             prefix_trans, threshold, max_length)
+             n_keys.bit_length(), prefix_switch, prefix_lang, prefix_trans, threshold, max_length)
     meta = dict(BLOCK_B=BLOCK_B, BLOCK_L=BLOCK_L, LOG2_L=BLOCK_L.bit_length() - 1, MAX_KEY_WORDS=max(1, max_key_words), TRUNCATE=max_length >= 0,
                 num_warps=_NUM_WARPS)
     n_switched = torch.zeros(B, n_active, dtype=torch.long, device=dev)

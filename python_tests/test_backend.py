@@ -48,14 +48,17 @@ def test_env_var_sets_default_and_explicit_argument_wins(monkeypatch):
 
 
 def test_triton_backend_availability(monkeypatch):
-    """Sinkhorn has Triton kernels: they run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (set by
-    conftest here); code-switching has none yet."""
+    """Both ops have Triton kernels: they run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (set by
+    conftest here); an op without one is reported as such."""
     if not _backend._HAS_TRITON:
         assert "not installed" in _backend.why_unavailable("triton", "sinkhorn", "cpu")
         return
+    monkeypatch.setitem(_backend._TRITON_OPS, "codeswitch", False)
     assert "no Triton kernel" in _backend.why_unavailable("triton", "codeswitch", "cpu")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert _backend.why_unavailable("triton", "sinkhorn", "cpu") is None
-    assert _backend.resolve("sinkhorn", torch.device("cpu"), "auto") != "triton"  # never chosen for CPU by auto
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert "TRITON_INTERPRET=1" in _backend.why_unavailable("triton", "sinkhorn", "cpu")
+    monkeypatch.setitem(_backend._TRITON_OPS, "codeswitch", True)
+    for op in _backend.OPS:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert _backend.why_unavailable("triton", op, "cpu") is None
+        assert _backend.resolve(op, torch.device("cpu"), "auto") != "triton"  # never chosen for CPU by auto
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        assert "TRITON_INTERPRET=1" in _backend.why_unavailable("triton", op, "cpu")

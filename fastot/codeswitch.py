@@ -166,8 +166,8 @@ class Lexicon:
         Source words are matched lower-cased: each is keyed by the ids of its lower-case,
         capitalised, title-case and upper-case forms. A source that the tokenizer splits into several
         words ("new york", "don't") is a multi-word key, matched longest first at switching time;
-        sources of more than 8 words, or with special tokens, are skipped and counted in
-        ``stats['skipped']`` (pairs none of whose forms could be keyed).
+        sources of more than 8 words or with special or unknown tokens, and translations with unknown
+        tokens, are skipped and counted in ``stats['skipped']`` (pairs not used).
         """
         triples: list[tuple[str, str, str]] = []
         if isinstance(pairs, Mapping):
@@ -204,15 +204,18 @@ class Lexicon:
         encoded = dict(zip(strings, map(tuple, tokenizer(strings, add_special_tokens=False)["input_ids"]))) if strings else {}
         entries: dict[tuple[int, ...], dict[int, list[tuple[int, ...]]]] = {}
         skipped = 0
+        unk = tokenizer.unk_token_id
         for forms, tgt, lang in clean:
             t_ids = encoded[tgt]
-            if not t_ids:
+            if not t_ids or unk in t_ids:  # a translation the vocabulary cannot spell
+                skipped += 1
                 continue
             li = order.index(lang)
             usable = 0
             for form in forms:
                 key = encoded[form]
-                if not key or 1 + sum(bool(word_start[i]) for i in key[1:]) > MAX_KEY_WORDS or any(special[i] for i in key):
+                if (not key or 1 + sum(bool(word_start[i]) for i in key[1:]) > MAX_KEY_WORDS
+                        or any(special[i] for i in key) or unk in key):  # [UNK] would match any unknown word
                     continue
                 usable += 1
                 lst = entries.setdefault(key, {}).setdefault(li, [])

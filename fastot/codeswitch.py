@@ -387,8 +387,9 @@ class CodeSwitcher:
             raise ValueError(f"CodeSwitcher: seed must be an integer in [0, 2^64), got {seed!r}")
         langs = list(lexicon.languages if languages is None else ([languages] if isinstance(languages, str) else languages))
         unknown = [lang for lang in langs if lang not in lexicon.languages]
-        if not langs or unknown:
-            raise ValueError(f"CodeSwitcher: languages must be a non-empty subset of {lexicon.languages}, got {langs}")
+        if not langs or unknown or len(set(langs)) != len(langs):
+            raise ValueError(f"CodeSwitcher: languages must be a non-empty subset of {lexicon.languages} without "
+                             f"repeats, got {langs}")
         self.lexicon, self.p, self.seed, self.languages, self.backend = lexicon, float(p), seed, langs, backend
         self._threshold = round(self.p * (1 << 24))
         self._lang_ids = torch.tensor([lexicon.languages.index(lang) for lang in langs], dtype=torch.long)

@@ -453,3 +453,27 @@ def test_opcheck_triton_codeswitch_op(minilm_tokenizer, lexicon, max_length):
     args = _cs_args(lexicon, ids, mask, tt, max_length)
     tests = ("test_schema", "test_faketensor") + (("test_aot_dispatch_dynamic",) if max_length >= 0 else ())
     torch.library.opcheck(torch.ops.fastot.triton_codeswitch.default, args, test_utils=tests)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_lexicons_in_turn_and_a_lexicon_without_translations(minilm_tokenizer, backend, device):
+    """Several lexicons one after another (nothing cached from an earlier one), and one whose only key has no
+    translation (nothing switches), each equal to the reference (found by review)."""
+    tok = minilm_tokenizer
+    ids, mask, tt = random_batch(tok, 6, 30, seed=31)
+    ws, sp, _ = fastot.codeswitch.vocab_tables(tok)
+    river = tuple(tok("river", add_special_tokens=False)["input_ids"])
+    lexicons = [fastot.Lexicon.pack({river: {0: []}}, ["sw"], ws, sp, 0, "wordpiece")]
+    for n in (1, 4, 2):  # translations of n ids, so a stale length would cut them
+        lexicons.append(fastot.Lexicon.from_pairs([(w, " ".join(["maji"] * n)) for w, _ in PAIRS_SW], tok,
+                                                  languages="sw"))
+    for lex in lexicons:
+        a = fastot.CodeSwitcher(lex, p=1.0, backend="torch")(ids, mask, tt)
+        b = fastot.CodeSwitcher(lex, p=1.0, backend=backend)(ids.to(device), mask.to(device), tt.to(device))
+        _assert_same(a, b)
+    assert a.n_switched.sum() > 0
+
+
+def test_repeated_languages_are_rejected(lexicon):
+    with pytest.raises(ValueError, match="without repeats"):
+        fastot.CodeSwitcher(lexicon, languages=["sw", "sw"])

@@ -219,8 +219,9 @@ def codeswitch(
     switch &= n_t > 0
     trans = t_lo + rand_below(word_rand(prefix_trans, row, wsafe), n_t.clamp_min(1))
     trans = torch.where(switch, trans, torch.zeros_like(trans))
-    tr_lo = trans_offsets[trans]
-    tr_len = trans_offsets[trans + 1] - tr_lo
+    last = trans_offsets.numel() - 1  # a lexicon may hold no translation at all (then nothing switches)
+    tr_lo = trans_offsets[trans.clamp_max(last)]
+    tr_len = trans_offsets[(trans + 1).clamp_max(last)] - tr_lo
     n_switched = torch.zeros(B, n_active, dtype=torch.long, device=dev)
     n_switched.scatter_add_(1, active, torch.where(switch, span_words, torch.zeros_like(span_words)))
 
@@ -249,7 +250,10 @@ def codeswitch(
     first = torch.cumsum(flat_count, 0) - flat_count
     j = torch.arange(total, device=dev) - first[src]
     r, l = src // L, src % L
-    tok = torch.where(in_switched[r, l], trans_ids[(tr_lo[r, l] + j).clamp(0, trans_ids.numel() - 1)], ids[r, l])
+    if trans_ids.numel():
+        tok = torch.where(in_switched[r, l], trans_ids[(tr_lo[r, l] + j).clamp(0, trans_ids.numel() - 1)], ids[r, l])
+    else:  # no translations: nothing was switched
+        tok = ids[r, l]
     is_sp = sp[r, l]
     s1 = seg1[r, l]
     rank = torch.where(s1, rank1[r, l], rank0[r, l]) + j

@@ -4,8 +4,8 @@ kernel follows the same vectorised plan (word starts, prefix hashes, binary sear
 packed automaton transitions, counter-based randomness, per-segment ranks, longest_first, scatter).
 
 Values that live one position away (the previous or next token) are reloaded from global memory (cached)
-rather than shifted in registers; values at data-dependent positions of the row use ``tl.gather``, and so do
-the running min / max / composition scans (log-step doubling).
+rather than shifted in registers, and so are the tokens at a multi-word span's end; word ends at data-dependent
+positions use ``tl.gather``, and so do the running min / max / composition scans (log-step doubling).
 All integer arithmetic is int64, exactly as in ``csrc/common/hash.h``.
 """
 

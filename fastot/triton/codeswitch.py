@@ -20,8 +20,8 @@ __all__ = ["codeswitch"]
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Positions per program: a whole row, and as many rows as fit in this many positions. Chosen from
 # `python -m fastot.triton.aot codeswitch-...` (sm_90, 8 warps): 4096 positions spill 784-1576 B, 1024 spill
-# nothing (224-254 registers). Not timed on a GPU yet (none was lent). The interpreter prefers fewer, larger
-# programs.
+# 0-112 B (230-255 registers). Rows longer than the tile run one per program; those shapes (L > 512) compile
+# slowly and are untimed. Not timed on a GPU yet (none was lent). The interpreter prefers fewer, larger programs.
 _TILE = 16384 if INTERPRET else 1024
 _NUM_WARPS = 8
 

@@ -477,15 +477,17 @@ class CodeSwitcher:
         return CodeSwitchOutput(ids_, mask_, tt_, src_, per_lang.sum(1), n_words, per_lang)
 
 
-def _register_fakes() -> None:
-    """Meta implementation of the C++ code-switch op (dynamic width unless max_length is given)."""
+def codeswitch_fake(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
+                    entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch,
+                    prefix_lang, prefix_trans, threshold, max_length, pad_id):
+    """Meta implementation of every registered code-switch op (dynamic width unless max_length is given)."""
+    B = input_ids.shape[0]
+    width = max_length if max_length >= 0 else torch.library.get_ctx().new_dynamic_size()
+    mk = lambda: input_ids.new_empty((B, width), dtype=torch.long)  # noqa: E731
+    return (mk(), mk(), mk(), mk(), input_ids.new_empty((B, lang_ids.shape[0]), dtype=torch.long),
+            input_ids.new_empty((B,), dtype=torch.long))
 
-    @torch.library.register_fake("fastot::codeswitch")
-    def _(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
-          entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch, prefix_lang, prefix_trans,
-          threshold, max_length, pad_id):
-        B = input_ids.shape[0]
-        width = max_length if max_length >= 0 else torch.library.get_ctx().new_dynamic_size()
-        mk = lambda: input_ids.new_empty((B, width), dtype=torch.long)  # noqa: E731
-        return (mk(), mk(), mk(), mk(), input_ids.new_empty((B, lang_ids.shape[0]), dtype=torch.long),
-                input_ids.new_empty((B,), dtype=torch.long))
+
+def _register_fakes() -> None:
+    """Fake of the C++ code-switch op."""
+    torch.library.register_fake("fastot::codeswitch")(codeswitch_fake)

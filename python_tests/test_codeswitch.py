@@ -306,15 +306,18 @@ def _cs_args(lexicon, ids, mask, tt, max_length):
             ref.rand_prefix(1, 2, ref.SALT_TRANS), 1 << 23, max_length, 0)
 
 
+@pytest.mark.parametrize("op,backend", [("codeswitch", "cpp"), ("triton_codeswitch", "triton")], ids=["cpp", "triton"])
 @pytest.mark.parametrize("max_length", [16, -1], ids=["static-width", "dynamic-width"])
-def test_opcheck_registered_codeswitch_op(minilm_tokenizer, lexicon, max_length):
-    if "cpp" not in fastot.available_backends("codeswitch"):
-        pytest.skip("the compiled extension is not loaded")
+def test_opcheck_registered_codeswitch_ops(minilm_tokenizer, lexicon, op, backend, max_length):
+    if backend not in fastot.available_backends("codeswitch"):
+        pytest.skip(f"the {backend} backend cannot run here")
+    if backend == "triton":
+        from fastot.triton import codeswitch as _registers_the_op  # noqa: F401, PLC0415
     ids, mask, tt = random_batch(minilm_tokenizer, 5, 24, seed=4)
     args = _cs_args(lexicon, ids, mask, tt, max_length)
     # Integer outputs only, so no autograd; the dynamic width cannot be traced by AOT dispatch with static shapes.
     tests = ("test_schema", "test_faketensor") + (("test_aot_dispatch_dynamic",) if max_length >= 0 else ())
-    torch.library.opcheck(torch.ops.fastot.codeswitch.default, args, test_utils=tests)
+    torch.library.opcheck(getattr(torch.ops.fastot, op).default, args, test_utils=tests)
 
 
 def test_compile_fullgraph_smoke(minilm_tokenizer, lexicon):
@@ -441,18 +444,6 @@ def test_long_rows_with_chained_multiword_keys(minilm_tokenizer, lexicon, backen
     out = fastot.CodeSwitcher(lexicon, p=1.0, seed=9, backend=backend)(*(a.to(device) for a in args), step=4)
     _assert_matches_oracle(type(out)(*(t.cpu() for t in vars(out).values())),
                            python_oracle(lexicon, *args, 9, 4, 1.0, lexicon.languages, None), None)
-
-
-@pytest.mark.parametrize("max_length", [16, -1], ids=["static-width", "dynamic-width"])
-def test_opcheck_triton_codeswitch_op(minilm_tokenizer, lexicon, max_length):
-    if "triton" not in fastot.available_backends("codeswitch"):
-        pytest.skip("triton cannot run here")
-    from fastot.triton import codeswitch as _registers_the_op  # noqa: F401, PLC0415
-
-    ids, mask, tt = random_batch(minilm_tokenizer, 5, 24, seed=4)
-    args = _cs_args(lexicon, ids, mask, tt, max_length)
-    tests = ("test_schema", "test_faketensor") + (("test_aot_dispatch_dynamic",) if max_length >= 0 else ())
-    torch.library.opcheck(torch.ops.fastot.triton_codeswitch.default, args, test_utils=tests)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

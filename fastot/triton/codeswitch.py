@@ -13,6 +13,7 @@ import os
 import torch
 import triton
 
+from ..codeswitch import codeswitch_fake
 from . import _codeswitch_kernels as K
 
 __all__ = ["codeswitch"]
@@ -71,15 +72,7 @@ def _triton_codeswitch(
     return out_ids, out_att, out_tt, out_src, n_switched, n_words
 
 
-@_triton_codeswitch.register_fake
-def _(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids, entry_offsets,
-      trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch, prefix_lang, prefix_trans,
-      threshold, max_length, pad_id):
-    B = input_ids.shape[0]
-    width = max_length if max_length >= 0 else torch.library.get_ctx().new_dynamic_size()
-    mk = lambda: input_ids.new_empty((B, width), dtype=torch.long)  # noqa: E731
-    return (mk(), mk(), mk(), mk(), input_ids.new_empty((B, lang_ids.shape[0]), dtype=torch.long),
-            input_ids.new_empty((B,), dtype=torch.long))
+_triton_codeswitch.register_fake(codeswitch_fake)
 
 
 def codeswitch(*args):

@@ -26,6 +26,7 @@ else:
 from . import triton as _triton  # noqa: E402,F401  (tells _backend which ops have Triton kernels)
 from .codeswitch import CodeSwitcher, CodeSwitchOutput, Lexicon  # noqa: E402
 from .collate import CodeSwitchCollator  # noqa: E402
+from .losses import OTDistillationLoss, content_mask, ot_distillation_loss  # noqa: E402
 from .sinkhorn import SinkhornResult, pairwise_cost, sinkhorn, sinkhorn_embeddings  # noqa: E402
 
 if _backend._EXT_ERROR is None:
@@ -46,8 +47,11 @@ __all__ = [
     "CodeSwitchOutput",
     "CodeSwitcher",
     "Lexicon",
+    "OTDistillationLoss",
     "SinkhornResult",
     "available_backends",
+    "content_mask",
+    "ot_distillation_loss",
     "pairwise_cost",
     "show_backends",
     "sinkhorn",

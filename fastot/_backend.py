@@ -1,8 +1,9 @@
 """The one place that chooses a backend.
 
 ``backend="auto" | "torch" | "cpp" | "cuda" | "triton"`` on every op; ``FASTOT_BACKEND`` sets the
-default. ``auto`` picks per call from the tensor's device (CUDA: cuda -> triton -> torch; CPU:
-cpp -> torch) and silently skips what is unavailable. A backend named explicitly, by argument or by
+default. ``auto`` picks per call from the tensor's device (CUDA: cuda -> triton -> torch, except
+``sinkhorn_embeddings``: triton -> cuda -> torch, the fused backend first; CPU: cpp -> torch) and silently skips
+what is unavailable. A backend named explicitly, by argument or by
 ``FASTOT_BACKEND``, that cannot run the op on that device raises :class:`BackendUnavailable`.
 """
 
@@ -17,6 +18,9 @@ import torch
 BACKENDS = ("torch", "cpp", "cuda", "triton")
 OPS = ("sinkhorn", "codeswitch")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
+# sinkhorn_embeddings: the backends that build the cost inside the kernel come first (on CUDA that is triton
+# until the fused CUDA kernel of issue 3 exists), so auto never stores a [B,N,M] cost for the backward.
+AUTO_ORDER_FUSED = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
 
 # Set by fastot/__init__.py after trying to import the extension.
 _EXT_ERROR: str | None = "fastot._C has not been imported"
@@ -98,15 +102,15 @@ def why_unavailable(backend: str, op: str, device_type: str) -> str | None:
     return f"triton runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got a {device_type} tensor"
 
 
-def resolve(op: str, device: torch.device, backend: str | None) -> str:
-    """The backend that will run ``op`` for tensors on ``device``."""
+def resolve(op: str, device: torch.device, backend: str | None, auto_order: dict | None = None) -> str:
+    """The backend that will run ``op`` for tensors on ``device`` (``auto_order`` replaces the auto preference)."""
     source = "backend="
     if backend is None or backend == "auto":
         env = os.environ.get("FASTOT_BACKEND", "auto").strip().lower() or "auto"
         if backend is None or env != "auto":
             backend, source = env, "FASTOT_BACKEND="
     if backend == "auto":
-        for cand in _AUTO_ORDER.get(device.type, ("torch",)):
+        for cand in (auto_order or _AUTO_ORDER).get(device.type, ("torch",)):
             if why_unavailable(cand, op, device.type) is None:
                 return cand
         return "torch"

@@ -342,7 +342,7 @@ def sinkhorn_embeddings(
     On the cpp and triton backends the cost is computed per problem inside the kernels (forward and backward),
     so no [B,N,M] tensor is stored: memory is O(B (N + M) d) plus, on cpp, the current problem's N x M cost tile
     per thread, and on triton one tile per program in registers. The torch and cuda backends materialise the
-    cost (the fused CUDA kernel is still open in issue 3).
+    cost (the fused CUDA kernel is still open in issue 3), so ``auto`` prefers triton over cuda here.
     """
     if x.dim() != 3 or y.dim() != 3:
         raise ValueError(f"sinkhorn_embeddings: x and y must be [B, N, d] and [B, M, d], got {list(x.shape)} and {list(y.shape)}")
@@ -356,7 +356,7 @@ def sinkhorn_embeddings(
     like = x.new_empty(0, dtype=ref.compute_dtype(x.dtype))
     a = _mask_weights(x_mask, a, N, like, "x_mask", (B, N))
     b = _mask_weights(y_mask, b, M, like, "y_mask", (B, M))
-    be = None if grad == "unrolled" else _backend.resolve("sinkhorn", x.device, backend)
+    be = None if grad == "unrolled" else _backend.resolve("sinkhorn", x.device, backend, _backend.AUTO_ORDER_FUSED)
     if be in _FUSED:  # the cost is built per problem inside the kernel
         eps, tol, tau_a, tau_b = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad)
         a = _weights(a, like, N, "a", (B, N))

@@ -1,0 +1,163 @@
+"""OT distillation (OPTICAL) as a drop-in loss: ``<P*, C>`` between student and teacher token embeddings.
+
+For each sentence pair, the cost C [N, M] is computed from the student's N and the teacher's M token
+embeddings, P* is the entropic OT plan between uniform weights on the real tokens of each side, and the loss
+is ``<P*, C>`` with P* held constant (envelope). Everything goes through :func:`fastot.sinkhorn_embeddings`,
+whose fused backends (cpp on CPU, triton on CUDA) build the cost inside the kernels, forward and backward:
+no [B, N, M] tensor lives between the forward and the backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .sinkhorn import COSTS, sinkhorn_embeddings
+
+OBJECTIVES = ("transport_cost", "sinkhorn")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def content_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 special_ids: Iterable[int]) -> torch.Tensor:
+    """[B, L] bool: True where a token is real (attention mask set) and not one of ``special_ids``.
+
+    With a Hugging Face tokenizer, ``special_ids=tokenizer.all_special_ids`` drops [CLS], [SEP], [PAD], ...;
+    [UNK] is in that list too, pass a narrower list to keep it.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"content_mask: input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', input_ids)!r}")
+    keep = torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"content_mask: attention_mask has shape {list(attention_mask.shape)}, "
+                             f"input_ids {list(input_ids.shape)}")
+        keep &= attention_mask.bool()
+    special = torch.tensor(sorted(set(int(i) for i in special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    if special.numel():
+        keep &= ~torch.isin(input_ids, special)
+    return keep
+
+
+def _check_hidden(name: str, h, mask_name: str, mask) -> None:
+    if not isinstance(h, torch.Tensor) or h.dim() != 3 or not h.is_floating_point():
+        raise ValueError(f"OTDistillationLoss: {name} must be a floating-point [B, L, d] tensor, got "
+                         f"{type(h).__name__ if not isinstance(h, torch.Tensor) else f'{h.dtype} {list(h.shape)}'}")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(h.shape[:2]):
+            raise ValueError(f"OTDistillationLoss: {mask_name} must be a [B, L] tensor matching {name} "
+                             f"{list(h.shape[:2])}, got {list(mask.shape) if isinstance(mask, torch.Tensor) else mask!r}")
+
+
+def ot_distillation_loss(
+    student_hidden: torch.Tensor,
+    student_mask: torch.Tensor | None,
+    teacher_hidden: torch.Tensor,
+    teacher_mask: torch.Tensor | None,
+    *,
+    eps: float = 0.05,
+    max_iter: int = 50,
+    cost: str = "cosine",
+    reduction: str = "mean",
+    objective: str = "transport_cost",
+    tol: float | None = None,
+    grad: str = "envelope",
+    student_weights: torch.Tensor | None = None,
+    teacher_weights: torch.Tensor | None = None,
+    projection: nn.Module | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The OT distillation loss as a function; see :class:`OTDistillationLoss` for the arguments.
+
+    Returns a scalar (``reduction="mean"`` or ``"sum"``) or a [B] tensor (``"none"``).
+    """
+    _check_hidden("student_hidden", student_hidden, "student_mask", student_mask)
+    _check_hidden("teacher_hidden", teacher_hidden, "teacher_mask", teacher_mask)
+    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(f"OTDistillationLoss: student_hidden has {student_hidden.shape[0]} pairs but "
+                         f"teacher_hidden has {teacher_hidden.shape[0]}")
+    if cost not in COSTS:
+        raise ValueError(f"OTDistillationLoss: cost must be one of {COSTS}, got {cost!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"OTDistillationLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"OTDistillationLoss: objective must be one of {OBJECTIVES}, got {objective!r}")
+    x = projection(student_hidden) if projection is not None else student_hidden
+    if x.shape[-1] != teacher_hidden.shape[-1]:
+        hint = "" if projection is not None else "; pass projection= (e.g. nn.Linear(d_student, d_teacher))"
+        raise ValueError(f"OTDistillationLoss: student dimension {x.shape[-1]} != teacher dimension "
+                         f"{teacher_hidden.shape[-1]}{hint}")
+    y = teacher_hidden.detach()  # the teacher is frozen: no gradient is ever computed for it
+    if y.dtype != x.dtype:  # e.g. an fp32 teacher with a bf16 autocast student: solve in the wider type
+        wide = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(wide), y.to(wide)
+    res = sinkhorn_embeddings(x, y, student_mask, teacher_mask, a=student_weights, b=teacher_weights, cost=cost,
+                              eps=eps, max_iter=max_iter, tol=tol, grad=grad, backend=backend)
+    per_pair = res.transport_cost if objective == "transport_cost" else res.value
+    if reduction == "none":
+        return per_pair
+    if reduction == "sum":
+        return per_pair.sum()
+    # mean over the pairs that have tokens on both sides (a pair with an empty side carries no loss)
+    a, b = res._a, res._b
+    has_mass = (a.sum(1) > 0) & (b.sum(1) > 0)
+    return per_pair.sum() / has_mass.sum().clamp_min(1).to(per_pair.dtype)
+
+
+class OTDistillationLoss(nn.Module):
+    """OPTICAL's token-alignment loss: ``loss = criterion(student_hidden, student_mask, teacher_hidden, teacher_mask)``.
+
+    Args:
+        eps: entropic regularisation, in units of the cost (cosine distance lies in [0, 2]). Default 0.05.
+        max_iter: Sinkhorn iterations per pair (default 50; fixed count unless ``tol`` is set).
+        cost: "cosine" (default, 1 - cos), "sqeuclidean" or "dot".
+        reduction: "mean" (over pairs with tokens on both sides), "sum" or "none" ([B] per-pair losses).
+        objective: "transport_cost" (default, <P*, C>, the OPTICAL loss) or "sinkhorn" (the entropic OT value,
+            <P*, C> minus eps times the plan's entropy term).
+        tol: optional per-pair early stop on the marginal error (no host sync).
+        grad: "envelope" (default: P* is a constant, d loss / dC = P*) or "unrolled" (autograd through every
+            iteration; torch backend, materialised cost: for experiments only).
+        projection: optional module mapping the student dimension to the teacher's (its parameters are part
+            of this module, so ``criterion.parameters()`` belongs in the optimizer).
+        backend: Sinkhorn backend; default from ``FASTOT_BACKEND``, else the fused one for the device.
+
+    Call:
+        student_hidden [B, N, d_s], student_mask [B, N] (bool/0-1, True = token that carries mass, or None),
+        teacher_hidden [B, M, d_t], teacher_mask [B, M]; optional ``student_weights`` [B, N] /
+        ``teacher_weights`` [B, M] replace the uniform weights (they are multiplied by the masks).
+        Build masks that drop special tokens with :func:`content_mask`.
+
+    The teacher side is detached. Half-precision hidden states are solved in float32.
+    """
+
+    def __init__(self, eps: float = 0.05, max_iter: int = 50, cost: str = "cosine", reduction: str = "mean",
+                 objective: str = "transport_cost", tol: float | None = None, grad: str = "envelope",
+                 projection: nn.Module | None = None, backend: str | None = None):
+        super().__init__()
+        if cost not in COSTS:
+            raise ValueError(f"OTDistillationLoss: cost must be one of {COSTS}, got {cost!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"OTDistillationLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"OTDistillationLoss: objective must be one of {OBJECTIVES}, got {objective!r}")
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise ValueError(f"OTDistillationLoss: eps must be a positive number, got {eps!r}")
+        if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
+            raise ValueError(f"OTDistillationLoss: max_iter must be an integer >= 1, got {max_iter!r}")
+        self.eps, self.max_iter, self.cost, self.reduction = float(eps), max_iter, cost, reduction
+        self.objective, self.tol, self.grad, self.backend = objective, tol, grad, backend
+        self.projection = projection
+
+    def forward(self, student_hidden, student_mask, teacher_hidden, teacher_mask, *, student_weights=None,
+                teacher_weights=None) -> torch.Tensor:
+        return ot_distillation_loss(
+            student_hidden, student_mask, teacher_hidden, teacher_mask, eps=self.eps, max_iter=self.max_iter,
+            cost=self.cost, reduction=self.reduction, objective=self.objective, tol=self.tol, grad=self.grad,
+            student_weights=student_weights, teacher_weights=teacher_weights, projection=self.projection,
+            backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"eps={self.eps}, max_iter={self.max_iter}, cost={self.cost!r}, reduction={self.reduction!r}, "
+                f"objective={self.objective!r}")

@@ -23,3 +23,4 @@ compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m bench.codeswitch_gpu
   > "$OUT/sanitizer_codeswitch.txt" 2>&1; echo "sanitizer (codeswitch) exit $?" | tee -a "$OUT/sanitizer_codeswitch.txt"
 echo "== benchmark" && $PY -m bench.sinkhorn_gpu --out "$OUT/sinkhorn_gpu.csv" 2>&1 | tee "$OUT/bench.txt"
 $PY -m bench.codeswitch_gpu --out "$OUT/codeswitch_gpu.csv" 2>&1 | tee -a "$OUT/bench.txt"
+$PY -m bench.distill_step --device cuda --B 64 --out "$OUT/distill_step_gpu.csv" 2>&1 | tee -a "$OUT/bench.txt"

@@ -3,6 +3,8 @@
 Commands:
   tour       run both ops on every available backend; print backend, op, max abs diff vs the reference, time
   backends   print which backend can run which op here, and why not
+  distill    OT distillation of a student encoder from an English teacher on bitext (fastot.train.distill)
+  evaluate   cross-lingual retrieval metrics of an encoder on a bitext split (fastot.retrieval)
 """
 
 from __future__ import annotations
@@ -122,6 +124,105 @@ def _quiet_table():
     return _backend.show_backends(file=io.StringIO())
 
 
+_DISTILL_HELP = {
+    "bitext": "folder with <split>.en and <split>.<lang> (MAFAND layout), or a TSV file en<TAB>tgt",
+    "lang": "target-language code, the file suffix",
+    "output_dir": "checkpoints, log.jsonl, metrics.json and the final student/ go here",
+    "eval_split": "held-out split for retrieval evaluation, 'none' to skip",
+    "eval_bitext": "a separate folder/TSV for the evaluation (default: --bitext)",
+    "teacher": "'minilm' (the embedded pretrained MiniLM), 'tiny' (random, tests) or a model folder",
+    "student": "initialisation of the student (default: the teacher's)",
+    "max_steps": "optimizer steps (overrides --epochs)",
+    "max_train_pairs": "use only the first n training pairs",
+    "eps": "entropic regularisation of the OT loss, cosine cost",
+    "max_iter": "Sinkhorn iterations per pair",
+    "include_special": "give [CLS]/[SEP] mass in the OT marginals",
+    "precision": "auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16",
+    "save_every": "optimizer steps between checkpoints (0: only at the end)",
+    "eval_every": "optimizer steps between evaluations (default: before and after only)",
+    "eval_max_pairs": "evaluate on the first n pairs of the split",
+    "query_encoder": "who encodes the English queries at evaluation: student (default) or teacher",
+    "resume": "continue from the newest checkpoint in --output-dir",
+    "overwrite": "replace a previous run in --output-dir",
+    "backend": "Sinkhorn backend of the loss (default: the fused one for the device)",
+    "metrics": "comma-separated metric names",
+}
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field of ``cls``, typed from its default."""
+    import dataclasses  # noqa: PLC0415
+
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = _DISTILL_HELP.get(f.name, "")
+        default = None if f.default is dataclasses.MISSING else f.default
+        if isinstance(default, tuple):  # metrics: comma-separated on the command line
+            parser.add_argument(flag, type=lambda t: tuple(m.strip() for m in t.split(",") if m.strip()),
+                                default=default, help=f"{helptext} (default {','.join(default)})")
+            continue
+        if f.default is dataclasses.MISSING:
+            parser.add_argument(flag, required=True, help=helptext)
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{helptext} (default {'on' if default else 'off'})")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                kind = type(default) if kind is str else kind
+            parser.add_argument(flag, type=_optional(kind) if "None" in str(f.type) else kind, default=default,
+                                help=helptext if default is None and "default" in helptext
+                                else f"{helptext}{' ' if helptext else ''}(default {default})")
+
+
+def _distill(args) -> int:
+    import dataclasses  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from .train import DistillConfig, distill  # noqa: PLC0415
+
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)}
+    result = distill(DistillConfig(**kw))
+    print(json.dumps(result, indent=2))
+    if "before" in result and "after" in result:
+        print(f"{'metric':<12} {'before':>8} {'after':>8}")
+        for k in result["before"]:
+            print(f"{k:<12} {result['before'][k]:>8.4f} {result['after'][k]:>8.4f}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import json  # noqa: PLC0415
+
+    from .lexicons import read_bitext  # noqa: PLC0415
+    from .retrieval import evaluate_bitext  # noqa: PLC0415
+    from .train import load_encoder, load_tokenizer  # noqa: PLC0415
+
+    en, tgt = read_bitext(args.bitext, args.lang, args.split)
+    keep = [i for i in range(len(en)) if en[i].strip() and tgt[i].strip()][: args.max_pairs]
+    model, tok = load_encoder(args.model), load_tokenizer(args.model)
+    qm = load_encoder(args.query_model) if args.query_model else None
+    qt = load_tokenizer(args.query_model) if args.query_model else None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    if qm is not None:
+        qm.to(device)
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    res = evaluate_bitext(model, tok, [en[i] for i in keep], [tgt[i] for i in keep], query_model=qm,
+                          query_tokenizer=qt, metrics=metrics, batch_size=args.batch_size,
+                          max_length=args.max_length, device=device, progress=True)
+    print(json.dumps({"model": args.model, "split": args.split, "pairs": len(keep), **res}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +230,22 @@ def main(argv: list[str] | None = None) -> int:
     p_tour.add_argument("--small", action="store_true", help="tiny sizes (seconds)")
     p_tour.add_argument("--repeats", type=int, default=5, help="timed runs per row; the median is shown (default 5)")
     sub.add_parser("backends", help="which backend can run which op here, and why not")
+    from .train.distill import DistillConfig  # noqa: PLC0415
+
+    p_dist = sub.add_parser("distill", help="OT distillation on bitext, with retrieval evaluation before/after")
+    _add_config_flags(p_dist, DistillConfig)
+    p_eval = sub.add_parser("evaluate", help="cross-lingual retrieval metrics of an encoder on a bitext split")
+    p_eval.add_argument("--bitext", required=True, help="folder (MAFAND layout) or TSV file")
+    p_eval.add_argument("--lang", default="swa", help="target-language code")
+    p_eval.add_argument("--split", default="dev", help="split to evaluate")
+    p_eval.add_argument("--model", default="minilm", help="'minilm' (default), 'tiny' or a model folder "
+                        "(e.g. runs/distill/student)")
+    p_eval.add_argument("--query-model", default=None, help="separate English query encoder (default: --model)")
+    p_eval.add_argument("--max-pairs", type=_optional(int), default=None, help="first n pairs only")
+    p_eval.add_argument("--batch-size", type=int, default=128)
+    p_eval.add_argument("--max-length", type=int, default=128)
+    p_eval.add_argument("--device", default=None)
+    p_eval.add_argument("--metrics", default="mrr@10,recall@1,recall@10,recall@50,map,ndcg@10")
     args = parser.parse_args(argv)
     if args.command == "tour":
         if args.repeats < 1:
@@ -136,4 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         tour(small=args.small, repeats=args.repeats)
     elif args.command == "backends":
         _backend.show_backends()
+    elif args.command == "distill":
+        try:
+            return _distill(args)
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:
+            parser.exit(2, f"fastot distill: error: {exc}\n")
+    elif args.command == "evaluate":
+        try:
+            return _evaluate(args)
+        except (ValueError, FileNotFoundError) as exc:
+            parser.exit(2, f"fastot evaluate: error: {exc}\n")
     return 0

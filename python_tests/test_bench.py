@@ -52,3 +52,17 @@ def test_codeswitch_gpu_benchmark_code_path_runs_on_cpu(tmp_path):
     for r in rows:
         assert r["equal_to_reference"] == "True" and float(r["tokens_per_s"]) > 0
         assert 0 < float(r["share_of_train_step"])
+
+
+def test_distill_step_benchmark_runs(tmp_path):
+    """The training-step benchmark (tiny model): every contender timed, peak memory measured, loss agrees."""
+    out = tmp_path / "d.csv"
+    res = subprocess.run([sys.executable, "-m", "bench.distill_step", "--model", "tiny", "--B", "4", "--rounds", "1",
+                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {r["contender"]: r for r in csv.DictReader(out.open())}
+    assert set(rows) == {"step (fastot loss)", "step (naive loss)", "loss fastot", "loss naive"}
+    for r in rows.values():
+        assert float(r["median_ms"]) > 0 and 0 < float(r["loss_share_of_step"]) < 1
+        assert float(r["loss_abs_diff"]) < 1e-4 and r["torch"] and r["fastot_sha"]
+    assert int(rows["loss naive"]["loss_peak_bytes"]) > 0  # the naive loss keeps [B,N,M] tensors per iteration

@@ -143,7 +143,7 @@ _DISTILL_HELP = {
     "eval_max_pairs": "evaluate on the first n pairs of the split",
     "query_encoder": "who encodes the English queries at evaluation: student (default) or teacher",
     "resume": "continue from the newest checkpoint in --output-dir",
-    "overwrite": "replace a previous run in --output-dir",
+    "overwrite": "start again: delete the previous run's files in --output-dir (--resume is then ignored)",
     "backend": "Sinkhorn backend of the loss (default: the fused one for the device)",
     "metrics": "comma-separated metric names",
 }
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "distill":
         try:
             return _distill(args)
-        except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
             parser.exit(2, f"fastot distill: error: {exc}\n")
     elif args.command == "evaluate":
         try:

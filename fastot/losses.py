@@ -84,7 +84,11 @@ def ot_distillation_loss(
         raise ValueError(f"OTDistillationLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if objective not in OBJECTIVES:
         raise ValueError(f"OTDistillationLoss: objective must be one of {OBJECTIVES}, got {objective!r}")
-    x = projection(student_hidden) if projection is not None else student_hidden
+    x = student_hidden
+    if projection is not None:
+        # under autocast the hidden states may be bf16/fp16 while the projection's weights are fp32
+        w = next((p for p in projection.parameters() if p.is_floating_point()), None)
+        x = projection(x.to(w.dtype) if w is not None else x)
     if x.shape[-1] != teacher_hidden.shape[-1]:
         hint = "" if projection is not None else "; pass projection= (e.g. nn.Linear(d_student, d_teacher))"
         raise ValueError(f"OTDistillationLoss: student dimension {x.shape[-1]} != teacher dimension "

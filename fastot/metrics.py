@@ -12,8 +12,8 @@ dense score matrix (``scores[q, d]``, every document ranked) or a TREC-style dic
 - ``ndcg@k``: sum of grade / log2(rank + 1) over the top k, divided by the same sum of the ideal ranking
   (linear gains, trec_eval's ``ndcg_cut``).
 
-A document is relevant when its grade is > 0. Queries without any relevant document are left out of the mean;
-queries in the qrels but missing from a dict run count as 0 (``trec_eval -c``). Ties: a score matrix ranks the
+A document is relevant when its grade is > 0. The mean is over every query of the qrels, as ``trec_eval -c``
+computes it: a query without any relevant document, or missing from a dict run, scores 0. Ties: a score matrix ranks the
 lower document index first; a dict run ranks, as trec_eval does, the larger docid string first.
 """
 
@@ -56,7 +56,7 @@ def from_ranks(ranks: torch.Tensor, gains: torch.Tensor, metrics: Sequence[str] 
         ideal_gains: [Q, R'] grades for the ideal ranking (default ``gains``: all relevant documents are known).
 
     Returns:
-        ``{name: [Q] float64}``; queries without a relevant document hold NaN.
+        ``{name: [Q] float64}``; queries without a relevant document score 0.
     """
     ranks = ranks.to(torch.float64)
     gains = gains.to(torch.float64)
@@ -85,7 +85,7 @@ def from_ranks(ranks: torch.Tensor, gains: torch.Tensor, metrics: Sequence[str] 
             pos = torch.arange(1, ideal.shape[1] + 1, dtype=torch.float64)
             idcg = torch.where(pos <= k, ideal / torch.log2(pos + 1), torch.zeros_like(ideal)).sum(1)
             val = dcg / idcg.clamp_min(1e-300)
-        out[name] = torch.where(n_rel > 0, val.to(torch.float64), torch.full_like(val, math.nan, dtype=torch.float64))
+        out[name] = torch.where(n_rel > 0, val.to(torch.float64), torch.zeros_like(val, dtype=torch.float64))
     return out
 
 
@@ -132,11 +132,7 @@ def ranks_of(scores: torch.Tensor, qrels: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def _mean(per_query: dict[str, torch.Tensor]) -> dict[str, float]:
-    out = {}
-    for name, v in per_query.items():
-        ok = ~torch.isnan(v)
-        out[name] = float(v[ok].mean()) if bool(ok.any()) else math.nan
-    return out
+    return {name: float(v.mean()) if v.numel() else math.nan for name, v in per_query.items()}
 
 
 def evaluate(run, qrels, metrics: Sequence[str] = DEFAULT_METRICS, per_query: bool = False):
@@ -148,8 +144,8 @@ def evaluate(run, qrels, metrics: Sequence[str] = DEFAULT_METRICS, per_query: bo
             ``{qid: {docid: grade}}``.
         metrics: names such as ``"mrr@10"``, ``"recall@50"``, ``"map"``, ``"ndcg@10"`` (default
             :data:`DEFAULT_METRICS`).
-        per_query: also return the per-query values (``{name: [Q] tensor}``, NaN where a query has no relevant
-            document; for a dict run the query order is ``sorted(qrels)``).
+        per_query: also return the per-query values (``{name: [Q] tensor}``; for a dict run the query order
+            is ``sorted(qrels)``).
 
     Returns:
         ``{name: float}`` (and the per-query dict when ``per_query``).

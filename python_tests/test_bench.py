@@ -63,6 +63,6 @@ def test_distill_step_benchmark_runs(tmp_path):
     rows = {r["contender"]: r for r in csv.DictReader(out.open())}
     assert set(rows) == {"step (fastot loss)", "step (naive loss)", "loss fastot", "loss naive"}
     for r in rows.values():
-        assert float(r["median_ms"]) > 0 and 0 < float(r["loss_share_of_step"]) < 1
+        assert float(r["median_ms"]) > 0 and float(r["loss_share_of_step"]) > 0
         assert float(r["loss_abs_diff"]) < 1e-4 and r["torch"] and r["fastot_sha"]
     assert int(rows["loss naive"]["loss_peak_bytes"]) > 0  # the naive loss keeps [B,N,M] tensors per iteration

@@ -4,6 +4,7 @@ and the embedded MiniLM, a short run improves cross-lingual retrieval."""
 
 import importlib
 import json
+import math
 import os
 
 import pytest
@@ -56,8 +57,8 @@ def test_trains_and_writes_the_run(bitext, tmp_path):
     out = tmp_path / "run"
     res = distill(cfg(bitext, out, eval_max_pairs=8))
     assert res["steps"] == 6 and set(res["before"]) == set(res["after"]) == set(DistillConfig.metrics)
-    assert sorted(os.listdir(out)) == ["checkpoint-4", "checkpoint-6", "config.json", "log.jsonl", "metrics.json",
-                                       "student"]
+    assert sorted(os.listdir(out)) == [".fastot-distill", "checkpoint-4", "checkpoint-6", "config.json",
+                                       "log.jsonl", "metrics.json", "student"]
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
@@ -78,6 +79,8 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(bitext, tmp_path, monk
     assert os.path.isdir(part / "checkpoint-3")
     res = distill(c)
     assert res["steps"] == 6
+    log = [json.loads(line) for line in open(part / "log.jsonl")]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]  # step 4, lost in the crash, once
     a, b = weights(str(full / "student")), weights(str(part / "student"))
     assert set(a) == set(b)
     for k in a:
@@ -107,23 +110,59 @@ def test_refuses_to_overwrite_and_checks_resume_settings(bitext, tmp_path):
         distill(cfg(bitext, out, eval_split=None, resume=False))
     with pytest.raises(ValueError, match="batch_size"):
         distill(cfg(bitext, out, eval_split=None, max_steps=2, batch_size=4))
-    res = distill(cfg(bitext, out, eval_split=None, resume=False, overwrite=True, max_steps=1))
-    assert res["steps"] == 1
-    other = tmp_path / "not-a-run"
+    (out / "notes.txt").write_text("mine")
+    res = distill(cfg(bitext, out, eval_split=None, overwrite=True, max_steps=1))  # starts again, no resume
+    assert res["steps"] == 1 and sorted(os.listdir(out))[:2] == [".fastot-distill", "checkpoint-1"]
+    assert [json.loads(x)["step"] for x in open(out / "log.jsonl")] == [1]
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    other = tmp_path / "a-model-folder"  # has a config.json, like every Hugging Face model folder
     other.mkdir()
-    (other / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="no fastot run"):
+    (other / "config.json").write_text("{}")
+    (other / "model.safetensors").write_text("weights")
+    with pytest.raises(FileExistsError, match="no fastot distill run"):
         distill(cfg(bitext, other, eval_split=None, overwrite=True))
-    assert (other / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(other)) == ["config.json", "model.safetensors"]
     m = load_encoder("tiny")
     with pytest.raises(ValueError, match="same object"):
         distill(cfg(bitext, tmp_path / "same"), teacher_model=m, student_model=m)
 
 
 def test_grad_accum_and_epochs(bitext, tmp_path):
-    # 39 pairs, batch 8 -> 5 micro-batches per epoch; accumulation 2 -> 3 steps (the last one a single batch)
-    res = distill(cfg(bitext, tmp_path / "acc", eval_split=None, max_steps=None, epochs=1, grad_accum=2))
+    # 39 pairs, batch 8 -> 5 micro-batches per epoch; accumulation 2 -> 3 steps (the last one a single batch,
+    # applied as the mean over what it holds, not halved)
+    out = tmp_path / "acc"
+    res = distill(cfg(bitext, out, eval_split=None, max_steps=None, epochs=1, grad_accum=2, lr=1e-5))
     assert res["steps"] == 3
+    losses = [json.loads(x)["loss"] for x in open(out / "log.jsonl")]
+    assert losses[2] > 0.7 * losses[0]
+
+
+def test_tsv_bitext_needs_a_held_out_set(bitext, tmp_path):
+    tsv = tmp_path / "pairs.tsv"
+    en = open(os.path.join(bitext, "train.en")).read().splitlines()
+    sw = open(os.path.join(bitext, "train.swa")).read().splitlines()
+    tsv.write_text("\n".join(f"{a}\t{b}" for a, b in zip(en, sw) if a and b) + "\n")
+    with pytest.raises(ValueError, match="eval_bitext"):
+        distill(cfg(str(tsv), tmp_path / "t"))
+    assert not (tmp_path / "t").exists()
+    res = distill(cfg(str(tsv), tmp_path / "t", eval_bitext=bitext, max_steps=1, eval_max_pairs=4))
+    assert res["steps"] == 1 and "after" in res
+
+
+def test_wider_student_gets_a_projection_and_bf16_autocast_runs(bitext, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    student = BertModel(BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, hidden_size=48,
+                                   num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+                        add_pooling_layer=False)
+    res = distill(cfg(bitext, tmp_path / "w", eval_split=None, max_steps=2, precision="bf16"),
+                  student_model=student)
+    assert res["steps"] == 2 and math.isfinite(res["final_loss"])
+    st = torch.load(tmp_path / "w" / "checkpoint-2" / "trainer.pt", weights_only=False)
+    assert st["criterion"]["projection.weight"].shape == (32, 48) and st["amp"] == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):  # a bf16 run does not resume in fp32
+        distill(cfg(bitext, tmp_path / "w", eval_split=None, max_steps=2, precision="fp32"), student_model=student)
 
 
 def test_epoch_batches_are_a_seeded_partition():
@@ -141,6 +180,7 @@ def test_epoch_batches_are_a_seeded_partition():
     (dict(batch_size=0), "batch_size"), (dict(lr=-1.0), "lr"), (dict(precision="fp8"), "precision"),
     (dict(metrics=("mrr@0",)), "metric"), (dict(query_encoder="both"), "query_encoder"),
     (dict(bitext="/nonexistent"), "bitext"), (dict(max_steps=0), "max_steps"),
+    (dict(keep_checkpoints=0), "keep_checkpoints"),
 ])
 def test_bad_config_names_the_field(bitext, tmp_path, kw, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):

@@ -42,12 +42,23 @@ def test_hand_computed_graded_several_relevant():
     assert got["precision@4"] == pytest.approx(2 / 4)
 
 
-def test_queries_without_relevant_documents_are_left_out():
+def test_queries_without_relevant_documents_score_zero():
     scores = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     qrels = torch.tensor([[1, 0], [0, 0]])
-    got, pq = M.evaluate(scores, qrels, ["mrr@10"], per_query=True)
-    assert got["mrr@10"] == 1.0
-    assert math.isnan(pq["mrr@10"][1])
+    got, pq = M.evaluate(scores, qrels, ["mrr@10", "ndcg@10", "map"], per_query=True)
+    assert got == {"mrr@10": 0.5, "ndcg@10": 0.5, "map": 0.5}  # trec_eval -c: every judged query counts
+    assert pq["mrr@10"].tolist() == [1.0, 0.0]
+
+
+def test_judged_without_relevant_and_missing_queries_as_trec_eval_c():
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    qrels = {"q1": {"a": 1, "b": 0}, "q2": {"c": 0}, "q3": {"d": 2}}
+    run = {"q1": {"a": 0.1, "b": 0.9}, "q2": {"c": 1.0}}  # q3 is missing from the run
+    ref = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "map", "ndcg_cut.10"}).evaluate(run)
+    got = M.evaluate(run, qrels, ["mrr", "map", "ndcg@10"])
+    for ours, theirs in (("mrr", "recip_rank"), ("map", "map"), ("ndcg@10", "ndcg_cut_10")):
+        # pytrec_eval reports the queries of the run; -c adds the missing ones as 0
+        assert got[ours] == pytest.approx(sum(v[theirs] for v in ref.values()) / len(qrels), abs=1e-6)
 
 
 def test_dense_and_dict_runs_agree():

@@ -6,6 +6,7 @@ loss is :class:`fastot.OTDistillationLoss` between their token representations. 
 
 Output folder::
 
+    .fastot-distill    marks the folder as a run's: ``overwrite`` deletes run files only where it exists
     config.json        the configuration of the run
     log.jsonl          one line per optimizer step (loss, lr, pairs/s) and per evaluation
     checkpoint-<step>/ student (save_pretrained + tokenizer) and trainer.pt (optimizer, scheduler, scaler,
@@ -71,13 +72,13 @@ class DistillConfig:
     length_grouping: bool = True  # batches of similar length (less padding), in a seeded random order
     max_grad_norm: float | None = 1.0
     save_every: int = 200  # optimizer steps between checkpoints (0 = only at the end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest n checkpoints are kept (>= 1)
     eval_every: int | None = None  # optimizer steps between evaluations (None = before and after only)
     eval_max_pairs: int | None = None  # evaluate on the first n pairs of the split
     eval_batch_size: int = 128
     query_encoder: str = "student"  # who encodes the English queries at evaluation: "student" or "teacher"
     resume: bool = True  # continue from the newest checkpoint in output_dir when there is one
-    overwrite: bool = False  # delete a previous run in output_dir instead of refusing
+    overwrite: bool = False  # start again: delete the previous run's files in output_dir (resume is ignored)
     device: str | None = None  # default: cuda when available, else cpu
     backend: str | None = None  # Sinkhorn backend of the loss (default: the fused one for the device)
     progress: bool = True
@@ -96,7 +97,8 @@ class DistillConfig:
             pos_int(n)
         for n in ("max_steps", "max_train_pairs", "eval_every", "eval_max_pairs"):
             pos_int(n, allow_none=True)
-        for n in ("warmup_steps", "save_every", "keep_checkpoints", "seed"):
+        pos_int("keep_checkpoints")
+        for n in ("warmup_steps", "save_every", "seed"):
             pos_int(n, allow_zero=True)
         for n in ("lr", "eps"):
             v = getattr(self, n)
@@ -189,6 +191,28 @@ def _load_weights(model, folder: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+_MARKER = ".fastot-distill"
+_RUN_FILES = {_MARKER, "config.json", "log.jsonl", "metrics.json", "student"}
+
+
+def _log_lines(out: str) -> int:
+    path = os.path.join(out, "log.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for _ in fh)
+
+
+def _truncate_log(out: str, n_lines: int | None) -> None:
+    path = os.path.join(out, "log.jsonl")
+    if n_lines is None or not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.readlines()[:n_lines]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+
+
 def _log(out: str, rec: dict) -> None:
     with open(os.path.join(out, "log.jsonl"), "a", encoding="utf-8") as fh:
         fh.write(json.dumps(rec) + "\n")
@@ -227,17 +251,18 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
     amp_dtype, use_scaler = _precision(cfg, device)
 
     # --- the output folder: resume, refuse, or start clean (never silently overwrite a run) ----------------
-    ckpt = _latest_checkpoint(out) if cfg.resume else None
+    # Only checks here; nothing is written until the models and the data have loaded.
+    ckpt = _latest_checkpoint(out) if cfg.resume and not cfg.overwrite else None
+    replace = False
     if ckpt is None and os.path.isdir(out) and os.listdir(out):
         if not cfg.overwrite:
             raise FileExistsError(f"output_dir: {out!r} already holds a run"
                                   f"{'' if cfg.resume else ' and resume is off'}; pass overwrite=True "
                                   "(--overwrite) to replace it or choose another folder")
-        if not os.path.exists(os.path.join(out, "config.json")):  # only ever delete what a run of ours wrote
-            raise FileExistsError(f"output_dir: {out!r} is not empty and holds no fastot run (no config.json); "
-                                  "overwrite only replaces a previous run: choose an empty or new folder")
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
+        if not os.path.exists(os.path.join(out, _MARKER)):  # only ever delete what a run of ours wrote
+            raise FileExistsError(f"output_dir: {out!r} is not empty and holds no fastot distill run (no {_MARKER});"
+                                  " overwrite only replaces a previous run: choose an empty or new folder")
+        replace = True
     saved_cfg = dataclasses.asdict(cfg)
     if ckpt is not None:
         with open(os.path.join(out, "config.json"), encoding="utf-8") as fh:
@@ -246,13 +271,20 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
         if diff:
             raise ValueError(f"resume: {ckpt!r} was trained with other settings ("
                              + ", ".join(f"{k}: {prev.get(k)!r} -> {saved_cfg.get(k)!r}" for k in diff)
-                             + "); pass resume=False with overwrite=True, or another output_dir")
-    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as fh:
-        json.dump(saved_cfg, fh, indent=2, default=list)
+                             + "); pass overwrite=True to start again, or another output_dir")
+    if cfg.eval_split is not None and cfg.eval_bitext is None and os.path.isfile(cfg.bitext):
+        raise ValueError("eval_bitext: a TSV bitext has no splits, so evaluating on it would test on the training "
+                         "pairs; pass eval_bitext (a held-out folder or TSV) or eval_split=None")
 
     # --- models, data ---------------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+    en, tgt = _pairs(cfg.bitext, cfg.lang, cfg.train_split, cfg.max_train_pairs)
+    if not en:
+        raise ValueError(f"bitext: no training pairs in {cfg.bitext!r} ({cfg.train_split}.{cfg.lang})")
+    ev_en = ev_tgt = None
+    if cfg.eval_split is not None:
+        ev_en, ev_tgt = _pairs(cfg.eval_bitext or cfg.bitext, cfg.lang, cfg.eval_split, cfg.eval_max_pairs)
     t_tok = teacher_tokenizer or load_tokenizer(cfg.teacher)
     s_tok = student_tokenizer or load_tokenizer(cfg.student or cfg.teacher)
     teacher = teacher_model if teacher_model is not None else load_encoder(cfg.teacher, seed=cfg.seed)
@@ -262,19 +294,27 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
         _load_weights(student, os.path.join(ckpt, "student"))
     teacher.to(device).eval().requires_grad_(False)
     student.to(device).train()
-    criterion = criterion or OTDistillationLoss(eps=cfg.eps, max_iter=cfg.max_iter, cost=cfg.cost,
-                                                objective=cfg.objective, backend=cfg.backend)
+    if criterion is None:
+        d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
+        # different widths: a linear map from the student's to the teacher's, trained with the student
+        proj = torch.nn.Linear(d_s, d_t) if d_s != d_t else None
+        criterion = OTDistillationLoss(eps=cfg.eps, max_iter=cfg.max_iter, cost=cfg.cost, objective=cfg.objective,
+                                       projection=proj, backend=cfg.backend)
     criterion.to(device)
-
-    en, tgt = _pairs(cfg.bitext, cfg.lang, cfg.train_split, cfg.max_train_pairs)
-    if not en:
-        raise ValueError(f"bitext: no training pairs in {cfg.bitext!r} ({cfg.train_split}.{cfg.lang})")
     lengths = [len(s) for s in tgt]
     n_batches = math.ceil(len(en) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * n_batches / cfg.grad_accum)
-    ev_en = ev_tgt = None
-    if cfg.eval_split is not None:
-        ev_en, ev_tgt = _pairs(cfg.eval_bitext or cfg.bitext, cfg.lang, cfg.eval_split, cfg.eval_max_pairs)
+
+    if replace:
+        for name in os.listdir(out):  # the entries a run writes; anything else in the folder stays
+            if name in _RUN_FILES or name.startswith("checkpoint-"):
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, _MARKER), "w", encoding="utf-8") as fh:
+        fh.write("a fastot distill run: `overwrite` may delete this folder's run files\n")
+    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as fh:
+        json.dump(saved_cfg, fh, indent=2, default=list)
 
     params = [p for p in list(student.parameters()) + list(criterion.parameters()) if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -285,11 +325,17 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     step, epoch, next_batch, result = 0, 0, 0, {"output_dir": out}
+    amp_name = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32"
     if ckpt is not None:
         st = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=False)
+        if st.get("amp", amp_name) != amp_name:
+            raise ValueError(f"precision: {ckpt!r} was trained with {st['amp']} but this run would use {amp_name} "
+                             f"(precision={cfg.precision!r} on {device.type}); resume with the same precision")
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"])
+        if st["scaler"]:
+            scaler.load_state_dict(st["scaler"])
+        _truncate_log(out, st.get("log_lines"))  # steps after the checkpoint are redone: drop their lines
         criterion.load_state_dict(st["criterion"])
         step, epoch, next_batch = st["step"], st["epoch"], st["next_batch"]
         result.update(st["result"])
@@ -315,12 +361,13 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
             s_tok.save_pretrained(os.path.join(tmp, "student"))
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                     "criterion": criterion.state_dict(), "step": step, "epoch": epoch, "next_batch": next_batch,
-                    "rng": _rng_state(), "result": result}, os.path.join(tmp, "trainer.pt"))
+                    "rng": _rng_state(), "result": result, "amp": amp_name, "log_lines": _log_lines(out)},
+                   os.path.join(tmp, "trainer.pt"))
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)  # a checkpoint exists whole or not at all
         old = sorted((int(d.split("-", 1)[1]) for d in os.listdir(out)
                       if d.startswith("checkpoint-") and d.split("-", 1)[1].isdigit()), reverse=True)
-        for s in old[max(cfg.keep_checkpoints, 1 if final else 0):]:
+        for s in old[cfg.keep_checkpoints:]:
             shutil.rmtree(os.path.join(out, f"checkpoint-{s}"), ignore_errors=True)
 
     def autocast():
@@ -342,11 +389,12 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
                    "pairs_per_s": pairs / dt if dt > 0 else None})
         bar.set_postfix(loss=f"{loss_acc:.4f}", refresh=False)
         bar.update(1)
-        loss_acc, pairs, t0 = 0.0, 0, time.perf_counter()
+        loss_acc, pairs = 0.0, 0
         if ev_en is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
             result.setdefault("during", []).append({"step": step, **evaluate(f"step {step}")})
         if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
             save()
+        t0 = time.perf_counter()  # pairs/s counts training only, not evaluation or saving
 
     bar = tqdm(total=total_steps, initial=step, desc=f"distill {cfg.lang}", unit="step", disable=not cfg.progress)
     micro, loss_acc, pairs, t0 = 0, 0.0, 0, time.perf_counter()
@@ -377,7 +425,12 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
                 optimizer_step()
         if next_batch >= len(batches):
             epoch, next_batch = epoch + 1, 0
-    if micro % cfg.grad_accum and step < total_steps:  # the data ran out inside an accumulation: apply it
+    if micro % cfg.grad_accum and step < total_steps:  # the data ran out inside an accumulation: apply it,
+        n = micro % cfg.grad_accum  # as the mean over the n micro-batches it holds
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(cfg.grad_accum / n)
+        loss_acc *= cfg.grad_accum / n
         optimizer_step()
     bar.close()
 

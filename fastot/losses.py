@@ -51,6 +51,15 @@ def _check_hidden(name: str, h, mask_name: str, mask) -> None:
                              f"{list(h.shape[:2])}, got {list(mask.shape) if isinstance(mask, torch.Tensor) else mask!r}")
 
 
+def _check_options(cost: str, reduction: str, objective: str) -> None:
+    if cost not in COSTS:
+        raise ValueError(f"OTDistillationLoss: cost must be one of {COSTS}, got {cost!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"OTDistillationLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"OTDistillationLoss: objective must be one of {OBJECTIVES}, got {objective!r}")
+
+
 def ot_distillation_loss(
     student_hidden: torch.Tensor,
     student_mask: torch.Tensor | None,
@@ -78,12 +87,7 @@ def ot_distillation_loss(
     if student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise ValueError(f"OTDistillationLoss: student_hidden has {student_hidden.shape[0]} pairs but "
                          f"teacher_hidden has {teacher_hidden.shape[0]}")
-    if cost not in COSTS:
-        raise ValueError(f"OTDistillationLoss: cost must be one of {COSTS}, got {cost!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"OTDistillationLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"OTDistillationLoss: objective must be one of {OBJECTIVES}, got {objective!r}")
+    _check_options(cost, reduction, objective)
     x = student_hidden
     if projection is not None:
         # under autocast the hidden states may be bf16/fp16 while the projection's weights are fp32
@@ -140,12 +144,7 @@ class OTDistillationLoss(nn.Module):
                  objective: str = "transport_cost", tol: float | None = None, grad: str = "envelope",
                  projection: nn.Module | None = None, backend: str | None = None):
         super().__init__()
-        if cost not in COSTS:
-            raise ValueError(f"OTDistillationLoss: cost must be one of {COSTS}, got {cost!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"OTDistillationLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"OTDistillationLoss: objective must be one of {OBJECTIVES}, got {objective!r}")
+        _check_options(cost, reduction, objective)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
             raise ValueError(f"OTDistillationLoss: eps must be a positive number, got {eps!r}")
         if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:

@@ -202,12 +202,10 @@ def _distill(args) -> int:
 def _evaluate(args) -> int:
     import json  # noqa: PLC0415
 
-    from .lexicons import read_bitext  # noqa: PLC0415
     from .retrieval import evaluate_bitext  # noqa: PLC0415
-    from .train import load_encoder, load_tokenizer  # noqa: PLC0415
+    from .train import load_encoder, load_tokenizer, read_pairs  # noqa: PLC0415
 
-    en, tgt = read_bitext(args.bitext, args.lang, args.split)
-    keep = [i for i in range(len(en)) if en[i].strip() and tgt[i].strip()][: args.max_pairs]
+    en, tgt = read_pairs(args.bitext, args.lang, args.split, args.max_pairs)
     model, tok = load_encoder(args.model), load_tokenizer(args.model)
     qm = load_encoder(args.query_model) if args.query_model else None
     qt = load_tokenizer(args.query_model) if args.query_model else None
@@ -216,10 +214,10 @@ def _evaluate(args) -> int:
     if qm is not None:
         qm.to(device)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    res = evaluate_bitext(model, tok, [en[i] for i in keep], [tgt[i] for i in keep], query_model=qm,
+    res = evaluate_bitext(model, tok, en, tgt, query_model=qm,
                           query_tokenizer=qt, metrics=metrics, batch_size=args.batch_size,
                           max_length=args.max_length, device=device, progress=True)
-    print(json.dumps({"model": args.model, "split": args.split, "pairs": len(keep), **res}, indent=2))
+    print(json.dumps({"model": args.model, "split": args.split, "pairs": len(en), **res}, indent=2))
     return 0
 
 

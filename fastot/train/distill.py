@@ -131,7 +131,8 @@ def _precision(cfg: DistillConfig, device: torch.device) -> tuple[torch.dtype | 
     return (torch.bfloat16, False) if p == "bf16" else (torch.float16, True)
 
 
-def _pairs(path: str, lang: str, split: str, limit: int | None) -> tuple[list[str], list[str]]:
+def read_pairs(path: str, lang: str, split: str, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """:func:`fastot.lexicons.read_bitext` without the pairs that have a blank side, the first ``limit``."""
     en, tgt = read_bitext(path, lang, split)
     keep = [i for i in range(len(en)) if en[i].strip() and tgt[i].strip()]  # a blank side has nothing to align
     if limit is not None:
@@ -155,13 +156,19 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     return batches
 
 
-def _latest_checkpoint(out: str) -> str | None:
+def _checkpoint_steps(out: str, complete: bool = False) -> list[int]:
+    """Steps of the ``checkpoint-<step>`` folders in ``out``, newest first (``complete``: with a trainer.pt)."""
     if not os.path.isdir(out):
-        return None
+        return []
     steps = [int(d.split("-", 1)[1]) for d in os.listdir(out)
              if d.startswith("checkpoint-") and d.split("-", 1)[1].isdigit()
-             and os.path.exists(os.path.join(out, d, "trainer.pt"))]
-    return os.path.join(out, f"checkpoint-{max(steps)}") if steps else None
+             and (not complete or os.path.exists(os.path.join(out, d, "trainer.pt")))]
+    return sorted(steps, reverse=True)
+
+
+def _latest_checkpoint(out: str) -> str | None:
+    steps = _checkpoint_steps(out, complete=True)
+    return os.path.join(out, f"checkpoint-{steps[0]}") if steps else None
 
 
 def _rng_state() -> dict:
@@ -279,12 +286,12 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
     # --- models, data ---------------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    en, tgt = _pairs(cfg.bitext, cfg.lang, cfg.train_split, cfg.max_train_pairs)
+    en, tgt = read_pairs(cfg.bitext, cfg.lang, cfg.train_split, cfg.max_train_pairs)
     if not en:
         raise ValueError(f"bitext: no training pairs in {cfg.bitext!r} ({cfg.train_split}.{cfg.lang})")
     ev_en = ev_tgt = None
     if cfg.eval_split is not None:
-        ev_en, ev_tgt = _pairs(cfg.eval_bitext or cfg.bitext, cfg.lang, cfg.eval_split, cfg.eval_max_pairs)
+        ev_en, ev_tgt = read_pairs(cfg.eval_bitext or cfg.bitext, cfg.lang, cfg.eval_split, cfg.eval_max_pairs)
     t_tok = teacher_tokenizer or load_tokenizer(cfg.teacher)
     s_tok = student_tokenizer or load_tokenizer(cfg.student or cfg.teacher)
     teacher = teacher_model if teacher_model is not None else load_encoder(cfg.teacher, seed=cfg.seed)
@@ -365,9 +372,7 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
                    os.path.join(tmp, "trainer.pt"))
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)  # a checkpoint exists whole or not at all
-        old = sorted((int(d.split("-", 1)[1]) for d in os.listdir(out)
-                      if d.startswith("checkpoint-") and d.split("-", 1)[1].isdigit()), reverse=True)
-        for s in old[cfg.keep_checkpoints:]:
+        for s in _checkpoint_steps(out)[cfg.keep_checkpoints:]:
             shutil.rmtree(os.path.join(out, f"checkpoint-{s}"), ignore_errors=True)
 
     def autocast():
@@ -375,6 +380,7 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
 
     def optimizer_step() -> None:
         nonlocal step, loss_acc, pairs, t0
+        loss_acc = float(loss_acc)  # the one host sync of a step, for the log
         if cfg.max_grad_norm is not None:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -418,7 +424,7 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
                 hs = student(input_ids=se["input_ids"], attention_mask=se["attention_mask"]).last_hidden_state
             loss = criterion(hs, s_mask, ht, t_mask)
             scaler.scale(loss / cfg.grad_accum).backward()
-            loss_acc += float(loss.detach()) / cfg.grad_accum  # one sync per micro-batch, for the log
+            loss_acc = loss_acc + loss.detach() / cfg.grad_accum  # on device: read once per optimizer step
             pairs += len(idx)
             micro += 1
             if micro % cfg.grad_accum == 0:

@@ -276,13 +276,9 @@ def induce_from_vec_files(src_path: str | os.PathLike, tgt_path: str | os.PathLi
 # Parallel titles
 
 
-def read_title_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """Read parallel titles: one ``en_title<TAB>tgt_title`` per line.
-
-    Blank (whitespace-only) lines are skipped; a line without exactly one tab raises ``ValueError``
-    with its line number. Returns ``[(en_title, tgt_title), ...]`` in file order, each stripped of
-    surrounding whitespace and otherwise as written (normalise with :func:`title_entries`).
-    """
+def _tsv_pairs(path, layout: str) -> list[tuple[str, str]]:
+    """The two fields of every non-blank line of a TSV file; a line without exactly one tab raises ValueError
+    with its number (``layout`` names the fields in the message)."""
     path = _check_file(path, "path")
     pairs = []
     for lineno, line in enumerate(_read_lines(path), 1):
@@ -290,10 +286,20 @@ def read_title_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
             continue
         fields = line.split("\t")
         if len(fields) != 2:
-            raise ValueError(f"path: {path!r} line {lineno}: expected 2 tab-separated fields 'en_title<TAB>tgt_title', "
-                             f"got {len(fields)}: {line!r}")
-        pairs.append((fields[0].strip(), fields[1].strip()))
+            raise ValueError(f"path: {path!r} line {lineno}: expected 2 tab-separated fields '{layout}', "
+                             f"got {len(fields)}: {line[:80]!r}")
+        pairs.append((fields[0], fields[1]))
     return pairs
+
+
+def read_title_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Read parallel titles: one ``en_title<TAB>tgt_title`` per line.
+
+    Blank (whitespace-only) lines are skipped; a line without exactly one tab raises ``ValueError``
+    with its line number. Returns ``[(en_title, tgt_title), ...]`` in file order, each stripped of
+    surrounding whitespace and otherwise as written (normalise with :func:`title_entries`).
+    """
+    return [(a.strip(), b.strip()) for a, b in _tsv_pairs(path, "en_title<TAB>tgt_title")]
 
 
 def _normalise_title(title: str) -> tuple[str, list[str]]:
@@ -375,18 +381,8 @@ def read_bitext(path: str | os.PathLike, lang: str, split: str = "train") -> tup
         if len(en) != len(tgt):
             raise ValueError(f"path: {en_path!r} has {len(en)} lines but {tgt_path!r} has {len(tgt)}")
         return en, tgt
-    path = _check_file(path, "path")
-    en, tgt = [], []
-    for lineno, line in enumerate(_read_lines(path), 1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise ValueError(f"path: {path!r} line {lineno}: expected 2 tab-separated fields 'en<TAB>tgt', "
-                             f"got {len(fields)}")
-        en.append(fields[0])
-        tgt.append(fields[1])
-    return en, tgt
+    pairs = _tsv_pairs(path, "en<TAB>tgt")
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 def _types_per_sentence(sentences: list[str], lowercase: bool, name: str, extra_word: bool):

@@ -91,7 +91,7 @@ def _interrupt_after(c, n_steps, monkeypatch):
     """Run distill and raise KeyboardInterrupt after optimizer step n_steps + 1 (checkpointed at n_steps)."""
     D = importlib.import_module("fastot.train.distill")  # the module; fastot.train.distill is the function
 
-    real = D._log
+    real = D.log
 
     def log(out, rec):
         real(out, rec)
@@ -99,7 +99,7 @@ def _interrupt_after(c, n_steps, monkeypatch):
             raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(D, "_log", log)
+        m.setattr(D, "log", log)
         distill(c)
 
 

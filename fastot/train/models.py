@@ -47,6 +47,24 @@ def load_encoder(name: str | None, *, seed: int = 0):
         return AutoModel.from_pretrained(path)
 
 
+def load_cross_encoder(name: str | None, *, seed: int = 0):
+    """An ``AutoModelForSequenceClassification`` with one logit (a reranker): "minilm" (the pretrained encoder
+    with a new head), "tiny" (random) or a local folder. New weights are drawn from ``seed``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification  # noqa: PLC0415
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == TINY:
+            vocab = load_tokenizer(TINY).vocab_size
+            cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=512, num_labels=1)
+            return BertForSequenceClassification(cfg)
+        path = minilm_path() if name in (None, MINILM) else name
+        with quiet_transformers():
+            return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """No "Loading weights" / "Writing model shards" bars or unused-weight notes inside the block."""

@@ -32,6 +32,20 @@ def content_words(sentence: str, stopwords: Iterable[str] = ENGLISH_STOPWORDS, m
     return [w for w in tokenize(sentence) if len(w) >= min_word_len and w not in stop and not w.isdigit()]
 
 
+def sample_query(sentence: str, index: int, *, seed: int = 0, query_words: tuple[int, int] = (3, 6),
+                 stopwords: Iterable[str] = ENGLISH_STOPWORDS, min_word_len: int = 3) -> str | None:
+    """A keyword query for ``sentence``: between ``query_words[0]`` and ``[1]`` of its content words, in sentence
+    order, or None when it has fewer than ``query_words[0]``. A pure function of (sentence, index, seed,
+    query_words): one random stream per (seed, index), so a query never depends on other lines."""
+    lo, hi = query_words
+    words = content_words(sentence, stopwords, min_word_len)
+    if len(words) < lo or not sentence.strip():
+        return None
+    rng = random.Random(f"fastot-query-{seed}-{index}")  # str seeds hash deterministically
+    k = rng.randint(lo, min(hi, len(words)))
+    return " ".join(words[j] for j in sorted(rng.sample(range(len(words)), k)))
+
+
 def build_training_examples(sentences: Sequence[str], *, n_negatives: int = 4, query_words: tuple[int, int] = (3, 6),
                             negatives: str = "bm25", bm25_depth: int = 30, seed: int = 0,
                             stopwords: Iterable[str] = ENGLISH_STOPWORDS, min_word_len: int = 3,
@@ -69,14 +83,9 @@ def build_training_examples(sentences: Sequence[str], *, n_negatives: int = 4, q
     for i, sent in enumerate(sentences):
         if max_examples is not None and len(out) >= max_examples:
             break
-        words = content_words(sent, stop, min_word_len)
-        if len(words) < lo or not sent.strip():
+        query = sample_query(sent, i, seed=seed, query_words=(lo, hi), stopwords=stop, min_word_len=min_word_len)
+        if query is None:
             continue
-        # one stream per sentence for the query and one for its negatives (str seeds hash deterministically), so
-        # a query depends only on (seed, line, query_words) and not on the negatives mode or other lines
-        rng = random.Random(f"fastot-query-{seed}-{i}")
-        k = rng.randint(lo, min(hi, len(words)))
-        query = " ".join(words[j] for j in sorted(rng.sample(range(len(words)), k)))
         positive = sent.strip()
         rng = random.Random(f"fastot-negatives-{seed}-{i}")
         pool: list[int] = []

@@ -30,7 +30,7 @@ $(STAMP): $(SOURCES)
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m fastot tour
+	HF_HUB_OFFLINE=1 $(PY) -m fastot demo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest python_tests -q

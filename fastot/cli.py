@@ -5,6 +5,9 @@ Commands:
   backends   print which backend can run which op here, and why not
   distill    OT distillation of a student encoder from an English teacher on bitext (fastot.train.distill)
   evaluate   cross-lingual retrieval metrics of an encoder on a bitext split (fastot.retrieval)
+  demo       the main job: distillation -> lexicon -> code-switched reranker -> table (synthetic sample or --bitext)
+  rerank     train one code-switched cross-encoder reranker (fastot.train.rerank)
+  sweep      code-switching frequency x seeds x training domains -> CSV, table, correlations, plot
 """
 
 from __future__ import annotations
@@ -157,17 +160,36 @@ def _optional(kind):
     return parse
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+_RERANK_HELP = {
+    **_DISTILL_HELP,
+    "bitext": "folder (MAFAND layout) or TSV: its English side makes the training pairs; lexicon induction",
+    "lang": "target language(s) of the switch: one code, or several comma-separated (multilingual)",
+    "output_dir": "checkpoints, log.jsonl, lexicon.pt, metrics.json and the final reranker/ go here",
+    "train_split": "split(s) of --bitext for the training pairs, comma-separated to join several",
+    "triples": "training triples TSV query<TAB>positive<TAB>negative instead of --bitext pairs",
+    "queries": "IR training files: queries TSV (with --collection and --qrels)",
+    "lexicon": "a saved fastot Lexicon file (default: induced from --bitext)",
+    "lexicon_bitext": "lang=path bitexts for languages other than --bitext's, comma-separated",
+    "model": "'minilm' (embedded pretrained encoder + a new head), 'tiny' (random, tests) or a model folder",
+    "p": "code-switching probability per word (0: zero-shot English training)",
+    "query_words": "min,max content words per built query",
+    "max_train_queries": "use only the first n training queries",
+    "batch_size": "queries per micro-batch (each with 1 + n_negatives passages)",
+    "backend": "code-switch backend (default: the fastest for the device)",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls, helps=None) -> None:
     """One flag per dataclass field of ``cls``, typed from its default."""
     import dataclasses  # noqa: PLC0415
 
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        helptext = _DISTILL_HELP.get(f.name, "")
+        helptext = (helps or _DISTILL_HELP).get(f.name, "")
         default = None if f.default is dataclasses.MISSING else f.default
         if isinstance(default, tuple):  # metrics: comma-separated on the command line
             parser.add_argument(flag, type=lambda t: tuple(m.strip() for m in t.split(",") if m.strip()),
-                                default=default, help=f"{helptext} (default {','.join(default)})")
+                                default=default, help=f"{helptext} (default {','.join(map(str, default))})")
             continue
         if f.default is dataclasses.MISSING:
             parser.add_argument(flag, required=True, help=helptext)
@@ -244,7 +266,97 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--max-length", type=int, default=128)
     p_eval.add_argument("--device", default=None)
     p_eval.add_argument("--metrics", default="mrr@10,recall@1,recall@10,recall@50,map,ndcg@10")
+    p_demo = sub.add_parser("demo", help="the main job: OT distillation -> lexicon -> code-switched reranker -> "
+                            "evaluation table, on a built-in SYNTHETIC sample or on --bitext")
+    p_demo.add_argument("--bitext", default=None, help="real bitext folder (MAFAND layout), e.g. "
+                        "../shared/data/mafand/en-swa (default: the built-in synthetic sample)")
+    p_demo.add_argument("--lang", default=None, help="target language of --bitext (e.g. swa)")
+    p_demo.add_argument("--output-dir", default="runs/demo", help="where everything is written (default runs/demo)")
+    p_demo.add_argument("--student", default=None, help="an already distilled encoder folder as the first stage "
+                        "(skips the distillation)")
+    p_demo.add_argument("--rerank-steps", type=int, default=None,
+                        help="optimizer steps per reranker (default 60 synthetic, 400 real)")
+    p_demo.add_argument("--max-queries", type=int, default=None,
+                        help="evaluation queries (default 100 synthetic, 250 real)")
+    p_demo.add_argument("--depth", type=int, default=100, help="first-stage candidates reranked (default 100)")
+    p_demo.add_argument("--seed", type=int, default=0)
+    p_demo.add_argument("--overwrite", action="store_true", help="train again instead of reusing finished runs in "
+                        "--output-dir (needed after changing options)")
+    p_demo.add_argument("--model", default="minilm", help="teacher / student / reranker initialisation: 'minilm' "
+                        "(default, the embedded pretrained encoder) or 'tiny' (random, for tests)")
+    p_demo.add_argument("--device", default=None)
+    from .train.rerank import RerankConfig  # noqa: PLC0415
+
+    p_rr = sub.add_parser("rerank", help="train a code-switched cross-encoder reranker (fastot.train.rerank)")
+    _add_config_flags(p_rr, RerankConfig, _RERANK_HELP)
+    p_sw = sub.add_parser("sweep", help="code-switching probability x seeds x training domains: CSV, table, "
+                          "correlation of p with the domain-shift drop (bootstrap CI), PNG plot")
+    p_sw.add_argument("--bitext", default=None, help="bitext folder (default: the built-in SYNTHETIC sample)")
+    p_sw.add_argument("--lang", default=None, help="target language of --bitext")
+    p_sw.add_argument("--output-dir", default="runs/sweep", help="(default runs/sweep)")
+    p_sw.add_argument("--ps", default="0,0.25,0.5,0.75,1", help="code-switching probabilities (default 0,0.25,0.5,0.75,1)")
+    p_sw.add_argument("--seeds", default="0,1", help="seeds (default 0,1)")
+    p_sw.add_argument("--train-domains", action="append", default=None, metavar="SPLITS",
+                      help="a training setting: split(s) of --bitext, comma-separated to join domains; repeat the "
+                      "flag for several settings (synthetic default: train-politics and train-politics,train-sports)")
+    p_sw.add_argument("--eval-set", action="append", default=None, metavar="NAME=[PATH:]SPLIT",
+                      help="an evaluation set; repeat the flag (synthetic default: politics, sports, health)")
+    p_sw.add_argument("--reference", default=None, help="the in-domain evaluation set (default: the first)")
+    p_sw.add_argument("--first-stage", default="bm25", help="'bm25' (default) or a dense encoder folder")
+    p_sw.add_argument("--depth", type=int, default=60, help="candidates reranked per query (default 60)")
+    p_sw.add_argument("--max-queries", type=int, default=20, help="queries per evaluation set (default 20)")
+    p_sw.add_argument("--max-documents", type=_optional(int), default=60,
+                      help="documents per evaluation set, the first n of the split; 'none' for all (default 60)")
+    p_sw.add_argument("--steps", type=int, default=50, help="optimizer steps per reranker (default 50)")
+    p_sw.add_argument("--model", default="minilm", help="reranker initialisation: minilm (default), tiny or a folder")
+    p_sw.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p_sw.add_argument("--keep-models", action="store_true", help="keep every trained reranker (disk)")
+    p_sw.add_argument("--overwrite", action="store_true", help="delete an earlier sweep's results in --output-dir "
+                      "(without it, finished cells of the same settings are kept and other settings refused)")
+    p_sw.add_argument("--lexicon", default=None, help="a saved fastot Lexicon (default: induced from --bitext)")
+    p_sw.add_argument("--lexicon-split", default="train", help="split the lexicon is induced from (default train)")
+    p_sw.add_argument("--device", default=None)
     args = parser.parse_args(argv)
+    if args.command == "rerank":
+        import dataclasses  # noqa: PLC0415
+        import json  # noqa: PLC0415
+
+        from .train.rerank import train_reranker  # noqa: PLC0415
+
+        kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(RerankConfig)}
+        try:
+            try:
+                kw["query_words"] = tuple(int(v) for v in kw["query_words"])
+            except ValueError:
+                raise ValueError(f"query_words: expected min,max integers, got {args.query_words!r}") from None
+            print(json.dumps(train_reranker(RerankConfig(**kw)), indent=2))
+        except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+            parser.exit(2, f"fastot rerank: error: {exc}\n")
+        return 0
+    if args.command == "sweep":
+        from .experiments import sweep  # noqa: PLC0415
+
+        try:
+            ps = [float(v) for v in args.ps.split(",") if v.strip()]
+            seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+            sweep(args.bitext, args.lang, args.output_dir, ps=ps, seeds=seeds, train_domains=args.train_domains,
+                  eval_sets=args.eval_set, reference=args.reference, first_stage_model=args.first_stage,
+                  depth=args.depth, max_queries=args.max_queries, max_documents=args.max_documents, steps=args.steps,
+                  n_boot=args.n_boot, keep_models=args.keep_models, overwrite=args.overwrite, device=args.device,
+                  model=args.model, lexicon=args.lexicon, lexicon_split=args.lexicon_split)
+        except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+            parser.exit(2, f"fastot sweep: error: {exc}\n")
+        return 0
+    if args.command == "demo":
+        from .experiments import demo  # noqa: PLC0415
+
+        try:
+            demo(args.bitext, args.lang, args.output_dir, student=args.student, rerank_steps=args.rerank_steps,
+                 max_queries=args.max_queries, depth=args.depth, seed=args.seed, model=args.model,
+                 overwrite=args.overwrite, device=args.device)
+        except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+            parser.exit(2, f"fastot demo: error: {exc}\n")
+        return 0
     if args.command == "tour":
         if args.repeats < 1:
             parser.error("--repeats must be >= 1")

@@ -1,0 +1,487 @@
+"""The main job and the experiments: code-switched vs zero-shot reranking (:func:`compare_switching`), the
+end-to-end demo (:func:`demo`: OT distillation -> lexicon -> code-switched reranker -> table) and the
+code-switching-frequency sweep (:func:`sweep`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+from .train.rerank import (RERANK_METRICS, RerankConfig, bitext_eval_set, build_lexicon, first_stage,
+                           evaluate_reranking, train_reranker)
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:g}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def compare_switching(bitext: str, lang: str, out_dir: str, *, first_stage_model="bm25", ps: Sequence[float] = (0.0, 0.5),
+                      eval_split: str = "dev", max_queries: int | None = 250, depth: int = 100,
+                      eval_batch_size: int = 64, eval_max_length: int = 128, device=None, progress: bool = True,
+                      file=None, **rerank_options) -> dict:
+    """Train one reranker per code-switching probability in ``ps`` on the English side of ``bitext``'s
+    training split, with one lexicon induced from it, and rerank the first stage's top ``depth`` for English
+    keyword queries against the target-language documents of ``eval_split``.
+
+    Writes ``out_dir/results.json`` and ``results.md``; returns ``{"table": rows, ...}``. The rerankers live in
+    ``out_dir/rerank-p<p>`` (a finished one is reused: resume).
+    """
+    file = sys.stdout if file is None else file
+    from .train.models import load_cross_encoder, load_tokenizer  # noqa: PLC0415
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    base = RerankConfig(bitext=bitext, lang=lang, device=str(dev), progress=progress, **rerank_options)
+    base.check()
+    if os.path.isfile(bitext):
+        raise ValueError("bitext: a TSV bitext has no splits, so the evaluation would use the training pairs; "
+                         "give a folder with train and dev splits")
+    os.makedirs(out_dir, exist_ok=True)
+    tok = load_tokenizer(base.model)
+    t0 = time.perf_counter()
+    lexicon = build_lexicon(base, tok)
+    print(f"lexicon: {lexicon.n_keys} English keys induced from {bitext} ({time.perf_counter() - t0:.0f} s)", file=file)
+    es = bitext_eval_set(bitext, lang, eval_split, max_queries=max_queries)
+    cov = lexicon.coverage(es.queries, tok)["covered"]
+    print(f"evaluation: {len(es.queries)} English keyword queries, {len(es.documents)} {lang} documents "
+          f"({eval_split}); lexicon covers {100 * sum(cov.values()):.0f}% of the query words", file=file)
+    cand = first_stage(first_stage_model, es.queries, es.documents, depth, device=dev, progress=progress,
+                       max_length=eval_max_length)
+    fs_name = "BM25" if first_stage_model == "bm25" else f"dense {first_stage_model}"
+    rows, runs = [], {}
+    first = None
+    for p in ps:
+        cfg_dir = os.path.join(out_dir, f"rerank-p{_fmt_p(p)}")
+        t1 = time.perf_counter()
+        res = train_reranker(base, lexicon=lexicon, output_dir=cfg_dir, p=float(p))
+        t_train = time.perf_counter() - t1
+        model = load_cross_encoder(os.path.join(cfg_dir, "reranker")).to(dev)
+        t1 = time.perf_counter()
+        m = evaluate_reranking(model, tok, es, cand, batch_size=eval_batch_size, max_length=eval_max_length,
+                               device=dev, progress=progress)
+        runs[_fmt_p(p)] = {"train": res, "metrics": m["reranked"], "train_s": t_train,
+                           "eval_s": time.perf_counter() - t1}
+        first = m["first_stage"]
+        print(f"p={_fmt_p(p)}: trained {res['steps']} steps in {t_train:.0f} s (switched-word ratio "
+              f"{res['switched_ratio']:.2f}); " + ", ".join(f"{k} {v:.3f}" for k, v in m["reranked"].items()),
+              file=file)
+    rows.append([f"first stage ({fs_name}, top {cand.shape[1]})"] + [first[k] for k in RERANK_METRICS])
+    for p in ps:
+        label = "reranker, zero-shot (p=0)" if p == 0 else f"reranker, code-switched (p={_fmt_p(p)})"
+        rows.append([label] + [runs[_fmt_p(p)]["metrics"][k] for k in RERANK_METRICS])
+    table = markdown_table(["", *RERANK_METRICS], rows)
+    result = {"bitext": bitext, "lang": lang, "eval_split": eval_split, "queries": len(es.queries),
+              "documents": len(es.documents), "depth": int(cand.shape[1]), "first_stage": fs_name,
+              "first_stage_metrics": first, "runs": runs, "lexicon_keys": lexicon.n_keys,
+              "query_word_coverage": cov, "table": table}
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=2, default=str)
+    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as fh:
+        fh.write(table + "\n")
+    print("\n" + table, file=file)
+    return result
+
+
+def demo(bitext: str | None = None, lang: str | None = None, out_dir: str = "runs/demo", *, student: str | None = None,
+         rerank_steps: int | None = None, max_queries: int | None = None, depth: int = 100, seed: int = 0,
+         model: str = "minilm", overwrite: bool = False, device=None, progress: bool = True, file=None) -> dict:
+    """The main job: OT distillation -> lexicon induction -> code-switched reranker training -> evaluation table.
+
+    Without ``bitext``: on a built-in synthetic sample (:mod:`fastot.synthetic`, a seeded cipher language with a
+    known lexicon, reported as synthetic), a few minutes on a 2-core CPU. With ``bitext`` (e.g.
+    ``../shared/data/mafand/en-swa``, ``lang="swa"``): the same on real data (train -> dev); ``student`` skips
+    the distillation and uses that encoder as the first stage. ``model``: the teacher, the student's and the
+    reranker's initialisation ("minilm", the embedded pretrained encoder; "tiny" for tests). Finished runs in
+    ``out_dir`` are reused (resume); ``overwrite`` trains them again.
+    """
+    file = sys.stdout if file is None else file
+    from .train.distill import DistillConfig, distill  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    synthetic = bitext is None
+    if not synthetic and lang is None:
+        raise ValueError("lang: give the target language of the bitext, e.g. lang='swa'")
+    for name, v in (("rerank_steps", rerank_steps), ("max_queries", max_queries), ("depth", depth)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    if not synthetic and not os.path.isdir(bitext):
+        raise FileNotFoundError(f"bitext: {bitext!r} is not a folder with train and dev splits")
+    os.makedirs(out_dir, exist_ok=True)
+    summary: dict = {"synthetic": synthetic}
+    if synthetic:
+        from . import synthetic as syn  # noqa: PLC0415
+
+        lang = syn.LANG
+        bitext = os.path.join(out_dir, "data")
+        info = syn.write_sample(bitext, seed=seed)
+        print(f"[1/4] SYNTHETIC sample (not real language data): {info['train']} training and {info['dev']} dev "
+              f"pairs of generated English and its seeded word-cipher '{lang}' in {bitext}", file=file)
+        distill_opts = dict(max_length=48, batch_size=32, lr=1e-4, warmup_steps=10, epochs=2, eval_batch_size=256)
+        rerank_steps = 60 if rerank_steps is None else rerank_steps
+        max_queries = 100 if max_queries is None else max_queries
+    else:
+        print(f"[1/4] bitext {bitext} (en-{lang})", file=file)
+        distill_opts = {}
+        rerank_steps = 400 if rerank_steps is None else rerank_steps
+        max_queries = 250 if max_queries is None else max_queries
+    if student is None:
+        d_out = os.path.join(out_dir, "distill")
+        print(f"[2/4] OT distillation of the MiniLM student -> {d_out}", file=file)
+        res = distill(DistillConfig(bitext=bitext, lang=lang, output_dir=d_out, seed=seed, device=device,
+                                    teacher=model, overwrite=overwrite, progress=progress, **distill_opts))
+        summary["distill"] = {"before": res.get("before"), "after": res.get("after"), "steps": res["steps"]}
+        print("      dense retrieval (full sentences) MRR@10 before -> after: "
+              f"{res['before']['mrr@10']:.3f} -> {res['after']['mrr@10']:.3f}", file=file)
+        student = os.path.join(d_out, "student")
+    else:
+        print(f"[2/4] first stage: the given dense encoder {student} (no distillation)", file=file)
+    if synthetic:
+        from .train.models import load_tokenizer  # noqa: PLC0415
+
+        cfg = RerankConfig(bitext=bitext, lang=lang, model=model)
+        lex_pairs = syn.true_lexicon(seed=seed)
+        induced = build_lexicon(cfg, load_tokenizer(cfg.model))
+        check = syn.lexicon_accuracy(bitext, lang, lex_pairs)
+        summary["lexicon"] = check
+        print(f"[3/4] lexicon induced from the training bitext: {induced.n_keys} keys; against the cipher's true "
+              f"lexicon: precision {check['precision']:.3f}, recall {check['recall']:.3f}", file=file)
+    else:
+        print("[3/4] lexicon: induced from the training bitext (Dice, top-1)", file=file)
+    print(f"[4/4] rerankers p=0 and p=0.5 ({rerank_steps} steps each), reranking the top {depth}", file=file)
+    opts = dict(max_length=48, warmup_steps=10, lr=1e-4) if synthetic else {}
+    comp = compare_switching(bitext, lang, os.path.join(out_dir, "compare"), first_stage_model=student,
+                             max_queries=max_queries, depth=depth, device=device, progress=progress, file=file,
+                             max_steps=rerank_steps, seed=seed, model=model, overwrite=overwrite, **opts)
+    summary["compare"] = {k: comp[k] for k in ("queries", "documents", "depth", "first_stage", "table")}
+    summary["seconds"] = time.perf_counter() - t0
+    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2, default=str)
+    label = "SYNTHETIC sample (cipher language, not real data)" if synthetic else f"{bitext} en-{lang}, dev split"
+    print(f"\nfastot demo on {label}: {summary['seconds'] / 60:.1f} min; results in {out_dir}", file=file)
+    return summary
+
+
+# --- the sweep ------------------------------------------------------------------------------------------------
+
+def _ranks(x):
+    import numpy as np  # noqa: PLC0415
+
+    x = np.asarray(x, dtype=float)
+    order = x.argsort(kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):  # ties share their mean rank
+        r[x == v] = r[x == v].mean()
+    return r
+
+
+def _pearson(x, y) -> float:
+    import numpy as np  # noqa: PLC0415
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:  # a constant side: undefined
+        return float("nan")
+    dx, dy = x - x.mean(), y - y.mean()
+    return float((dx * dy).sum() / np.sqrt((dx * dx).sum() * (dy * dy).sum()))
+
+
+def correlation(x, y, *, method: str = "spearman", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Pearson or Spearman correlation of ``x`` and ``y`` with a percentile bootstrap confidence interval
+    (pairs resampled with replacement; resamples where a side is constant are left out and counted)."""
+    import numpy as np  # noqa: PLC0415
+
+    if method not in ("spearman", "pearson"):
+        raise ValueError(f"method: expected 'spearman' or 'pearson', got {method!r}")
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x, y: expected two 1-d sequences of one length, got {x.shape} and {y.shape}")
+
+    def corr(a, b):
+        return _pearson(_ranks(a), _ranks(b)) if method == "spearman" else _pearson(a, b)
+
+    r = corr(x, y) if len(x) >= 2 else float("nan")
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(x), len(x))
+        v = corr(x[i], y[i]) if len(x) >= 2 else float("nan")
+        if not np.isnan(v):
+            boots.append(v)
+    lo, hi = ((float(np.quantile(boots, (1 - level) / 2)), float(np.quantile(boots, 1 - (1 - level) / 2)))
+              if boots else (float("nan"), float("nan")))
+    return {"r": r, "ci_low": lo, "ci_high": hi, "n": int(len(x)), "boot_used": len(boots)}
+
+
+def _parse_eval_set(spec: str, default_bitext: str | None) -> tuple[str, str, str]:
+    name, sep, rest = spec.partition("=")
+    if not sep or not name.strip() or not rest.strip():
+        raise ValueError(f"eval_sets: expected 'name=path:split' or 'name=split' entries, got {spec!r}")
+    path, colon, split = rest.rpartition(":")
+    if not colon:
+        path, split = default_bitext, rest
+    if not path:
+        raise ValueError(f"eval_sets: {spec!r} names no bitext and there is no default bitext")
+    return name.strip(), path, split.strip()
+
+
+SYNTHETIC_SWEEP = dict(train_domains=("train-politics", "train-politics,train-sports"),
+                       eval_sets=("politics=dev-politics", "sports=dev-sports", "health=dev-health"))
+
+
+def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "runs/sweep", *,
+          ps: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seeds: Sequence[int] = (0, 1),
+          train_domains: Sequence[str] | None = None, eval_sets: Sequence[str] | None = None,
+          reference: str | None = None, first_stage_model="bm25", depth: int = 60, max_queries: int = 20,
+          max_documents: int | None = 60, steps: int = 50, metrics: Sequence[str] = RERANK_METRICS,
+          n_boot: int = 1000, keep_models: bool = False, overwrite: bool = False, device=None,
+          progress: bool = True, file=None,
+          **rerank_options) -> dict:
+    """Code-switching frequency x seeds x training domains: train a reranker per cell, evaluate it on every
+    evaluation set, and relate p to the drop from the in-domain set to each shifted one.
+
+    Args:
+        bitext, lang: the bitext folder; default: the built-in SYNTHETIC sample (four topic domains), written
+            to ``out_dir/data``, with ``train_domains`` politics and politics+sports and evaluation sets
+            politics (in-domain), sports and health.
+        ps, seeds: the grid (a seed fixes the reranker's head, data order and switching stream).
+        train_domains: one entry per training setting: split(s) of ``bitext`` whose English side makes the
+            training pairs, comma-separated to join several domains.
+        eval_sets: ``"name=split"`` (a split of ``bitext``) or ``"name=path:split"`` entries.
+        reference: the in-domain evaluation set the drops are measured from (default: the first).
+        depth, max_queries, max_documents: per evaluation set: queries, the documents (first n of the split)
+            and the first-stage candidates reranked.
+        steps: optimizer steps per reranker; ``rerank_options``: other :class:`RerankConfig` fields.
+        keep_models: keep every reranker (default: only its log and metrics, to save disk).
+        overwrite: delete an earlier sweep's results in ``out_dir`` first; without it, a sweep with the same
+            settings skips its finished cells and one with other settings (``sweep.json``) is refused.
+
+    Writes ``sweep.csv`` (one row per cell and evaluation set: metrics and drops), ``correlations.csv``,
+    ``table.md`` and ``sweep.png`` to ``out_dir``; a cell already in ``sweep.csv`` is not trained again.
+    """
+    file = sys.stdout if file is None else file
+    import csv  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    from .train.models import load_cross_encoder, load_tokenizer  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    ps = [float(p) for p in ps]
+    if not ps or any(not 0 <= p <= 1 for p in ps):
+        raise ValueError(f"ps: expected probabilities in [0, 1], got {ps}")
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds: expected integers >= 0, got {list(seeds)}")
+    synthetic = bitext is None
+    if synthetic:
+        from . import synthetic as syn  # noqa: PLC0415
+
+        bitext, lang = os.path.join(out_dir, "data"), syn.LANG
+        train_domains = train_domains or SYNTHETIC_SWEEP["train_domains"]
+        eval_sets = eval_sets or SYNTHETIC_SWEEP["eval_sets"]
+        rerank_options = {"max_length": 48, "warmup_steps": 5, "lr": 1e-4, "batch_size": 4, **rerank_options}
+        print(f"sweep on the built-in SYNTHETIC sample (cipher language '{lang}', not real data) in {bitext}",
+              file=file)
+    if lang is None or not train_domains or not eval_sets:
+        raise ValueError("sweep: with a bitext give lang, train_domains and eval_sets")
+    specs = [_parse_eval_set(s, bitext) for s in eval_sets]
+    names = [n for n, _, _ in specs]
+    for n, path, _ in specs:
+        if os.path.isfile(path) and os.path.abspath(path) == os.path.abspath(bitext):
+            raise ValueError(f"eval_sets: {n!r} reads the training TSV {path!r}, which has no splits: the evaluation "
+                             "would use the training pairs; give a held-out folder or file")
+    if len(set(names)) != len(names):
+        raise ValueError(f"eval_sets: names must be distinct, got {names}")
+    reference = reference or names[0]
+    if reference not in names:
+        raise ValueError(f"reference: {reference!r} is not one of the evaluation sets {names}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    base = RerankConfig(bitext=bitext, lang=lang, device=str(dev), progress=False, save_every=0,
+                        max_steps=steps, **rerank_options)
+    dataclasses.replace(base, bitext=None).check(need_examples=False, need_lexicon=False)  # paths come later
+    if synthetic:  # only now that the arguments are checked
+        os.makedirs(out_dir, exist_ok=True)
+        syn.write_sample(bitext, seed=0)
+    base.check()
+    os.makedirs(out_dir, exist_ok=True)
+    tok = load_tokenizer(base.model)
+    lexicon = build_lexicon(base, tok)
+    sets, cands = {}, {}
+    for name, path, split in specs:
+        sets[name] = bitext_eval_set(path, lang, split, name=name, max_queries=max_queries,
+                                     max_documents=max_documents)
+        cands[name] = first_stage(first_stage_model, sets[name].queries, sets[name].documents, depth, device=dev)
+    print(f"lexicon: {lexicon.n_keys} keys; evaluation sets: "
+          + ", ".join(f"{n} ({len(s.queries)} queries, {len(s.documents)} docs)" for n, s in sets.items())
+          + f"; reference (in-domain): {reference}", file=file)
+
+    csv_path = os.path.join(out_dir, "sweep.csv")
+    settings = json.loads(json.dumps({
+        "bitext": bitext, "lang": lang, "eval_sets": specs, "reference": reference, "first_stage": str(first_stage_model),
+        "depth": depth, "max_queries": max_queries, "max_documents": max_documents, "metrics": list(metrics),
+        "rerank": {k: v for k, v in dataclasses.asdict(base).items() if k not in ("device", "progress", "output_dir")},
+    }, default=list))
+    settings_path = os.path.join(out_dir, "sweep.json")
+    if overwrite:
+        for name in ("sweep.csv", "sweep.json", "correlations.csv", "table.md", "sweep.png"):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+    if os.path.exists(settings_path):
+        with open(settings_path, encoding="utf-8") as fh:
+            prev = json.load(fh)
+        changed = sorted(k for k in set(prev) | set(settings) if prev.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(f"out_dir: {out_dir!r} holds a sweep with other settings ({', '.join(changed)}); its "
+                             "finished cells would be mixed in: pass overwrite=True (--overwrite) or another folder")
+    with open(settings_path, "w", encoding="utf-8") as fh:
+        json.dump(settings, fh, indent=2)
+    fields = ["train_domains", "p", "seed", "eval_set", *metrics, *(f"drop_{m}" for m in metrics),
+              "switched_ratio", "steps", "train_s"]
+    rows: list[dict] = []
+    if os.path.exists(csv_path):  # resume: keep finished cells
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("eval_set") in names]
+    done = {(r["train_domains"], float(r["p"]), int(r["seed"])) for r in rows}
+    cells = [(td, p, s) for td in train_domains for p in ps for s in seeds]
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    bar = tqdm(cells, desc="sweep", unit="model", disable=not progress)
+    for td, p, seed in bar:
+        if (td, p, seed) in done:
+            continue
+        bar.set_postfix(train=td, p=p, seed=seed, refresh=True)
+        run_dir = os.path.join(out_dir, "runs", f"{td.replace(',', '+')}-p{_fmt_p(p)}-s{seed}")
+        model = load_cross_encoder(base.model, seed=seed)
+        t1 = time.perf_counter()
+        res = train_reranker(base, reranker=model, tokenizer=tok, lexicon=lexicon, output_dir=run_dir, p=p,
+                             seed=seed, train_split=td, overwrite=True)
+        t_train = time.perf_counter() - t1
+        per_set = {n: evaluate_reranking(model, tok, sets[n], cands[n], metrics=metrics, device=dev)["reranked"]
+                   for n in names}
+        for n in names:
+            row = {"train_domains": td, "p": p, "seed": seed, "eval_set": n, **per_set[n],
+                   **{f"drop_{m}": per_set[reference][m] - per_set[n][m] for m in metrics},
+                   "switched_ratio": res["switched_ratio"], "steps": res["steps"], "train_s": round(t_train, 1)}
+            rows.append(row)
+        with open(csv_path, "w", newline="", encoding="utf-8") as fh:  # after every cell: nothing lost
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        if not keep_models:
+            for sub in ("reranker", *(d for d in os.listdir(run_dir) if d.startswith("checkpoint-"))):
+                shutil.rmtree(os.path.join(run_dir, sub), ignore_errors=True)
+    bar.close()
+    return summarise_sweep(csv_path, out_dir, reference=reference, metrics=metrics, n_boot=n_boot,
+                           synthetic=synthetic, seconds=time.perf_counter() - t0, file=file)
+
+
+def summarise_sweep(csv_path: str, out_dir: str, *, reference: str, metrics: Sequence[str] = RERANK_METRICS,
+                    n_boot: int = 1000, synthetic: bool = False, seconds: float | None = None,
+                    file=None) -> dict:
+    """From ``sweep.csv``: the printed/markdown table (mean over seeds), correlations.csv and sweep.png."""
+    file = sys.stdout if file is None else file
+    import csv  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    tds = list(dict.fromkeys(r["train_domains"] for r in rows))
+    sets = list(dict.fromkeys(r["eval_set"] for r in rows))
+    ps = sorted({float(r["p"]) for r in rows})
+
+    def vals(td, n, p, key):
+        return [float(r[key]) for r in rows if r["train_domains"] == td and r["eval_set"] == n and float(r["p"]) == p]
+
+    parts = []
+    for m in metrics:
+        header = ["training domains", "p", *sets, *(f"drop → {n}" for n in sets if n != reference)]
+        body = []
+        for td in tds:
+            for p in ps:
+                body.append([td, _fmt_p(p), *(float(np.mean(vals(td, n, p, m))) for n in sets),
+                             *(float(np.mean(vals(td, n, p, f"drop_{m}"))) for n in sets if n != reference)])
+        parts.append(f"**{m}** (mean over seeds; drop = {reference} − set)\n\n" + markdown_table(header, body))
+    corr_rows = []
+    for td in tds:
+        for n in sets:
+            if n == reference:
+                continue
+            for m in metrics:
+                cell = [r for r in rows if r["train_domains"] == td and r["eval_set"] == n]
+                x = [float(r["p"]) for r in cell]
+                y = [float(r[f"drop_{m}"]) for r in cell]
+                s = correlation(x, y, method="spearman", n_boot=n_boot)
+                pe = correlation(x, y, method="pearson", n_boot=n_boot)
+                corr_rows.append({"train_domains": td, "shifted_set": n, "metric": m, "n": s["n"],
+                                  "bootstrap_used": s["boot_used"],
+                                  "spearman": s["r"], "spearman_ci_low": s["ci_low"], "spearman_ci_high": s["ci_high"],
+                                  "pearson": pe["r"], "pearson_ci_low": pe["ci_low"], "pearson_ci_high": pe["ci_high"]})
+    with open(os.path.join(out_dir, "correlations.csv"), "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(corr_rows[0]) if corr_rows else ["train_domains"])
+        w.writeheader()
+        w.writerows(corr_rows)
+
+    def ci(r, lo, hi):
+        return f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not np.isnan(r) else "n/a (constant)"
+
+    corr_table = markdown_table(["training domains", "shifted set", "metric", "cells", "resamples used",
+                                 "Spearman [95% CI]", "Pearson [95% CI]"],
+                                [[c["train_domains"], c["shifted_set"], c["metric"], c["n"], c["bootstrap_used"],
+                                  ci(c["spearman"], c["spearman_ci_low"], c["spearman_ci_high"]),
+                                  ci(c["pearson"], c["pearson_ci_low"], c["pearson_ci_high"])] for c in corr_rows])
+    title = ("SYNTHETIC sample (cipher language, not real data)" if synthetic else "sweep")
+    text = (f"# Code-switching frequency sweep: {title}\n\n" + "\n\n".join(parts)
+            + f"\n\n**Correlation of p with the drop** ({n_boot} bootstrap resamples of the (p, seed) cells)\n\n"
+            + corr_table + "\n")
+    with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as fh:
+        fh.write(text)
+    plot = _plot_sweep(rows, tds, sets, ps, metrics, os.path.join(out_dir, "sweep.png"), title)
+    print("\n" + text, file=file)
+    tail = f" in {seconds / 60:.1f} min" if seconds is not None else ""
+    print(f"sweep: {len(rows)} rows{tail}; {csv_path}, {os.path.join(out_dir, 'correlations.csv')}, "
+          f"{os.path.join(out_dir, 'table.md')}, {plot}", file=file)
+    return {"rows": len(rows), "csv": csv_path, "table": text, "plot": plot, "correlations": corr_rows,
+            "seconds": seconds}
+
+
+def _plot_sweep(rows, tds, sets, ps, metrics, path, title) -> str:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    fig, axes = plt.subplots(len(tds), len(metrics), figsize=(3.6 * len(metrics), 3.0 * len(tds)), squeeze=False)
+    for i, td in enumerate(tds):
+        for j, m in enumerate(metrics):
+            ax = axes[i][j]
+            for n in sets:
+                ys = [[float(r[m]) for r in rows if r["train_domains"] == td and r["eval_set"] == n
+                       and float(r["p"]) == p] for p in ps]
+                mean = [np.mean(y) if y else np.nan for y in ys]
+                lo = [mean[k] - min(y) if y else 0 for k, y in enumerate(ys)]
+                hi = [max(y) - mean[k] if y else 0 for k, y in enumerate(ys)]
+                ax.errorbar(ps, mean, yerr=[lo, hi], marker="o", capsize=3, label=n)
+            ax.set_title(f"{m} | train: {td}", fontsize=9)
+            ax.set_xlabel("code-switching probability p")
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(title="evaluation set", fontsize=8)
+    fig.suptitle(f"{title}: metric vs p (mean, min-max over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p_sw.add_argument("--max-queries", type=int, default=20, help="queries per evaluation set (default 20)")
     p_sw.add_argument("--max-documents", type=_optional(int), default=60,
                       help="documents per evaluation set, the first n of the split; 'none' for all (default 60)")
-    p_sw.add_argument("--steps", type=int, default=50, help="optimizer steps per reranker (default 50)")
+    p_sw.add_argument("--steps", type=int, default=40, help="optimizer steps per reranker (default 40)")
     p_sw.add_argument("--model", default="minilm", help="reranker initialisation: minilm (default), tiny or a folder")
     p_sw.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p_sw.add_argument("--keep-models", action="store_true", help="keep every trained reranker (disk)")

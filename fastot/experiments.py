@@ -162,7 +162,9 @@ def demo(bitext: str | None = None, lang: str | None = None, out_dir: str = "run
     else:
         print("[3/4] lexicon: induced from the training bitext (Dice, top-1)", file=file)
     print(f"[4/4] rerankers p=0 and p=0.5 ({rerank_steps} steps each), reranking the top {depth}", file=file)
-    opts = dict(max_length=48, warmup_steps=10, lr=1e-4) if synthetic else {}
+    # synthetic: random negatives, which a few dozen CPU steps can learn from (BM25 negatives of template
+    # sentences need far more)
+    opts = dict(max_length=48, warmup_steps=10, lr=1e-4, negatives="random") if synthetic else {}
     comp = compare_switching(bitext, lang, os.path.join(out_dir, "compare"), first_stage_model=student,
                              max_queries=max_queries, depth=depth, device=device, progress=progress, file=file,
                              max_steps=rerank_steps, seed=seed, model=model, overwrite=overwrite, **opts)
@@ -246,7 +248,7 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
           ps: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seeds: Sequence[int] = (0, 1),
           train_domains: Sequence[str] | None = None, eval_sets: Sequence[str] | None = None,
           reference: str | None = None, first_stage_model="bm25", depth: int = 60, max_queries: int = 20,
-          max_documents: int | None = 60, steps: int = 50, metrics: Sequence[str] = RERANK_METRICS,
+          max_documents: int | None = 60, steps: int = 40, metrics: Sequence[str] = RERANK_METRICS,
           n_boot: int = 1000, keep_models: bool = False, overwrite: bool = False, device=None,
           progress: bool = True, file=None,
           **rerank_options) -> dict:
@@ -291,7 +293,9 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
         bitext, lang = os.path.join(out_dir, "data"), syn.LANG
         train_domains = train_domains or SYNTHETIC_SWEEP["train_domains"]
         eval_sets = eval_sets or SYNTHETIC_SWEEP["eval_sets"]
-        rerank_options = {"max_length": 48, "warmup_steps": 5, "lr": 1e-4, "batch_size": 4, **rerank_options}
+        # random negatives: with a few dozen CPU steps, BM25 negatives of template sentences teach nothing yet
+        rerank_options = {"max_length": 48, "warmup_steps": 5, "lr": 1e-4, "batch_size": 6, "negatives": "random",
+                          **rerank_options}
         print(f"sweep on the built-in SYNTHETIC sample (cipher language '{lang}', not real data) in {bitext}",
               file=file)
     if lang is None or not train_domains or not eval_sets:

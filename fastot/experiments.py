@@ -32,13 +32,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def compare_switching(bitext: str, lang: str, out_dir: str, *, first_stage_model="bm25", ps: Sequence[float] = (0.0, 0.5),
                       eval_split: str = "dev", max_queries: int | None = 250, depth: int = 100,
-                      eval_batch_size: int = 64, eval_max_length: int = 128, device=None, progress: bool = True,
-                      file=None, **rerank_options) -> dict:
+                      eval_batch_size: int = 64, eval_max_length: int = 128, lexicon=None, device=None,
+                      progress: bool = True, file=None, **rerank_options) -> dict:
     """Train one reranker per code-switching probability in ``ps`` on the English side of ``bitext``'s
-    training split, with one lexicon induced from it, and rerank the first stage's top ``depth`` for English
+    training split, with one lexicon, and rerank the first stage's top ``depth`` for English
     keyword queries against the target-language documents of ``eval_split``.
 
-    Writes ``out_dir/results.json`` and ``results.md``; returns ``{"table": rows, ...}``. The rerankers live in
+    ``lexicon``: the switch's lexicon (default: induced from ``bitext``'s training split). Writes
+    ``out_dir/results.json`` and ``results.md``; returns ``{"table": rows, ...}``. The rerankers live in
     ``out_dir/rerank-p<p>`` (a finished one is reused: resume).
     """
     file = sys.stdout if file is None else file
@@ -53,8 +54,8 @@ def compare_switching(bitext: str, lang: str, out_dir: str, *, first_stage_model
     os.makedirs(out_dir, exist_ok=True)
     tok = load_tokenizer(base.model)
     t0 = time.perf_counter()
-    lexicon = build_lexicon(base, tok)
-    print(f"lexicon: {lexicon.n_keys} English keys induced from {bitext} ({time.perf_counter() - t0:.0f} s)", file=file)
+    lexicon = lexicon if lexicon is not None else build_lexicon(base, tok)
+    print(f"lexicon: {lexicon.n_keys} English keys from {bitext} ({time.perf_counter() - t0:.0f} s)", file=file)
     es = bitext_eval_set(bitext, lang, eval_split, max_queries=max_queries)
     cov = lexicon.coverage(es.queries, tok)["covered"]
     print(f"evaluation: {len(es.queries)} English keyword queries, {len(es.documents)} {lang} documents "
@@ -149,6 +150,7 @@ def demo(bitext: str | None = None, lang: str | None = None, out_dir: str = "run
         student = os.path.join(d_out, "student")
     else:
         print(f"[2/4] first stage: the given dense encoder {student} (no distillation)", file=file)
+    induced = None
     if synthetic:
         from .train.models import load_tokenizer  # noqa: PLC0415
 
@@ -166,7 +168,8 @@ def demo(bitext: str | None = None, lang: str | None = None, out_dir: str = "run
     # sentences need far more)
     opts = dict(max_length=48, warmup_steps=10, lr=1e-4, negatives="random") if synthetic else {}
     comp = compare_switching(bitext, lang, os.path.join(out_dir, "compare"), first_stage_model=student,
-                             max_queries=max_queries, depth=depth, device=device, progress=progress, file=file,
+                             max_queries=max_queries, depth=depth, lexicon=induced, device=device,
+                             progress=progress, file=file,
                              max_steps=rerank_steps, seed=seed, model=model, overwrite=overwrite, **opts)
     summary["compare"] = {k: comp[k] for k in ("queries", "documents", "depth", "first_stage", "table")}
     summary["seconds"] = time.perf_counter() - t0

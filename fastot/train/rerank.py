@@ -42,7 +42,7 @@ import torch
 from .. import metrics as _metrics
 from ..codeswitch import CodeSwitcher, Lexicon
 from ..collate import CodeSwitchCollator
-from ..lexicons import induce_from_bitext, read_bitext
+from ..lexicons import _check_file, _read_lines, induce_from_bitext, read_bitext
 from ._run import (apply_step, check_common, check_output, finish_run, init_output, latest_checkpoint,
                    load_trainer_state, load_weights, log, partial_accumulation, precision_of, save_checkpoint)
 from .distill import epoch_batches
@@ -206,11 +206,8 @@ def training_examples(cfg: RerankConfig) -> list[TrainingExample]:
     en: list[str] = []
     for split in (s.strip() for s in cfg.train_split.split(",") if s.strip()):
         if os.path.isdir(cfg.bitext):  # only the English side is used
-            path = os.path.join(cfg.bitext, f"{split}.en")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"train_split: no {split}.en in {cfg.bitext!r}")
-            with open(path, encoding="utf-8") as fh:
-                en += [e for e in fh.read().split("\n") if e.strip()]
+            en += [e for e in _read_lines(_check_file(os.path.join(cfg.bitext, f"{split}.en"), "train_split"))
+                   if e.strip()]
         else:
             en += [e for e, _ in zip(*read_bitext(cfg.bitext, cfg.languages[0], split)) if e.strip()]
     return build_training_examples(en, n_negatives=cfg.n_negatives, query_words=tuple(cfg.query_words),

@@ -10,7 +10,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.fastot-installed
 SOURCES := $(shell find csrc -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: all venv demo test bench clean
+.PHONY: all venv demo test bench microbench clean
 
 all: test
 
@@ -38,6 +38,18 @@ test: $(STAMP)
 clean:
 	rm -rf build $(VENV) fastot/_C*.so
 
-bench: $(STAMP)
+# `make bench`: every backend against the peers (POT, geomloss, ott-jax, flash-sinkhorn on GPU), CSV + PNG +
+# bench/RESULTS.md; the peers are installed into the venv first (the `bench` extra).
+BENCH_STAMP := $(VENV)/.fastot-bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -c $(VENV)/constraints.txt --no-build-isolation -e ".[test,bench]"
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.run
+
+# The pytest-benchmark micro-suite: each backend alone, median and IQR per row.
+microbench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest bench -q --benchmark-enable --benchmark-columns=median,iqr,rounds \
 	  --benchmark-group-by=func --benchmark-sort=name

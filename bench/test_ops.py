@@ -1,7 +1,7 @@
 """Microbenchmarks: every available backend side by side on the same inputs, in one run.
 
-Run with `make bench` (pytest-benchmark; median and IQR per row). Timing is never asserted anywhere.
-The full benchmark suite with peers, grids and plots is issue 8.
+Run with `make microbench` (pytest-benchmark; median and IQR per row). Timing is never asserted anywhere.
+The suite against the peers, with grids and plots, is `python -m bench.run` (`make bench`).
 """
 
 import os

@@ -66,3 +66,108 @@ def test_distill_step_benchmark_runs(tmp_path):
         assert float(r["median_ms"]) > 0 and float(r["loss_share_of_step"]) > 0
         assert float(r["loss_abs_diff"]) < 1e-4 and r["torch"] and r["fastot_sha"]
     assert int(rows["loss naive"]["loss_peak_bytes"]) > 0  # the naive loss keeps [B,N,M] tensors per iteration
+
+
+# ------------------------------------------------------------------------------------- python -m bench.run (issue 8)
+
+PEERS = {"POT ot.batch log_sinkhorn", "geomloss tensorized", "ott-jax (jit, vmap)"}
+
+
+def test_bench_run_quick_writes_every_contender_csv_plots_and_markdown(tmp_path):
+    """The one command at tiny size: every section, every contender a row (peers ok or missing with a reason),
+    fastot agrees with the float64 reference, ratios are relative to fastot's best, PNGs and Markdown written,
+    and bench/RESULTS.md is left alone when --out is given."""
+    import fastot  # noqa: PLC0415
+
+    results_md = ROOT / "bench" / "RESULTS.md"
+    before = results_md.read_bytes()
+    res = subprocess.run([sys.executable, "-m", "bench.run", "--preset", "quick", "--iters", "60", "--out",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert results_md.read_bytes() == before
+    (csv_path,) = tmp_path.glob("*-quick.csv")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert {r["section"] for r in rows} == {"sinkhorn", "embeddings", "codeswitch"}
+    assert all(r["fastot_sha"] and r["cpu"] and r["v_torch"] and r["date"] for r in rows)
+    for section in ("sinkhorn", "embeddings"):
+        sel = [r for r in rows if r["section"] == section]
+        names = {r["contender"] for r in sel}
+        assert "torch reference (eager)" in names and (PEERS - {"POT ot.batch log_sinkhorn"}) <= names
+        if section == "sinkhorn":
+            assert PEERS <= names and "torch reference (torch.compile)" in names
+        for r in sel:
+            assert r["status"] in ("ok", "missing", "skipped", "error", "n/a"), r
+            assert r["status"] != "error", r
+            if r["status"] in ("missing", "skipped"):
+                assert r["reason"], r
+        ours = [r for r in sel if r["family"] == "fastot" and r["status"] == "ok"]
+        if "cpp" in fastot.available_backends("sinkhorn"):
+            assert {r["mode"] for r in ours} == {"fwd", "bwd", "fwd+bwd"}
+        for r in ours + [r for r in sel if r["contender"] == "torch reference (eager)"]:
+            assert float(r["median_ms"]) > 0 and float(r["potential_err_vs_fp64"]) < 1e-4, r
+        for mode in ("fwd", "fwd+bwd"):
+            x = [float(r["speedup_of_best_fastot"]) for r in sel if r["mode"] == mode and r["status"] == "ok"
+                 and r["family"] == "fastot"]
+            if x:
+                assert min(x) == 1.0
+    cs = {r["contender"]: r for r in rows if r["section"] == "codeswitch"}
+    assert "text pipeline (published)" in cs and "vectorised PyTorch (fastot torch reference)" in cs
+    for name, r in cs.items():
+        assert float(r["tokens_per_s"]) > 0
+        assert r["equal_to_reference"] == "True" or name.startswith("text"), r
+    assert len(list(tmp_path.glob("*-quick-time.png"))) == 1 and len(list(tmp_path.glob("*-quick-speedup.png"))) == 1
+    md = next(tmp_path.glob("*-quick.md")).read_text()
+    assert "| fastot" in md and "Command: `python -m bench.run --preset quick" in md
+
+
+def test_bench_run_failing_contender_is_a_row_and_budget_skips(monkeypatch):
+    """A contender that raises is an error row (the run goes on); a call predicted over the cap is skipped."""
+    import torch  # noqa: PLC0415
+
+    from bench import peers, run  # noqa: PLC0415
+
+    def boom():
+        raise RuntimeError("no kernel image")
+
+    real = peers.cost_contenders
+
+    def with_broken(C, eps, iters, compile_reference=True):
+        return [peers.Contender("broken peer", "peer", boom, boom, lambda: None)] + real(C, eps, iters, False)
+
+    monkeypatch.setattr(peers, "cost_contenders", with_broken)
+    p = dict(run.PRESETS["quick"], N=[8, 16], iters=5)
+    budget = run.Budget(cap_s=1e-9, budget_s=60)
+    budget.section("sinkhorn", ["sinkhorn"])
+    rows = run.sinkhorn_section(p, torch.device("cpu"), budget, 1, lambda msg: None, False)
+    broken = [r for r in rows if r["contender"] == "broken peer"]
+    assert {r["status"] for r in broken} == {"error"} and "no kernel image" in broken[0]["reason"]
+    small = [r for r in rows if r["N"] == 8 and r["contender"] == "torch reference (eager)"]
+    big = [r for r in rows if r["N"] == 16 and r["contender"] == "torch reference (eager)"]
+    assert {r["status"] for r in small} == {"ok"}  # no rate known yet: it runs
+    assert {r["status"] for r in big} == {"skipped"} and "--cap-s" in big[0]["reason"]
+    assert [r for r in rows if r["contender"] == "torch reference (torch.compile)"][0]["status"] == "missing"
+
+
+def test_bench_run_rejects_bad_arguments_and_writes_nothing(tmp_path):
+    from bench import run  # noqa: PLC0415
+
+    for argv in (["--dtypes", "fp8"], ["--ops", "sinkhorn,matmul"], ["--N", "0"], ["--device", "tpu"]):
+        try:
+            run.main(argv + ["--out", str(tmp_path / "o")])
+        except SystemExit as exc:
+            assert exc.code == 2, argv
+        else:
+            raise AssertionError(f"{argv} was accepted")
+    assert not (tmp_path / "o").exists()
+
+
+def test_results_md_block_is_replaced_in_place(tmp_path):
+    from bench import run  # noqa: PLC0415
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Benchmark results\n\nintro\n\n## Older history\nkept\n")
+    run.update_results_md("first table", str(path))
+    run.update_results_md("second table", str(path))
+    text = path.read_text()
+    assert text.count(run.BEGIN) == 1 and "second table" in text and "first table" not in text
+    assert text.startswith("# Benchmark results\n") and "## Older history\nkept" in text

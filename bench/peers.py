@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import math
+import os
 from typing import Callable
 
 import torch
@@ -50,6 +51,10 @@ class Contender:
     fwd: Callable[[], Pair]
     fwdbwd: Callable[[], Callable[[], None] | None]
     sync: Callable[[], None]
+    timed_fwd: Callable[[], object] | None = None  # what is timed as fwd when it differs from fwd (no conversions)
+    skip_fwdbwd: str | None = None  # why fwd+bwd is not run (e.g. the memory it would need)
+    torch_memory: bool = True  # False: the CUDA allocator does not see its memory (JAX)
+    input_grad: Callable[[], torch.Tensor | None] | None = None  # the gradient fwdbwd left (tests check it)
 
 
 @dataclasses.dataclass
@@ -103,7 +108,8 @@ def fastot_cost(C: torch.Tensor, eps: float, iters: int, backend: str, name: str
         _zero(Cg)
         return fastot.sinkhorn(Cg, eps=eps, max_iter=iters, backend=backend).value.sum().backward
 
-    return Contender(name or f"fastot {backend}", family, fwd, fwdbwd, _sync_for(C.device))
+    return Contender(name or f"fastot {backend}", family, fwd, fwdbwd, _sync_for(C.device),
+                     input_grad=lambda: Cg.grad)
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -174,7 +180,26 @@ def pot_cost(C: torch.Tensor, eps: float, iters: int) -> Contender | Missing:
         _zero(Cg)
         return solve(Cg).value.sum().backward
 
-    return Contender(name, "peer", fwd, fwdbwd, _sync_for(C.device))
+    c = Contender(name, "peer", fwd, fwdbwd, _sync_for(C.device), input_grad=lambda: Cg.grad)
+    # POT's grad="envelope" still records the iterations for autograd (two B x N x M tensors each)
+    need = 2 * iters * B * N * M * max(C.element_size(), 4)
+    if need > 0.5 * _free_bytes(C.device):
+        c.skip_fwdbwd = (f"skipped: POT's envelope gradient records every iteration, about {need / 2**30:.0f} GiB "
+                         f"here, over half the free memory")
+    return c
+
+
+def _free_bytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return float("inf")
 
 
 def geomloss_cost(C: torch.Tensor, eps: float, iters: int) -> Contender | Missing:
@@ -186,13 +211,16 @@ def geomloss_cost(C: torch.Tensor, eps: float, iters: int) -> Contender | Missin
         return Missing(name, "peer", f"not installed ({_why(exc)})")
     B, N, M = C.shape
     Cg = _leaf(C)
+    # geomloss differentiates through its last extrapolation with the reverse cost held constant
+    # (sinkhorn_tensorized: C_yx = cost(y, x.detach())); a contiguous copy, as its users have, made once here
+    C_t = C.transpose(1, 2).contiguous()
 
     def solve(c):
         a_log = torch.full((B, N), math.log(1.0 / N), dtype=c.dtype, device=c.device)
         b_log = torch.full((B, M), math.log(1.0 / M), dtype=c.dtype, device=c.device)
         grad = torch.is_grad_enabled()
         try:
-            _, _, g_ab, f_ba = sinkhorn_loop(softmin_tensorized, a_log, b_log, None, None, c, c.transpose(1, 2),
+            _, _, g_ab, f_ba = sinkhorn_loop(softmin_tensorized, a_log, b_log, None, None, c, C_t,
                                              [eps] * iters, None, debias=False)
         finally:
             torch.autograd.set_grad_enabled(grad)  # sinkhorn_loop switches autograd off and on itself
@@ -206,10 +234,11 @@ def geomloss_cost(C: torch.Tensor, eps: float, iters: int) -> Contender | Missin
         f, g = solve(Cg)
         return (f.mean(1) + g.mean(1)).sum().backward  # the dual value <a, f> + <b, g>, uniform weights
 
-    return Contender(name, "peer", fwd, fwdbwd, _sync_for(C.device))
+    return Contender(name, "peer", fwd, fwdbwd, _sync_for(C.device), input_grad=lambda: Cg.grad)
 
 
 def _jax():
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # else JAX takes 75% of the GPU up front
     import jax  # noqa: PLC0415
 
     jax.config.update("jax_enable_x64", True)  # lets float64 inputs stay float64; float32 stays float32
@@ -230,7 +259,7 @@ def _to_jax(t: torch.Tensor):
 def _from_jax(x, device) -> torch.Tensor:
     import numpy as np  # noqa: PLC0415
 
-    return torch.from_numpy(np.asarray(x, dtype=np.float64)).to(device)
+    return torch.from_numpy(np.array(x, dtype=np.float64)).to(device)  # a writable copy
 
 
 def ott_cost(C: torch.Tensor, eps: float, iters: int) -> Contender | Missing:
@@ -249,7 +278,8 @@ def ott_cost(C: torch.Tensor, eps: float, iters: int) -> Contender | Missing:
             return Missing(name, "peer", f"no JAX GPU backend ({_why(exc)})")
     B, N, M = C.shape
     Cj = _to_jax(C)
-    solver = sinkhorn.Sinkhorn(min_iterations=iters, max_iterations=iters, threshold=0.0, use_danskin=True)
+    solver = sinkhorn.Sinkhorn(min_iterations=iters, max_iterations=iters, inner_iterations=iters,
+                               threshold=0.0, use_danskin=True)  # one block of exactly iters iterations
 
     def one(c):
         out = solver(linear_problem.LinearProblem(geometry.Geometry(cost_matrix=c, epsilon=eps)))
@@ -270,9 +300,8 @@ def ott_cost(C: torch.Tensor, eps: float, iters: int) -> Contender | Missing:
     def fwdbwd():
         jax.block_until_ready(grad(Cj))  # value and gradient in one compiled call: no split
 
-    c = Contender(name, "peer", fwd, fwdbwd, lambda: None)
-    c.timed_fwd = run_fwd  # timing leaves out the conversion back to torch
-    return c
+    # timing leaves out the conversion back to torch; the CUDA allocator does not see JAX's memory
+    return Contender(name, "peer", fwd, fwdbwd, lambda: None, timed_fwd=run_fwd, torch_memory=False)
 
 
 def cost_contenders(C: torch.Tensor, eps: float, iters: int, compile_reference: bool = True
@@ -331,8 +360,8 @@ def _sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def geomloss_embeddings(x, y, eps, iters) -> Contender | Missing:
-    """geomloss's tensorized path on point clouds: it materialises C = |x - y|^2 itself (p=2 gives |x-y|^2 / 2;
-    the factor is folded back so that eps means the same for everyone)."""
+    """geomloss's tensorized path on point clouds: C = |x - y|^2 materialised by its own squared_distances (the
+    full squared distance, the cost every contender of this section solves)."""
     name = "geomloss tensorized"
     try:
         from geomloss._legacy.sinkhorn_divergence import sinkhorn_loop  # noqa: PLC0415
@@ -346,7 +375,7 @@ def geomloss_embeddings(x, y, eps, iters) -> Contender | Missing:
     def solve(x_, y_):
         grad = torch.is_grad_enabled()
         x_, y_ = x_.float(), y_.float()
-        C_xy, C_yx = squared_distances(x_, y_), squared_distances(y_, x_)
+        C_xy, C_yx = squared_distances(x_, y_.detach()), squared_distances(y_, x_.detach())  # as geomloss
         a_log = torch.full((B, N), math.log(1.0 / N), device=x_.device)
         b_log = torch.full((B, M), math.log(1.0 / M), device=x_.device)
         try:
@@ -380,7 +409,8 @@ def ott_embeddings(x, y, eps, iters) -> Contender | Missing:
             return Missing(name, "peer", f"no JAX GPU backend ({_why(exc)})")
     N, M = x.shape[1], y.shape[1]
     xj, yj = _to_jax(x), _to_jax(y)
-    solver = sinkhorn.Sinkhorn(min_iterations=iters, max_iterations=iters, threshold=0.0, use_danskin=True)
+    solver = sinkhorn.Sinkhorn(min_iterations=iters, max_iterations=iters, inner_iterations=iters,
+                               threshold=0.0, use_danskin=True)  # one block of exactly iters iterations
 
     def one(xx, yy):
         geom = pointcloud.PointCloud(xx, yy, cost_fn=costs.SqEuclidean(), epsilon=eps)
@@ -397,15 +427,14 @@ def ott_embeddings(x, y, eps, iters) -> Contender | Missing:
     def fwdbwd():
         jax.block_until_ready(grad(xj, yj))  # value and gradient in one compiled call: no split
 
-    c = Contender(name, "peer", fwd, fwdbwd, lambda: None)
-    c.timed_fwd = lambda: jax.block_until_ready(batched(xj, yj))
-    return c
+    return Contender(name, "peer", fwd, fwdbwd, lambda: None,
+                     timed_fwd=lambda: jax.block_until_ready(batched(xj, yj)), torch_memory=False)
 
 
 def flash_sinkhorn_embeddings(x, y, eps, iters) -> Contender | Missing:
     """flash-sinkhorn's alternating solver at a fixed eps for a fixed number of iterations, on the full cost
     |x - y|^2 (half_cost=False), no debiasing; batched inputs are solved one problem after another in Python."""
-    name = "flash-sinkhorn (alternating)"
+    name = "flash-sinkhorn (alternating, its default tf32 dots)"
     if x.device.type != "cuda":
         return Missing(name, "peer", "GPU only (CUDA Triton kernels)")
     try:

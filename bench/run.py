@@ -22,7 +22,7 @@ Modes: ``fwd`` (solve), ``fwd+bwd`` (solve, then the gradient of the OT value wi
 compiled call). Timing: each cell's contenders run in interleaved
 rounds (every contender once per round, in turn), so load on a shared machine hits them alike; medians with the
 20-80% spread; on CUDA each call is synchronised. Peak memory: on CUDA the allocator's peak above what was
-allocated before the call (JAX: its device's peak); on CPU the growth of the process's peak resident set
+allocated before the call (not measured for JAX, whose memory torch's allocator does not see); on CPU the growth of the process's peak resident set
 during one call (``VmHWM`` after a reset through ``/proc/self/clear_refs``; allocator caching makes it coarse).
 Accuracy: max |f - f64| and |g - g64| of the potentials against the float64 torch reference with the same
 iterations, after fixing the additive gauge (f + c, g - c) so that mean(f) = mean(g); the reference is converged
@@ -145,9 +145,13 @@ class PeakMemory:
                     return int(line.split()[1]) * 1024
         return 0
 
-    def measure(self, fn) -> float:
-        """MiB above the level before the call; nan where it cannot be read."""
+    def measure(self, fn, torch_memory: bool = True) -> float:
+        """MiB above the level before the call; nan where it cannot be read (on CUDA: memory that the torch
+        allocator does not own, such as JAX's)."""
         gc.collect()
+        if self.device.type == "cuda" and not torch_memory:
+            fn()
+            return float("nan")
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
@@ -202,8 +206,12 @@ class Budget:
         share = self.SHARES[name] / sum(self.SHARES[s] for s in remaining)
         self.deadline = time.perf_counter() + max(left, 0.0) * share
 
-    def skip_reason(self, key: tuple, work: float) -> str | None:
-        if time.perf_counter() > self.deadline:
+    def late(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def skip_reason(self, key: tuple, work: float, late: bool) -> str | None:
+        """late: whether the cell began after the deadline (checked once per cell, so that a cell is timed whole)."""
+        if late:
             return "skipped: this section's share of the time budget (--budget-s) was spent"
         rate = self.rate.get(key)
         if rate is not None and rate * work > self.cap_s:
@@ -237,6 +245,7 @@ def run_cell(section: str, cell: dict, make_contenders, budget: Budget, rounds: 
     cands, ref, ref_err = make_contenders()
     rows, live = [], []
     mem = PeakMemory(device)
+    late = budget.late()
     for c in cands:
         if isinstance(c, peers.Missing):
             for mode in ("fwd", "fwd+bwd"):
@@ -244,8 +253,10 @@ def run_cell(section: str, cell: dict, make_contenders, budget: Budget, rounds: 
                              "reason": c.reason})
             continue
         state = {"c": c, "times": {}, "bwd": [], "err": float("nan"), "peak": {}, "modes": []}
-        for mode, fn in (("fwd", getattr(c, "timed_fwd", None) or c.fwd), ("fwd+bwd", c.fwdbwd)):
-            why = budget.skip_reason((section, c.name, mode), work)
+        for mode, fn in (("fwd", c.timed_fwd or c.fwd), ("fwd+bwd", c.fwdbwd)):
+            why = budget.skip_reason((section, c.name, mode), work, late)
+            if mode == "fwd+bwd" and c.skip_fwdbwd:
+                why = c.skip_fwdbwd
             if why:
                 rows.append({**base, "contender": c.name, "family": c.family, "mode": mode, "status": "skipped",
                              "reason": why})
@@ -257,7 +268,7 @@ def run_cell(section: str, cell: dict, make_contenders, budget: Budget, rounds: 
                 else:
                     _timed(mode, fn, c.sync)
                 first = time.perf_counter() - t0
-                state["peak"][mode] = mem.measure(lambda mode=mode, fn=fn: _timed(mode, fn, c.sync))
+                state["peak"][mode] = mem.measure(lambda mode=mode, fn=fn: _timed(mode, fn, c.sync), c.torch_memory)
                 budget.learn((section, c.name, mode), first / 3, work)  # a warm call: well under the first
             except Exception as exc:  # noqa: BLE001 - a contender that fails is a row, not the end of the run
                 rows.append({**base, "contender": c.name, "family": c.family, "mode": mode, "status": "error",
@@ -289,7 +300,7 @@ def run_cell(section: str, cell: dict, make_contenders, budget: Budget, rounds: 
             med, p20, p80 = spread(st["bwd"])
             rows.append({**base, "contender": c.name, "family": c.family, "mode": "bwd", "status": "ok",
                          "median_ms": 1e3 * med, "p20_ms": 1e3 * p20, "p80_ms": 1e3 * p80, "runs": len(st["bwd"]),
-                         "reason": "the backward half of the fwd+bwd calls", "work_per_s": work / med,
+                         "reason": "the backward half of the fwd+bwd calls",
                          "potential_err_vs_fp64": st["err"], "reference_marginal_err": ref_err})
         elif "fwd+bwd" in st["times"]:
             rows.append({**base, "contender": c.name, "family": c.family, "mode": "bwd", "status": "n/a",
@@ -406,8 +417,9 @@ def codeswitch_section(p: dict, device, budget: Budget, rounds: int, progress) -
     progress(f"codeswitch {n} pairs ({source}), {n_tokens} input tokens")
     ref_out = cands["vectorised PyTorch (fastot torch reference)"][1]()
     times, rows, equal = {}, [], {}
+    late = budget.late()
     for name, (fam, fn) in cands.items():
-        why = budget.skip_reason(("codeswitch", name, "fwd"), n_tokens)
+        why = budget.skip_reason(("codeswitch", name, "fwd"), n_tokens, late)
         if why:
             rows.append({**cell, "contender": name, "family": fam, "mode": "fwd", "status": "skipped", "reason": why})
             continue
@@ -625,17 +637,25 @@ def main(argv=None) -> int:
     for key in ("B", "N", "d", "iters", "rounds", "pairs"):
         if getattr(args, key) is not None:
             p[key] = getattr(args, key)
-    if args.dtypes:
+    if args.dtypes is not None:
         p["dtypes"] = [d for d in args.dtypes.split(",") if d]
         bad = [d for d in p["dtypes"] if d not in DTYPES]
-        if bad:
-            ap.error(f"--dtypes: unknown {bad}; choose from {sorted(DTYPES)}")
+        if bad or not p["dtypes"]:
+            ap.error(f"--dtypes: unknown {bad or args.dtypes!r}; choose from {sorted(DTYPES)}")
     ops = [o for o in args.ops.split(",") if o]
     unknown = [o for o in ops if o not in ("sinkhorn", "embeddings", "codeswitch")]
-    if unknown:
-        ap.error(f"--ops: unknown {unknown}; choose from sinkhorn, embeddings, codeswitch")
-    if any(v <= 0 for key in ("B", "N", "d") for v in p[key]) or p["iters"] <= 0 or p["rounds"] <= 0:
-        ap.error("--B, --N, --d, --iters and --rounds must be positive")
+    if unknown or not ops:
+        ap.error(f"--ops: unknown {unknown or args.ops!r}; choose from sinkhorn, embeddings, codeswitch")
+    for key in ("B", "N", "d"):
+        if not p[key] or any(v <= 0 for v in p[key]):
+            ap.error(f"--{key}: a comma-separated list of positive integers, got {p[key]}")
+    for key in ("iters", "rounds", "pairs"):
+        if p[key] <= 0:
+            ap.error(f"--{key}: must be a positive integer, got {p[key]}")
+    for key in ("cap_s", "budget_s"):
+        v = getattr(args, key)
+        if v is not None and not v > 0:  # also rejects nan
+            ap.error(f"--{key.replace('_', '-')}: must be a positive number of seconds, got {v}")
     out_dir = os.path.abspath(args.out or RESULTS)
     os.makedirs(out_dir, exist_ok=True)
     cap = args.cap_s if args.cap_s is not None else p["cap_s"]

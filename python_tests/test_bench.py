@@ -1,9 +1,13 @@
 """The benchmark commands run (tiny sizes). No timing is asserted anywhere in the suite."""
 
+import contextlib
 import csv
+import io
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,8 +85,9 @@ def test_bench_run_quick_writes_every_contender_csv_plots_and_markdown(tmp_path)
 
     results_md = ROOT / "bench" / "RESULTS.md"
     before = results_md.read_bytes()
-    res = subprocess.run([sys.executable, "-m", "bench.run", "--preset", "quick", "--iters", "60", "--out",
-                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    res = subprocess.run([sys.executable, "-m", "bench.run", "--preset", "quick", "--iters", "60", "--budget-s", "1e9",
+                          "--cap-s", "1e9", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert results_md.read_bytes() == before
     (csv_path,) = tmp_path.glob("*-quick.csv")
@@ -129,14 +134,14 @@ def test_bench_run_failing_contender_is_a_row_and_budget_skips(monkeypatch):
     def boom():
         raise RuntimeError("no kernel image")
 
-    real = peers.cost_contenders
-
     def with_broken(C, eps, iters, compile_reference=True):
-        return [peers.Contender("broken peer", "peer", boom, boom, lambda: None)] + real(C, eps, iters, False)
+        return [peers.Contender("broken peer", "peer", boom, boom, lambda: None),
+                peers.fastot_cost(C, eps, iters, "torch", "torch reference (eager)", "reference"),
+                peers.Missing("torch reference (torch.compile)", "reference", "left out")]
 
     monkeypatch.setattr(peers, "cost_contenders", with_broken)
     p = dict(run.PRESETS["quick"], N=[8, 16], iters=5)
-    budget = run.Budget(cap_s=1e-9, budget_s=60)
+    budget = run.Budget(cap_s=1e-9, budget_s=float("inf"))
     budget.section("sinkhorn", ["sinkhorn"])
     rows = run.sinkhorn_section(p, torch.device("cpu"), budget, 1, lambda msg: None, False)
     broken = [r for r in rows if r["contender"] == "broken peer"]
@@ -151,14 +156,66 @@ def test_bench_run_failing_contender_is_a_row_and_budget_skips(monkeypatch):
 def test_bench_run_rejects_bad_arguments_and_writes_nothing(tmp_path):
     from bench import run  # noqa: PLC0415
 
-    for argv in (["--dtypes", "fp8"], ["--ops", "sinkhorn,matmul"], ["--N", "0"], ["--device", "tpu"]):
+    cases = [(["--dtypes", "fp8"], "--dtypes"), (["--ops", "sinkhorn,matmul"], "--ops"), (["--ops", ","], "--ops"),
+             (["--N", "0"], "--N"), (["--B", ","], "--B"), (["--device", "tpu"], "--device"),
+             (["--pairs", "0"], "--pairs"), (["--budget-s", "nan"], "--budget-s"), (["--cap-s", "-1"], "--cap-s")]
+    for argv, name in cases:
+        err = io.StringIO()
         try:
-            run.main(argv + ["--out", str(tmp_path / "o")])
+            with contextlib.redirect_stderr(err):
+                run.main(argv + ["--out", str(tmp_path / "o")])
         except SystemExit as exc:
             assert exc.code == 2, argv
         else:
             raise AssertionError(f"{argv} was accepted")
+        assert name in err.getvalue(), (argv, err.getvalue())
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("peer", ["pot_cost", "geomloss_cost"])
+def test_bench_peer_gradient_is_the_plan(peer):
+    """A peer's fwd+bwd leaves d value / dC = P* (the plan), like fastot's envelope gradient: a peer that
+    computed a different gradient would be timed doing different work."""
+    import torch  # noqa: PLC0415
+
+    from bench import peers  # noqa: PLC0415
+    from fastot.reference import sinkhorn as ref  # noqa: PLC0415
+
+    pytest.importorskip({"pot_cost": "ot", "geomloss_cost": "geomloss"}[peer])
+    B, N, M, eps = 3, 7, 9, 0.5
+    C = torch.rand(B, N, M, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    c = getattr(peers, peer)(C, eps, 300)
+    backward = c.fwdbwd()
+    if callable(backward):
+        backward()
+    a, b = torch.full((B, N), 1.0 / N, dtype=torch.float64), torch.full((B, M), 1.0 / M, dtype=torch.float64)
+    f, g, _, _ = ref.sinkhorn_fwd(C, a, b, eps, 300)
+    assert torch.allclose(c.input_grad(), ref.sinkhorn_plan(C, a, b, f, g, eps), atol=1e-8)
+    fastot_c = peers.fastot_cost(C, eps, 300, "torch")
+    fastot_c.fwdbwd()()
+    assert torch.allclose(fastot_c.input_grad(), c.input_grad(), atol=1e-8)
+
+
+def test_bench_ott_runs_exactly_the_iterations_asked():
+    """ott-jax checks convergence every inner_iterations: the contender must still run exactly `iters`."""
+    pytest.importorskip("ott")
+    import torch  # noqa: PLC0415
+
+    from bench import peers  # noqa: PLC0415
+    from fastot.reference import sinkhorn as ref  # noqa: PLC0415
+
+    B, N, eps = 2, 6, 0.3
+    C = torch.rand(B, N, N, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    u = torch.full((B, N), 1.0 / N, dtype=torch.float64)
+    for iters in (3, 7):
+        f, g = peers.ott_cost(C, eps, iters).fwd()
+        # ott updates g first: the reference on C^T runs the same alternating updates from zero, so the
+        # potentials agree (up to the gauge) only when the iteration counts do
+        rg, rf, _, _ = ref.sinkhorn_fwd(C.transpose(1, 2), u, u, eps, iters)
+        from bench.run import gauge_fixed  # noqa: PLC0415
+
+        (f1, g1), (f2, g2) = gauge_fixed(f, g), gauge_fixed(rf, rg)
+        assert torch.allclose(f1, f2, atol=1e-6) and torch.allclose(g1, g2, atol=1e-6), iters
 
 
 def test_results_md_block_is_replaced_in_place(tmp_path):

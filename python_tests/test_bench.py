@@ -123,6 +123,13 @@ def test_bench_run_quick_writes_every_contender_csv_plots_and_markdown(tmp_path)
     assert len(list(tmp_path.glob("*-quick-time.png"))) == 1 and len(list(tmp_path.glob("*-quick-speedup.png"))) == 1
     md = next(tmp_path.glob("*-quick.md")).read_text()
     assert "| fastot" in md and "Command: `python -m bench.run --preset quick" in md
+    from bench import run  # noqa: PLC0415
+
+    for png in tmp_path.glob("*.png"):
+        png.unlink()
+    assert run.main(["--replot", str(csv_path)]) == 0  # redraws from the CSV alone, RESULTS.md untouched
+    assert len(list(tmp_path.glob("*.png"))) == 2 and results_md.read_bytes() == before
+    assert next(tmp_path.glob("*-quick.md")).read_text().splitlines()[:12] == md.splitlines()[:12]
 
 
 def test_bench_run_failing_contender_is_a_row_and_budget_skips(monkeypatch):

@@ -262,24 +262,35 @@ def _from_jax(x, device) -> torch.Tensor:
     return torch.from_numpy(np.array(x, dtype=np.float64)).to(device)  # a writable copy
 
 
-def ott_cost(C: torch.Tensor, eps: float, iters: int) -> Contender | Missing:
-    name = "ott-jax (jit, vmap)"
+def _ott(name: str, device: torch.device, iters: int):
+    """(jax, a Sinkhorn solver running exactly ``iters`` iterations, ott's linear_problem module) or Missing."""
     try:
         jax = _jax()
-        from ott.geometry import geometry  # noqa: PLC0415
         from ott.problems.linear import linear_problem  # noqa: PLC0415
         from ott.solvers.linear import sinkhorn  # noqa: PLC0415
     except ImportError as exc:
         return Missing(name, "peer", f"not installed ({_why(exc)})")
-    if C.device.type == "cuda":
+    if device.type == "cuda":
         try:
             jax.devices("gpu")
         except RuntimeError as exc:
             return Missing(name, "peer", f"no JAX GPU backend ({_why(exc)})")
+    # fixpoint_iter runs max_iterations // inner_iterations blocks: one block of exactly iters iterations
+    solver = sinkhorn.Sinkhorn(min_iterations=iters, max_iterations=iters, inner_iterations=iters,
+                               threshold=0.0, use_danskin=True)
+    return jax, solver, linear_problem
+
+
+def ott_cost(C: torch.Tensor, eps: float, iters: int) -> Contender | Missing:
+    name = "ott-jax (jit, vmap)"
+    ott = _ott(name, C.device, iters)
+    if isinstance(ott, Missing):
+        return ott
+    jax, solver, linear_problem = ott
+    from ott.geometry import geometry  # noqa: PLC0415
+
     B, N, M = C.shape
     Cj = _to_jax(C)
-    solver = sinkhorn.Sinkhorn(min_iterations=iters, max_iterations=iters, inner_iterations=iters,
-                               threshold=0.0, use_danskin=True)  # one block of exactly iters iterations
 
     def one(c):
         out = solver(linear_problem.LinearProblem(geometry.Geometry(cost_matrix=c, epsilon=eps)))
@@ -395,22 +406,14 @@ def geomloss_embeddings(x, y, eps, iters) -> Contender | Missing:
 
 def ott_embeddings(x, y, eps, iters) -> Contender | Missing:
     name = "ott-jax (jit, vmap)"
-    try:
-        jax = _jax()
-        from ott.geometry import costs, pointcloud  # noqa: PLC0415
-        from ott.problems.linear import linear_problem  # noqa: PLC0415
-        from ott.solvers.linear import sinkhorn  # noqa: PLC0415
-    except ImportError as exc:
-        return Missing(name, "peer", f"not installed ({_why(exc)})")
-    if x.device.type == "cuda":
-        try:
-            jax.devices("gpu")
-        except RuntimeError as exc:
-            return Missing(name, "peer", f"no JAX GPU backend ({_why(exc)})")
+    ott = _ott(name, x.device, iters)
+    if isinstance(ott, Missing):
+        return ott
+    jax, solver, linear_problem = ott
+    from ott.geometry import costs, pointcloud  # noqa: PLC0415
+
     N, M = x.shape[1], y.shape[1]
     xj, yj = _to_jax(x), _to_jax(y)
-    solver = sinkhorn.Sinkhorn(min_iterations=iters, max_iterations=iters, inner_iterations=iters,
-                               threshold=0.0, use_danskin=True)  # one block of exactly iters iterations
 
     def one(xx, yy):
         geom = pointcloud.PointCloud(xx, yy, cost_fn=costs.SqEuclidean(), epsilon=eps)

@@ -59,6 +59,7 @@ import time
 import torch
 
 from . import peers
+from .sinkhorn_cpu import _cpu_name as cpu_name
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -96,17 +97,6 @@ def git_sha() -> str:
         return (out + ("+dirty" if dirty else "")) if out else "unknown"
     except OSError:
         return "unknown"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_stamp(device: torch.device) -> dict:
@@ -646,7 +636,9 @@ def _cell_ms(r: dict, spread_: bool = True) -> str:
         return f"{r['median_ms']:.3g} [{r['p20_ms']:.3g}–{r['p80_ms']:.3g}]"
     if not st or st == "n/a":
         return "—"
-    return f"{st}: {r.get('reason', '')}".replace("|", "/")
+    reason = r.get("reason", "")
+    text = reason if reason.startswith(st) else f"{st}: {reason}"
+    return text.replace("|", "/")
 
 
 def _x(r: dict) -> str:

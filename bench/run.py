@@ -283,11 +283,17 @@ def run_cell(section: str, cell: dict, make_contenders, budget: Budget, rounds: 
             live.append(state)
     for _ in range(rounds):
         for st in live:
-            for mode, fn in st["modes"]:
+            for mode, fn in list(st["modes"]):
                 time.sleep(SETTLE_S)
-                total, bwd = _timed(mode, fn, st["c"].sync)
+                try:
+                    total, bwd = _timed(mode, fn, st["c"].sync)
+                except Exception as exc:  # noqa: BLE001 - e.g. out of memory in a later round: a row, not the end
+                    st["modes"].remove((mode, fn))
+                    rows.append({**base, "contender": st["c"].name, "family": st["c"].family, "mode": mode,
+                                 "status": "error", "reason": "in a timing round: " + peers._why(exc)})
+                    continue
                 st["times"][mode].append(total)
-                if bwd is not None:
+                if bwd is not None and mode == "fwd+bwd":
                     st["bwd"].append(bwd)
     for st in live:
         c = st["c"]
@@ -299,13 +305,13 @@ def run_cell(section: str, cell: dict, make_contenders, budget: Budget, rounds: 
                          "runs": len(st["times"][mode]), "peak_MiB": st["peak"].get(mode, float("nan")),
                          "potential_err_vs_fp64": st["err"], "reference_marginal_err": ref_err,
                          "work_per_s": work / med})
-        if st["bwd"]:
+        if st["bwd"] and any(m == "fwd+bwd" for m, _ in st["modes"]):
             med, p20, p80 = spread(st["bwd"])
             rows.append({**base, "contender": c.name, "family": c.family, "mode": "bwd", "status": "ok",
                          "median_ms": 1e3 * med, "p20_ms": 1e3 * p20, "p80_ms": 1e3 * p80, "runs": len(st["bwd"]),
                          "reason": "the backward half of the fwd+bwd calls",
                          "potential_err_vs_fp64": st["err"], "reference_marginal_err": ref_err})
-        elif "fwd+bwd" in st["times"]:
+        elif any(m == "fwd+bwd" for m, _ in st["modes"]):
             rows.append({**base, "contender": c.name, "family": c.family, "mode": "bwd", "status": "n/a",
                          "reason": "value and gradient come from one compiled call"})
     bound = exp_bound(device)

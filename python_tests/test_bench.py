@@ -141,8 +141,18 @@ def test_bench_run_failing_contender_is_a_row_and_budget_skips(monkeypatch):
     def boom():
         raise RuntimeError("no kernel image")
 
+    calls = {"n": 0}
+
+    def fails_later():  # succeeds in the warm-up and the memory call, then fails in a timing round
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise MemoryError("out of memory")
+        return torch.zeros(1, 8), torch.zeros(1, 8)
+
     def with_broken(C, eps, iters, compile_reference=True):
+        calls["n"] = 0
         return [peers.Contender("broken peer", "peer", boom, boom, lambda: None),
+                peers.Contender("flaky peer", "peer", fails_later, boom, lambda: None),
                 peers.fastot_cost(C, eps, iters, "torch", "torch reference (eager)", "reference"),
                 peers.Missing("torch reference (torch.compile)", "reference", "left out")]
 
@@ -153,6 +163,8 @@ def test_bench_run_failing_contender_is_a_row_and_budget_skips(monkeypatch):
     rows = run.sinkhorn_section(p, torch.device("cpu"), budget, 1, lambda msg: None, False)
     broken = [r for r in rows if r["contender"] == "broken peer"]
     assert {r["status"] for r in broken} == {"error"} and "no kernel image" in broken[0]["reason"]
+    flaky = [r for r in rows if r["contender"] == "flaky peer" and r["N"] == 8 and r["mode"] == "fwd"]
+    assert [r["status"] for r in flaky] == ["error"] and "timing round" in flaky[0]["reason"]
     small = [r for r in rows if r["N"] == 8 and r["contender"] == "torch reference (eager)"]
     big = [r for r in rows if r["N"] == 16 and r["contender"] == "torch reference (eager)"]
     assert {r["status"] for r in small} == {"ok"}  # no rate known yet: it runs

@@ -43,6 +43,7 @@ import torch
 import fastot
 from fastot.train import load_encoder, load_tokenizer
 
+from .run import rss_peak_growth
 from .sinkhorn_cpu import RESULTS, _cpu_name, _git_sha
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")
@@ -148,23 +149,10 @@ def _peak_cpu_subprocess(name: str, args) -> int | None:
     return int(res.stdout.strip().splitlines()[-1])
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def _peak_here(name: str, args) -> int:
     """Bytes by which the resident set grows at its peak while ``name`` runs once (after its inputs exist)."""
     s = Setup(args.model, args.B, "cpu")
-    fn = s.contenders()[name]
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # reset the peak resident set (VmHWM) to the current one (Linux >= 4.0)
-    before = _status_kib("VmRSS")
-    fn()
-    return (_status_kib("VmHWM") - before) * 1024
+    return rss_peak_growth(s.contenders()[name])
 
 
 def main(argv=None) -> int:

@@ -366,10 +366,6 @@ def fastot_embeddings(x, y, eps, iters, backend, fused: bool, cost: str) -> Cont
     return Contender(name, family, fwd, fwdbwd, _sync_for(x.device))
 
 
-def _sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return fastot.pairwise_cost(x, y, "sqeuclidean")
-
-
 def geomloss_embeddings(x, y, eps, iters) -> Contender | Missing:
     """geomloss's tensorized path on point clouds: C = |x - y|^2 materialised by its own squared_distances (the
     full squared distance, the cost every contender of this section solves)."""

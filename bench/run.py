@@ -60,6 +60,7 @@ import torch
 
 from . import peers
 from .sinkhorn_cpu import _cpu_name as cpu_name
+from .sinkhorn_cpu import _git_sha as git_sha
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -84,19 +85,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-
-
-def git_sha() -> str:
-    import subprocess  # noqa: PLC0415
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=HERE, timeout=10).stdout.strip()
-        return (out + ("+dirty" if dirty else "")) if out else "unknown"
-    except OSError:
-        return "unknown"
 
 
 def machine_stamp(device: torch.device) -> dict:
@@ -124,19 +112,29 @@ def exp_bound(device: torch.device) -> float:
     return p.multi_processor_count * EX2_PER_CLOCK_PER_SM * clock_hz
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def rss_peak_growth(fn) -> int:
+    """Bytes by which this process's resident set peaks above its level before ``fn()`` (Linux >= 4.0: VmHWM
+    is reset through /proc/self/clear_refs). OSError where /proc does not offer it."""
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as fh:
+        fh.write("5")
+    before = _status_kib("VmRSS")
+    fn()
+    return max(_status_kib("VmHWM") - before, 0) * 1024  # the resident set can shrink below its start
+
+
 class PeakMemory:
     """Peak memory of one call: CUDA allocator peak, or the CPU process's peak resident set growth."""
 
     def __init__(self, device: torch.device):
         self.device = device
-
-    @staticmethod
-    def _status(key: str) -> int:
-        with open("/proc/self/status", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-        return 0
 
     def measure(self, fn, torch_memory: bool = True) -> float:
         """MiB above the level before the call; nan where it cannot be read (on CUDA: memory that the torch
@@ -153,11 +151,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             return (torch.cuda.max_memory_allocated() - base) / 2**20
         try:
-            with open("/proc/self/clear_refs", "w", encoding="utf-8") as fh:
-                fh.write("5")  # resets VmHWM to the current resident set
-            base = self._status("VmRSS:")
-            fn()
-            return max(self._status("VmHWM:") - base, 0) / 2**20  # the resident set can shrink below base
+            return rss_peak_growth(fn) / 2**20
         except OSError:
             fn()
             return float("nan")
@@ -414,14 +408,13 @@ def codeswitch_section(p: dict, device, budget: Budget, rounds: int, progress) -
     n_tokens = int(mask.sum())
     lex = fastot.Lexicon.from_pairs(list(table.items()), tok, languages="sw")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    cands = {"text pipeline (published)": ("peer", cw.TextPipeline(tok, table, cw.P, 0))}
+    text = cw.TextPipeline(tok, table, cw.P, 0)
+    cands = {"text pipeline (published)": ("peer", lambda: text(ids, mask, tt))}
     for be in fastot.available_backends("codeswitch", device.type):
         name = "vectorised PyTorch (fastot torch reference)" if be == "torch" else f"fastot {be}"
         cs = fastot.CodeSwitcher(lex, p=cw.P, seed=0, backend=be)
         cands[name] = ("reference" if be == "torch" else "fastot",
                        lambda cs=cs: cs(ids, mask, tt, step=0, max_length=cw.MAX_LENGTH))
-    text_fn = cands["text pipeline (published)"][1]
-    cands["text pipeline (published)"] = ("peer", lambda: text_fn(ids, mask, tt))
     cell = {"section": "codeswitch", "op": "codeswitch", "B": n, "N": cw.MAX_LENGTH, "M": "", "d": "",
             "dtype": "int64", "iters": "", "eps": "", "text": source, "input_tokens": n_tokens, "p": cw.P}
     progress(f"codeswitch {n} pairs ({source}), {n_tokens} input tokens")

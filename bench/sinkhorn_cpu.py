@@ -31,9 +31,14 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
 def _git_sha() -> str:
+    """The short sha of HEAD, with "+dirty" when tracked files differ from it."""
+    here = os.path.dirname(__file__)
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__), timeout=10).stdout.strip() or "unknown"
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=here, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
     except OSError:
         return "unknown"
 

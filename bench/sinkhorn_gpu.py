@@ -22,7 +22,8 @@ import torch
 
 import fastot
 
-EX2_PER_CLOCK_PER_SM = 16  # MUFU.EX2 throughput, sm_80 and sm_90 (CUDA C++ Programming Guide, arithmetic instructions)
+from .run import exp_bound
+
 
 
 def _bench(fn, reps: int = 50) -> tuple[float, float, float]:
@@ -45,12 +46,6 @@ def _bench(fn, reps: int = 50) -> tuple[float, float, float]:
             times.append(s.elapsed_time(e))
         qs = statistics.quantiles(times, n=5)
         return statistics.median(times), qs[0], qs[-1]
-
-
-def exp_bound() -> float:
-    p = torch.cuda.get_device_properties(0)
-    clock_hz = getattr(p, "clock_rate", 0) * 1e3 or 1.755e9  # kHz -> Hz when torch exposes it
-    return p.multi_processor_count * EX2_PER_CLOCK_PER_SM * clock_hz
 
 
 def main(argv=None) -> int:
@@ -96,10 +91,10 @@ def main(argv=None) -> int:
         exps = 2 * B * N * N * iters / (med * 1e-3)
         rows.append({"contender": name, "B": B, "N": N, "iters": iters, "median_ms": med, "p20_ms": p20,
                      "p80_ms": p80, "slower_than_fastot_cuda": med / base, "f_max_abs_err_vs_fp64": err,
-                     "exp_per_s": exps, "fraction_of_ex2_bound": exps / exp_bound(),
+                     "exp_per_s": exps, "fraction_of_ex2_bound": exps / exp_bound(dev),
                      "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda})
         print(f"{name:34s} {med:9.3f} ms [{p20:.3f}-{p80:.3f}]  x{med / base:6.1f}  err {err:.1e}  "
-              f"{exps:.2e} exp/s ({exps / exp_bound():.0%} of ex2 bound)")
+              f"{exps:.2e} exp/s ({exps / exp_bound(dev):.0%} of ex2 bound)")
     rows.extend(_flash_sinkhorn(B, N, iters, eps))
     rows.extend(_embeddings(args.B, args.N, 768, iters, 0.1))
     if args.out:

@@ -6,10 +6,13 @@ The contract is in ``fastot/reference/codeswitch.py``; every backend is bit-iden
 
 from __future__ import annotations
 
+import numbers
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import _backend
@@ -17,6 +20,7 @@ from .reference import codeswitch as ref
 
 __all__ = ["Lexicon", "CodeSwitcher", "CodeSwitchOutput", "vocab_tables"]
 
+FORMAT = 2  # the file format of Lexicon.save (see Lexicon.load)
 MAX_KEY_WORDS = 8  # the longest multi-word key ("longest match first" tracks it in 3 bits per state)
 _PACKED = ("key_hash", "key_offsets", "key_ids", "entry_offsets", "trans_offsets", "trans_ids")
 
@@ -24,8 +28,11 @@ _PACKED = ("key_hash", "key_offsets", "key_ids", "entry_offsets", "trans_offsets
 def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Word-start and special-token tables [V] (bool) for a Hugging Face tokenizer, and the scheme.
 
-    Special tokens (never switched, never cut by truncation) are the tokenizer's special and added special
-    tokens except the unknown token, which stands for a word of the text.
+    Special tokens (never switched, never cut by truncation) are the ones the tokenizer itself puts around a
+    text or a pair ([CLS], [SEP], <s>, </s>, language codes, ...) and its pad token. Every other special
+    token ([UNK], [MASK], added special tokens) can only come from the text, where the tokenizer's
+    truncation cuts it like any text token: here it is a one-token word that is never translated. (A
+    template token typed into the text, such as a literal "[SEP]", has the template token's id and is kept.)
 
     WordPiece: a piece starts a word unless it begins with the continuation prefix (``##``).
     SentencePiece / metaspace: a piece starts a word when it begins with ``▁``.
@@ -51,18 +58,42 @@ def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
     else:
         raise ValueError("tokenizer: cannot tell word starts (neither WordPiece '##' nor SentencePiece '\u2581' pieces)")
     special = torch.zeros(V, dtype=torch.bool)
-    for i in tokenizer.all_special_ids:
-        special[i] = True
-    for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}:
-        if i < V and getattr(tokenizer.added_tokens_decoder[i], "special", False):
+    for i in template_ids(tokenizer):
+        if 0 <= i < V:
             special[i] = True
-    # [UNK] stands for a word of the text: the tokenizers' truncation cuts it like any text token, so it is a
-    # (one-token, never translated) word here rather than a special token that is never dropped.
-    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id < V:
-        special[tokenizer.unk_token_id] = False
-        word_start[tokenizer.unk_token_id] = True
+    # Special tokens the template never adds stand for a word of the text (see above): one-token words.
+    for i in special_ids(tokenizer):
+        if 0 <= i < V and not special[i]:
+            word_start[i] = True
     word_start |= special
     return word_start, special, scheme
+
+
+def special_ids(tokenizer) -> set[int]:
+    """Every special token id of ``tokenizer`` (its named special tokens and its added special tokens)."""
+    ids = set(tokenizer.all_special_ids)
+    for i, added in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(i))
+    if tokenizer.unk_token_id is not None:
+        ids.add(tokenizer.unk_token_id)
+    return ids
+
+
+def template_ids(tokenizer) -> set[int]:
+    """The special token ids that ``tokenizer`` adds around a text or a pair, and its pad token id."""
+    special = special_ids(tokenizer)
+    ids = set()
+    encodings = [tokenizer("a", add_special_tokens=True)["input_ids"]]
+    try:
+        encodings.append(tokenizer("a", "b", add_special_tokens=True)["input_ids"])
+    except (TypeError, ValueError, NotImplementedError):  # a tokenizer without pairs
+        pass
+    for enc in encodings:
+        ids.update(i for i in enc if i in special)
+    if tokenizer.pad_token_id is not None:
+        ids.add(tokenizer.pad_token_id)
+    return ids
 
 
 class Lexicon:
@@ -166,8 +197,7 @@ class Lexicon:
         Source words are matched lower-cased: each is keyed by the ids of its lower-case,
         capitalised, title-case and upper-case forms. A source that the tokenizer splits into several
         words ("new york", "don't") is a multi-word key, matched longest first at switching time;
-        sources of more than 8 words or with special or unknown tokens, and translations with unknown
-        tokens, are skipped and counted in ``stats['skipped']`` (pairs not used).
+        sources of more than 8 words, and sources or translations with special or unknown tokens, are skipped and counted in ``stats['skipped']`` (pairs not used).
         """
         triples: list[tuple[str, str, str]] = []
         if isinstance(pairs, Mapping):
@@ -204,10 +234,10 @@ class Lexicon:
         encoded = dict(zip(strings, map(tuple, tokenizer(strings, add_special_tokens=False)["input_ids"]))) if strings else {}
         entries: dict[tuple[int, ...], dict[int, list[tuple[int, ...]]]] = {}
         skipped = 0
-        unk = tokenizer.unk_token_id
+        never = special_ids(tokenizer)  # [MASK] and the like match no source word
         for forms, tgt, lang in clean:
             t_ids = encoded[tgt]
-            if not t_ids or unk in t_ids:  # a translation the vocabulary cannot spell
+            if not t_ids or any(i in never for i in t_ids):  # not spelt by the vocabulary
                 skipped += 1
                 continue
             li = order.index(lang)
@@ -215,7 +245,7 @@ class Lexicon:
             for form in forms:
                 key = encoded[form]
                 if (not key or 1 + sum(bool(word_start[i]) for i in key[1:]) > MAX_KEY_WORDS
-                        or any(special[i] for i in key) or unk in key):  # [UNK] would match any unknown word
+                        or any(i in never for i in key)):  # [UNK] would match any unknown word
                     continue
                 usable += 1
                 lst = entries.setdefault(key, {}).setdefault(li, [])
@@ -330,20 +360,81 @@ class Lexicon:
         return cls(tensors, languages, max_key_len, pad_id, scheme, stats)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the packed lexicon to one file (``torch.save`` of tensors and metadata)."""
+        """Write the packed lexicon to one file (``torch.save`` of tensors and metadata), atomically: a
+        failed save leaves an existing file as it was."""
+        path = os.fspath(path)
         meta = {"languages": self.languages, "max_key_len": self.max_key_len, "pad_id": self.pad_id,
-                "scheme": self.scheme, "stats": self.stats, "format": 1}
-        torch.save({"meta": meta, "tensors": self._tensors}, os.fspath(path))
+                "scheme": self.scheme, "stats": self.stats, "format": FORMAT}
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            torch.save({"meta": meta, "tensors": self._tensors}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Lexicon":
-        blob = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    def load(cls, path: str | os.PathLike, tokenizer=None) -> "Lexicon":
+        """Read a file written by :meth:`save`.
+
+        Args:
+            path: the file.
+            tokenizer: optional, the tokenizer the lexicon was built with. Its vocabulary tables
+                (:func:`vocab_tables`) are checked against the file's; a file of an older format takes the
+                tokenizer's tables instead (save it again to keep them). Without it, an older file is used as
+                it is, with a warning.
+
+        Formats: 2 (current) marks as special only the tokens the tokenizer's template adds; 1 marked every
+        special token but [UNK] (and before that [UNK] too), so a [MASK] in a text was never cut by
+        ``max_length``.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Lexicon.load: path {path!r} is not a file")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing here
+            raise ValueError(f"Lexicon.load: {path!r} is not a fastot lexicon file ({type(exc).__name__}: {exc})") from exc
+        need = ("languages", "max_key_len", "pad_id", "scheme", "stats")
+        if (not isinstance(blob, dict) or not isinstance(blob.get("meta"), dict) or not isinstance(blob.get("tensors"), dict)
+                or any(k not in blob["meta"] for k in need)):
+            raise ValueError(f"Lexicon.load: {path!r} is not a fastot lexicon file (no meta {list(need)} and tensors)")
         m = blob["meta"]
-        return cls(blob["tensors"], m["languages"], m["max_key_len"], m["pad_id"], m["scheme"], m["stats"])
+        fmt = m.get("format", 1)
+        if fmt not in (1, FORMAT):
+            raise ValueError(f"Lexicon.load: {path!r} has lexicon format {fmt!r}; this fastot reads formats 1 and "
+                             f"{FORMAT} (a newer fastot wrote it?)")
+        tensors = dict(blob["tensors"])
+        if tokenizer is not None:
+            word_start, special, scheme = vocab_tables(tokenizer)
+            stored = tensors.get("word_start")
+            if stored is None or stored.numel() != word_start.numel() or scheme != m["scheme"]:
+                raise ValueError(f"Lexicon.load: tokenizer has a {scheme} vocabulary of {word_start.numel()} tokens; "
+                                 f"{path!r} was built for a {m['scheme']} vocabulary of "
+                                 f"{None if stored is None else stored.numel()} tokens")
+            if fmt == FORMAT and not (torch.equal(stored, word_start) and torch.equal(tensors["special"], special)):
+                raise ValueError(f"Lexicon.load: tokenizer's word starts or special tokens differ from those "
+                                 f"{path!r} was built with: not the same tokenizer")
+            tensors["word_start"], tensors["special"] = word_start, special
+        elif fmt != FORMAT:
+            warnings.warn(f"Lexicon.load: {path!r} has lexicon format {fmt}, whose special-token table keeps "
+                          "special tokens of the text (such as [MASK]) from ever being cut by max_length; pass "
+                          "tokenizer= to take the current tables, then save it again", stacklevel=2)
+        return cls(tensors, m["languages"], m["max_key_len"], m["pad_id"], m["scheme"], m["stats"])
 
     def __repr__(self) -> str:
         return (f"Lexicon(keys={self.n_keys}, languages={self.languages}, scheme={self.scheme!r}, "
                 f"vocab_size={self.vocab_size})")
+
+
+def _is_real(x) -> bool:
+    """A real number, numpy scalars included; not a bool."""
+    return not isinstance(x, (bool, np.bool_)) and isinstance(x, numbers.Real)
+
+
+def _is_integer(x) -> bool:
+    """An integer, numpy integers included; not a bool."""
+    return not isinstance(x, (bool, np.bool_)) and isinstance(x, numbers.Integral)
 
 
 @dataclass
@@ -381,10 +472,11 @@ class CodeSwitcher:
                  backend: str | None = None):
         if not isinstance(lexicon, Lexicon):
             raise TypeError(f"CodeSwitcher: lexicon must be a fastot.Lexicon, got {type(lexicon).__name__}")
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        if not _is_real(p) or not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"CodeSwitcher: p must be in [0, 1], got {p!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 or seed >= 2**64:
+        if not _is_integer(seed) or not 0 <= int(seed) < 2**64:
             raise ValueError(f"CodeSwitcher: seed must be an integer in [0, 2^64), got {seed!r}")
+        seed = int(seed)
         langs = list(lexicon.languages if languages is None else ([languages] if isinstance(languages, str) else languages))
         unknown = [lang for lang in langs if lang not in lexicon.languages]
         if not langs or unknown or len(set(langs)) != len(langs):
@@ -414,9 +506,13 @@ class CodeSwitcher:
                                  f"got {list(getattr(t, 'shape', []))}")
             if t is not None and t.device != input_ids.device:
                 raise ValueError(f"codeswitch: {name} is on {t.device}, input_ids on {input_ids.device}")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        if token_type_ids is not None and (token_type_ids.dtype.is_floating_point or token_type_ids.is_complex()):
+            raise TypeError(f"codeswitch: token_type_ids must be integer or bool, got {token_type_ids.dtype}")
+        if attention_mask is not None and attention_mask.is_complex():
+            raise TypeError(f"codeswitch: attention_mask must be real, got {attention_mask.dtype}")
+        if not _is_integer(step) or step < 0:
             raise ValueError(f"codeswitch: step must be an integer >= 0, got {step!r}")
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0):
+        if max_length is not None and (not _is_integer(max_length) or max_length < 0):
             raise ValueError(f"codeswitch: max_length must be None or an integer >= 0, got {max_length!r}")
         V = self.lexicon.vocab_size
         bad = (input_ids < 0) | (input_ids >= V)
@@ -442,9 +538,12 @@ class CodeSwitcher:
             :class:`CodeSwitchOutput`.
         """
         self._check(input_ids, attention_mask, token_type_ids, step, max_length)
+        step, max_length = int(step), None if max_length is None else int(max_length)
         dev = input_ids.device
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        elif attention_mask.dtype.is_floating_point:  # 0 is padding, any other value a token (0.5 is not cut to 0)
+            attention_mask = attention_mask != 0
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         lex = self.lexicon.tensors(dev)

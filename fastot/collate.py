@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.utils.data import get_worker_info
 
-from .codeswitch import CodeSwitcher
+from .codeswitch import CodeSwitcher, _is_integer
 
 __all__ = ["CodeSwitchCollator"]
 
@@ -23,9 +23,9 @@ _NAME = "CodeSwitchCollator"
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not _is_integer(value) or value <= 0:
         raise ValueError(f"{_NAME}: {name} must be an integer > 0, got {value!r}")
-    return value
+    return int(value)
 
 
 class CodeSwitchCollator:
@@ -34,7 +34,8 @@ class CodeSwitchCollator:
     Args:
         tokenizer: Hugging Face tokenizer with a pad token; the one ``switcher.lexicon`` was built with
             (checked by vocabulary size). It must give passages token type 1 (BERT-style pairs): the cut to
-            ``max_length`` after switching tells the two segments apart by token type.
+            ``max_length`` after switching tells the two segments apart by token type. A template token spelt
+            out in the text (a literal "[SEP]") has the template's id and is never cut, unlike in the tokenizer.
         switcher: a :class:`fastot.CodeSwitcher`.
         max_length: width of the output; every row is cut ``longest_first`` after switching and padded to it.
         pre_max_length: ``longest_first`` cut when tokenizing, before switching; it only bounds the tokenizing
@@ -139,7 +140,7 @@ class CodeSwitchCollator:
             int64, "switched_per_language": [n_active] int64}`` summed over the batch (tensors on the output's
             device: no host synchronisation; see :meth:`switch_ratios`).
         """
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        if step is not None and (not _is_integer(step) or step < 0):
             raise ValueError(f"{_NAME}: step must be None or an integer >= 0, got {step!r}")
         queries, passages, labels = self._split(batch)
         if labels is not None:
@@ -161,6 +162,7 @@ class CodeSwitchCollator:
         if counted:
             info = get_worker_info()
             step = self.calls if info is None else self.calls * info.num_workers + info.id
+        step = int(step)
         out = self.switcher(ids, mask, tt, step=step, max_length=self.max_length)
         if counted:
             self.calls += 1

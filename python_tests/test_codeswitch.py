@@ -4,6 +4,7 @@ independent peer, statistics, truncation, registered-op checks and bad input."""
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -287,6 +288,103 @@ def test_lexicon_save_load_roundtrip(tmp_path, minilm_tokenizer, lexicon):
     a = fastot.CodeSwitcher(lexicon, p=0.5)(ids, mask, tt)
     b = fastot.CodeSwitcher(back, p=0.5)(ids, mask, tt)
     assert torch.equal(a.input_ids, b.input_ids)
+
+
+def test_lexicon_save_is_atomic_and_load_rejects_other_files(tmp_path, monkeypatch, minilm_tokenizer, lexicon):
+    path = tmp_path / "lex.pt"
+    lexicon.save(path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        lexicon.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["lex.pt"]
+
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        fastot.Lexicon.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a lexicon")
+    with pytest.raises(ValueError, match="junk.pt' is not a fastot lexicon file"):
+        fastot.Lexicon.load(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt' is not a fastot lexicon file"):
+        fastot.Lexicon.load(tmp_path / "other.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["meta"]["format"] = 99
+    torch.save(blob, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match="format 99; this fastot reads formats 1 and 2"):
+        fastot.Lexicon.load(tmp_path / "future.pt")
+
+
+def test_lexicon_load_format_1_and_the_tokenizer_check(tmp_path, minilm_tokenizer, lexicon):
+    """Format 1 marked [MASK] special, so a [MASK] of the text was never cut: loading one warns, or takes the
+    tokenizer's tables when given it; a format-2 file refuses a tokenizer with other tables."""
+    tok = minilm_tokenizer
+    T = lexicon.tensors()
+    old_special = T["special"].clone()
+    old_special[tok.mask_token_id] = True
+    blob = {"meta": {"languages": lexicon.languages, "max_key_len": lexicon.max_key_len, "pad_id": lexicon.pad_id,
+                     "scheme": lexicon.scheme, "stats": lexicon.stats},  # format 1 files had "format": 1 or none
+            "tensors": {**T, "special": old_special}}
+    torch.save(blob, tmp_path / "v1.pt")
+    with pytest.warns(UserWarning, match="format 1.*pass tokenizer="):
+        stale = fastot.Lexicon.load(tmp_path / "v1.pt")
+    assert bool(stale.tensors()["special"][tok.mask_token_id])
+    fresh = fastot.Lexicon.load(tmp_path / "v1.pt", tok)
+    assert torch.equal(fresh.tensors()["special"], T["special"]) and not fresh.tensors()["special"][tok.mask_token_id]
+    fresh.save(tmp_path / "v2.pt")
+    assert torch.load(tmp_path / "v2.pt", weights_only=True)["meta"]["format"] == 2
+    assert torch.equal(fastot.Lexicon.load(tmp_path / "v2.pt", tok).tensors()["key_hash"], T["key_hash"])
+
+    class OtherTables:  # the same vocabulary with [MASK] made a template token
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def __call__(self, *a, **k):
+            return tok(*a, **k)
+
+        def __len__(self):
+            return len(tok)
+
+    other = OtherTables()
+    other.__dict__["pad_token_id"] = tok.mask_token_id
+    with pytest.raises(ValueError, match="differ from those .*v2.pt' was built with"):
+        fastot.Lexicon.load(tmp_path / "v2.pt", other)
+
+
+def test_vocab_tables_special_means_template(minilm_tokenizer):
+    """Only [CLS], [SEP] and [PAD] are kept whole; [MASK] and [UNK] are one-token words of the text."""
+    tok = minilm_tokenizer
+    ws, sp, scheme = fastot.codeswitch.vocab_tables(tok)
+    assert scheme == "wordpiece"
+    assert sorted(sp.nonzero().flatten().tolist()) == sorted({tok.cls_token_id, tok.sep_token_id, tok.pad_token_id})
+    for i in (tok.mask_token_id, tok.unk_token_id):
+        assert bool(ws[i]) and not bool(sp[i])
+    lex = fastot.Lexicon.from_pairs([("river", "[MASK]"), ("[MASK]", "mto"), ("water", "maji")], tok, languages="sw")
+    T = lex.tensors()  # a special token is no translation, and no part of a key ("[mask]" is 3 plain pieces)
+    assert lex.stats["skipped"] == 1 and tok.mask_token_id not in T["key_ids"].tolist() + T["trans_ids"].tolist()
+
+
+def test_numpy_scalars_and_float_masks(minilm_tokenizer, lexicon):
+    ids, mask, tt = random_batch(minilm_tokenizer, 5, 24, seed=4)
+    a = fastot.CodeSwitcher(lexicon, p=0.5, seed=3)(ids, mask, tt, step=2, max_length=20)
+    b = fastot.CodeSwitcher(lexicon, p=np.float32(0.5), seed=np.uint64(3))(ids, mask, tt, step=np.int64(2),
+                                                                            max_length=np.int32(20))
+    _assert_same(a, b)
+    soft = mask.float() * 0.5  # any nonzero value is a token, as the integer masks say (no cut to 0)
+    _assert_same(a, fastot.CodeSwitcher(lexicon, p=0.5, seed=3)(ids, soft, tt, step=2, max_length=20))
+    with pytest.raises(TypeError, match="token_type_ids must be integer or bool, got torch.float32"):
+        fastot.CodeSwitcher(lexicon)(ids, mask, tt.float())
+    for bad in (np.bool_(True), "0.5", np.float64("nan")):
+        with pytest.raises(ValueError, match="p must be in"):
+            fastot.CodeSwitcher(lexicon, p=bad)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        fastot.CodeSwitcher(lexicon, seed=np.float64(1))
 
 
 def test_lexicon_keys_case_variants_and_skips_multiword(minilm_tokenizer):

@@ -2,8 +2,10 @@
 output at p = 0, every translatable word switched at p = 1, statistics, steps across DataLoader workers, bad input."""
 
 import copy
+import re
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -157,6 +159,23 @@ def test_p0_cuts_unknown_tokens_like_the_tokenizer(minilm_tokenizer, lex_sw):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+def test_p0_cuts_special_tokens_of_the_text_like_the_tokenizer(minilm_tokenizer, lex_sw, backend, device):
+    """A [MASK] or [UNK] written in the text is a text token for the tokenizer's truncation: the switch cuts it
+    too, so p = 0 still equals the tokenizer (a [MASK] used to be kept as a template token; found by review)."""
+    tok = minilm_tokenizer
+    pairs = [("the [MASK] river [MASK] " * 4, "a [MASK] market"), ("[MASK] " * 9, "bread [UNK] milk " * 3),
+             ("water", "[MASK][MASK] the river")]
+    for max_length in (6, 9, 14):
+        got = CodeSwitchCollator(tok, fastot.CodeSwitcher(lex_sw, p=0.0, backend=backend), max_length=max_length,
+                                 device=device)(pairs)
+        exp = tok([q for q, _ in pairs], [p for _, p in pairs], truncation="longest_first", max_length=max_length,
+                  padding="max_length", return_tensors="pt")
+        assert tok.mask_token_id in exp["input_ids"].tolist()[0]
+        for k in ("input_ids", "attention_mask", "token_type_ids"):
+            assert torch.equal(got[k].cpu(), exp[k]), (max_length, k)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_p1_switches_every_word_with_a_translation(minilm_tokenizer, lex_sw, backend, device):
     tok = minilm_tokenizer
     table = dict(PAIRS_SW)
@@ -299,9 +318,10 @@ def test_call_rejects_bad_input_and_changes_nothing(minilm_tokenizer, lex_sw):
     for batch, exc, msg in cases:
         with pytest.raises(exc, match=msg):
             col(batch)
-    for step in (-1, 1.0, True):
-        with pytest.raises(ValueError, match=f"step must be None or an integer >= 0, got {step!r}"):
+    for step in (-1, 1.0, True, np.int64(-2), np.float32(1)):
+        with pytest.raises(ValueError, match=re.escape(f"step must be None or an integer >= 0, got {step!r}")):
             col([good], step=step)
     assert col.calls == 0
+    _assert_batches_equal(col([good], step=np.int32(3)), col([good], step=3))  # numpy integers are integers
     fresh = CodeSwitchCollator(minilm_tokenizer, col.switcher, max_length=32)
     _assert_batches_equal(col([good]), fresh([good], step=0))

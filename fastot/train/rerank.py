@@ -156,7 +156,7 @@ def build_lexicon(cfg: RerankConfig, tokenizer) -> Lexicon:
     """The switch's lexicon: ``cfg.lexicon`` loaded, or Dice translations induced per language from its bitext
     (``lexicon_bitext`` entries, else ``cfg.bitext``), packed into one lexicon of ``cfg.languages``."""
     if cfg.lexicon is not None:
-        lex = Lexicon.load(cfg.lexicon)
+        lex = Lexicon.load(cfg.lexicon, tokenizer)
         missing = [lang for lang in cfg.languages if lang not in lex.languages]
         if missing:
             raise ValueError(f"lang: {missing} not in the lexicon {cfg.lexicon!r} (languages {lex.languages})")

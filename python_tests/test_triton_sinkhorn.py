@@ -222,3 +222,21 @@ def test_kernels_compile_for_gpu_without_a_gpu(arch, names):
 
     assert len(lines) == len(names or VARIANTS)
     assert all("regs" in ln for ln in lines)
+
+
+def test_aot_scalars_are_typed_as_at_a_call():
+    """The compile check types each integer scalar as Triton does when the kernel is called (i32 below 2^31;
+    the 32-bit random prefixes of the code-switch kernel take i64 from 2^31), not as i64 throughout."""
+    from triton.runtime.jit import mangle_type
+
+    from fastot.triton import aot
+
+    for name, _kernel, consts, ptrs, _warps in aot._variants():
+        sig = aot._signature(aot._kernel(name), consts, ptrs)
+        scalars = {k: v for k, v in sig.items() if v != "constexpr" and not k.endswith("_ptr")}
+        assert scalars, name
+        for k, v in scalars.items():
+            if v == "fp64":
+                continue
+            sample = 2**31 + 5 if k.startswith("prefix_") else 1000
+            assert v == mangle_type(sample), (name, k, v)

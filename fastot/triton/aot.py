@@ -31,7 +31,7 @@ def _tl():
 
 
 # (name, kernel, constexprs, pointer dtypes that differ from the compute dtype, num_warps); kernels named
-# "codeswitch:<kernel>" live in _codeswitch_kernels (int64 pointers and scalars unless named).
+# "codeswitch:<kernel>" live in _codeswitch_kernels (int64 pointers unless named).
 def _variants():
     tl = _tl()
     f32, f64 = tl.float32, tl.float64
@@ -39,7 +39,10 @@ def _variants():
     onchip = dict(HAS_TOL=False, UNBAL_A=False, SUMS=False)
     i32 = {"nit_ptr": "*i32", "done_ptr": "*i32"}
     half = lambda t: {"x_ptr": t, "y_ptr": t}  # noqa: E731
-    u8 = {"word_start_ptr": "*u8", "special_ptr": "*u8", "*": "*i64", "int": "i64"}
+    # Integer scalars compile as Triton types them at a call: i32 below 2^31. The random prefixes are 32-bit
+    # hashes, i32 or i64 by value (two specialisations at run time); the wider one is compiled here.
+    u8 = {"word_start_ptr": "*u8", "special_ptr": "*u8", "*": "*i64",
+          "prefix_switch": "i64", "prefix_lang": "i64", "prefix_trans": "i64"}
 
     def merge(*parts, **kw):  # later keys win
         out = {}
@@ -107,8 +110,17 @@ def _signature(fn, consts, ptr_types):
         elif p.annotation is tl.float64:
             sig[p.name] = "fp64"
         else:
-            sig[p.name] = ptr_types.get("int", "i32")
+            sig[p.name] = ptr_types.get(p.name, "i32")
     return sig
+
+
+def _kernel(name: str):
+    """The @triton.jit function of a variant."""
+    from . import _codeswitch_kernels, _sinkhorn_kernels  # noqa: PLC0415
+
+    (kname,) = [v[1] for v in _variants() if v[0] == name]
+    module, _, kname = kname.rpartition(":")
+    return getattr(_codeswitch_kernels if module == "codeswitch" else _sinkhorn_kernels, kname)
 
 
 def compile_variant(name: str, arch: int = 90):
@@ -117,11 +129,8 @@ def compile_variant(name: str, arch: int = 90):
     from triton.backends.compiler import GPUTarget  # noqa: PLC0415
     from triton.compiler import ASTSource  # noqa: PLC0415
 
-    from . import _codeswitch_kernels, _sinkhorn_kernels  # noqa: PLC0415
-
-    (_, kname, consts, ptrs, warps), = [v for v in _variants() if v[0] == name]
-    module, _, kname = kname.rpartition(":")
-    fn = getattr(_codeswitch_kernels if module == "codeswitch" else _sinkhorn_kernels, kname)
+    (_, _, consts, ptrs, warps), = [v for v in _variants() if v[0] == name]
+    fn = _kernel(name)
     src = ASTSource(fn=fn, signature=_signature(fn, consts, ptrs), constexprs=consts)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps))
 

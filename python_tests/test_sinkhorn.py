@@ -507,6 +507,57 @@ def test_fused_embeddings_gradients_match_the_materialising_path(backend):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_fused_embeddings_gradients_at_the_clamps(backend):
+    """Tiny and zero vectors among the valid rows (the cosine norm clamp at 1e-12, where x/1e-12 is linear) and a token
+    equal to one of the other side (the sqeuclidean clamp at 0): fused vs the materialised cost, fp64."""
+    if backend not in FUSED:
+        pytest.skip(f"{backend} unavailable")
+    g = torch.Generator().manual_seed(8)
+    x0 = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
+    y0 = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    x0[0, 2] *= 1e-14  # below the clamp but not zero: the linear branch has its own gradient
+    y0[1, 3] = 0
+    x0[2, 1] = y0[2, 0]
+    xm = torch.ones(3, 6, dtype=torch.bool)
+    xm[1, 4:] = False
+    for cost in ("cosine", "sqeuclidean", "dot"):
+        grads = {}
+        for be in (backend, "torch"):
+            x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+            r = fastot.sinkhorn_embeddings(x, y, xm, cost=cost, eps=0.3, max_iter=40, backend=be)
+            r.transport_cost.sum().backward()
+            grads[be] = (r.transport_cost, x.grad, y.grad)
+        for got, want in zip(grads[backend], grads["torch"]):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=["bf16", "fp16", "fp64"])
+def test_fused_cpp_ragged_rows_in_other_dtypes(dtype):
+    """x in bf16/fp16 (rows converted per problem) or fp64 with y in fp32 (x sets the compute dtype), ragged
+    rows that are not a prefix: cost and gradients equal the torch path on the same values in that dtype."""
+    if "cpp" not in fastot.available_backends("sinkhorn"):
+        pytest.skip("the compiled extension is not loaded")
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(5, 10, 24, generator=g).to(dtype)
+    y0 = torch.randn(5, 7, 24, generator=g)
+    xm = torch.rand(5, 10, generator=g) > 0.3
+    ym = torch.rand(5, 7, generator=g) > 0.2
+    xm[:, 0] = ym[:, 0] = True
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    for cost in ("cosine", "sqeuclidean"):
+        x = x0.clone().requires_grad_()
+        r = fastot.sinkhorn_embeddings(x, y0, xm, ym, cost=cost, eps=0.1, max_iter=50, backend="cpp")
+        r.transport_cost.sum().backward()
+        xr = x0.to(ct, copy=True).requires_grad_()
+        e = fastot.sinkhorn_embeddings(xr, y0.to(ct), xm, ym, cost=cost, eps=0.1, max_iter=50, backend="torch")
+        e.transport_cost.sum().backward()
+        tol = 1e-12 if ct == torch.float64 else 5e-5  # fp32: |x|^2 + |y|^2 - 2<x, y> cancels at ~50
+        torch.testing.assert_close(r.transport_cost, e.transport_cost, rtol=tol, atol=tol)
+        assert x.grad.dtype == dtype and (x.grad[~xm] == 0).all()
+        torch.testing.assert_close(x.grad, xr.grad.to(dtype), rtol=1e-2 if ct == torch.float32 else 1e-9, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_plan_is_exactly_zero_where_it_underflows(backend, device):
     C = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]], dtype=torch.float64, device=device)

@@ -13,17 +13,18 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <algorithm>
 #include <limits>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -79,6 +80,15 @@ struct Options {
   T tau_a, tau_b;
 };
 
+// sinkhorn_embeddings: buffers of one problem's embeddings (part of its Tile, so one per thread).
+template <typename T>
+struct EmbeddingTile {
+  std::vector<T> xbuf, ybuf, sx, sy;  // gathered rows (when needed); per-row 1/|.| (cosine) or |.|^2 (sqeuclidean)
+  std::vector<T> rx, ry, gbuf;        // backward: per-row coefficients, one [max(n, m), d] GEMM output
+  const T* xp = nullptr;
+  const T* yp = nullptr;
+};
+
 // One problem, gathered: valid row/column indices, their log-weights, the dense tile Cs = C/eps (n x ld,
 // ld = m rounded up to 64 bytes) and its transpose CsT (m x ldT); padding entries are +inf (contribute
 // nothing). The g-update reduces Cs over rows, the f-update CsT over its rows, both vectorised across
@@ -91,6 +101,7 @@ struct Tile {
   // iteration state and scratch
   std::vector<T> f, g, fs, gs, lse_r, lse_c, colmax, colsum;
   at::Tensor cost;  // sinkhorn_embeddings: this problem's [n, m] cost, storage reused across the chunk's problems
+  EmbeddingTile<T> emb;
 
   // The valid rows and columns of a problem and their log-weights.
   void select(const T* aw, const T* bw, int64_t N, int64_t M) {
@@ -379,30 +390,94 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_plan_sums_cpu(const at::Tensor& cost
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// sinkhorn_embeddings: the cost tile of each problem is computed from x and y (a GEMM over its valid rows and
-// columns) when the problem is solved, and again in the backward; no [B, N, M] tensor ever exists.
+// sinkhorn_embeddings: the cost tile of each problem is computed from x and y (one GEMM over its valid rows and
+// columns) when the problem is solved, and again in the backward; no [B, N, M] tensor ever exists, and the
+// inputs are read in their own dtype (bf16/fp16 rows are converted per problem, never as a whole copy).
 enum CostKind : int64_t { kCosine = 0, kSqEuclidean = 1, kDot = 2 };
 
-// x [n, d], y [m, d] (valid rows only) -> cost [n, m] written into `out` (created on first use, then resized and
-// reused across the problems of a task, so the [n, m] temporaries do not churn the allocator). cosine uses norms
-// clamped at 1e-12 and sqeuclidean is clamped at 0, like fastot.pairwise_cost.
-void embedding_cost(const at::Tensor& x, const at::Tensor& y, int64_t kind, at::Tensor& out) {
-  if (!out.defined()) out = at::empty({0}, x.options());
-  out.resize_({x.size(0), y.size(0)});
-  if (kind == kCosine) {
-    const at::Tensor xn = x / x.norm(2, {1}, true).clamp_min(1e-12);
-    const at::Tensor yn = y / y.norm(2, {1}, true).clamp_min(1e-12);
-    at::mm_out(out, xn, yn.t()).neg_().add_(1);
-  } else if (kind == kDot) {
-    at::mm_out(out, x, y.t()).neg_();
-  } else {
-    at::mm_out(out, x, y.t()).mul_(-2).add_((x * x).sum(1, true)).add_((y * y).sum(1).unsqueeze(0)).clamp_min_(0);
+// The rows `idx` of problem k of X [B, N, d] as a contiguous T [n, d] matrix: a pointer into X when it already is
+// one (dtype T, every row valid), otherwise gathered and converted into `buf`: bf16 -> fp32 by a bit shift (the
+// loop vectorises), other conversions by one ATen copy per run of consecutive rows.
+template <typename T>
+const T* rows_as(const at::Tensor& X, int64_t k, const std::vector<int64_t>& idx, std::vector<T>& buf) {
+  const int64_t N = X.size(1), d = X.size(2), n = static_cast<int64_t>(idx.size());
+  const auto st = X.scalar_type();
+  if (st == c10::CppTypeToScalarType<T>::value && n == N) return X.template const_data_ptr<T>() + k * N * d;
+  buf.resize(n * d);
+  const char* src = static_cast<const char*>(X.const_data_ptr()) + k * N * d * X.element_size();
+  if constexpr (std::is_same_v<T, float>) {
+    if (st == at::kBFloat16) {
+      const uint16_t* s16 = reinterpret_cast<const uint16_t*>(src);
+      uint32_t* dst = reinterpret_cast<uint32_t*>(buf.data());  // the fp32 bits of a bf16 value are its bits << 16
+      for (int64_t r = 0; r < n; ++r) {
+        const uint16_t* row = s16 + idx[r] * d;
+        uint32_t* out = dst + r * d;
+        for (int64_t c = 0; c < d; ++c) out[c] = static_cast<uint32_t>(row[c]) << 16;
+      }
+      return buf.data();
+    }
+  }
+  const auto out_opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  for (int64_t r = 0; r < n;) {
+    int64_t e = r + 1;
+    while (e < n && idx[e] == idx[e - 1] + 1) ++e;
+    at::from_blob(buf.data() + r * d, {e - r, d}, out_opts)
+        .copy_(at::from_blob(const_cast<char*>(src) + idx[r] * d * X.element_size(), {e - r, d}, X.options()));
+    r = e;
+  }
+  return buf.data();
+}
+
+// Sum of squares of each of the n rows of v [n, d], in 16 independent lanes so that the loop vectorises.
+template <typename T>
+void row_sumsq(const T* v, int64_t n, int64_t d, T* out) {
+  constexpr int W = 16;
+  for (int64_t r = 0; r < n; ++r) {
+    const T* x = v + r * d;
+    T acc[W] = {};
+    int64_t c = 0;
+    for (; c + W <= d; c += W)
+      for (int l = 0; l < W; ++l) acc[l] += x[c + l] * x[c + l];
+    T tot = 0;
+    for (; c < d; ++c) tot += x[c] * x[c];
+    for (int l = 0; l < W; ++l) tot += acc[l];
+    out[r] = tot;
   }
 }
 
-at::Tensor take_rows(const at::Tensor& x, std::vector<int64_t>& idx) {
-  if (static_cast<int64_t>(idx.size()) == x.size(0)) return x;
-  return x.index_select(0, at::from_blob(idx.data(), {static_cast<int64_t>(idx.size())}, at::kLong));
+// Problem k: its valid rows of x and y (e.xp, e.yp), their norm terms (e.sx, e.sy: 1/max(|.|, 1e-12) for cosine,
+// |.|^2 for sqeuclidean) and the cost [n, m] in t.cost. cosine: 1 - <x, y> / (max(|x|, 1e-12) max(|y|, 1e-12)); sqeuclidean: max(|x|^2 + |y|^2 - 2 <x, y>, 0);
+// dot: -<x, y>; as fastot.pairwise_cost computes them.
+template <typename T>
+void embedding_cost(const at::Tensor& X, const at::Tensor& Y, int64_t k, int64_t kind, Tile<T>& t) {
+  EmbeddingTile<T>& e = t.emb;
+  const int64_t d = X.size(2), n = t.n(), m = t.m();
+  e.xp = rows_as<T>(X, k, t.rows, e.xbuf);
+  e.yp = rows_as<T>(Y, k, t.cols, e.ybuf);
+  if (!t.cost.defined()) t.cost = at::empty({0}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  t.cost.resize_({n, m});
+  if (n == 0 || m == 0) return;
+  const auto opts = t.cost.options();
+  at::mm_out(t.cost, at::from_blob(const_cast<T*>(e.xp), {n, d}, opts),
+             at::from_blob(const_cast<T*>(e.yp), {m, d}, opts).t());
+  T* C = t.cost.template data_ptr<T>();
+  e.sx.resize(n);
+  e.sy.resize(m);
+  if (kind == kDot) {
+    for (int64_t i = 0; i < n * m; ++i) C[i] = -C[i];
+    return;
+  }
+  row_sumsq(e.xp, n, d, e.sx.data());
+  row_sumsq(e.yp, m, d, e.sy.data());
+  if (kind == kCosine) {  // sx, sy become 1 / max(|.|, 1e-12)
+    for (int64_t i = 0; i < n; ++i) e.sx[i] = T(1) / std::max(std::sqrt(e.sx[i]), T(1e-12));
+    for (int64_t j = 0; j < m; ++j) e.sy[j] = T(1) / std::max(std::sqrt(e.sy[j]), T(1e-12));
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) C[i * m + j] = T(1) - C[i * m + j] * e.sx[i] * e.sy[j];
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) C[i * m + j] = std::max(e.sx[i] + e.sy[j] - T(2) * C[i * m + j], T(0));
+  }
 }
 
 void check_embeddings(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b,
@@ -414,6 +489,14 @@ void check_embeddings(const at::Tensor& x, const at::Tensor& y, const at::Tensor
   TORCH_CHECK(kind >= 0 && kind <= 2, "sinkhorn_embeddings: cost must be 0 (cosine), 1 (sqeuclidean) or 2 (dot)");
 }
 
+// x, y as the kernels read them: detached (the nested ATen calls see no autograd) and contiguous; in the compute
+// dtype, except that bf16/fp16 stay as they are (converted per problem as the rows are gathered).
+at::Tensor embeddings_data(const at::Tensor& x, at::ScalarType dt) {
+  const auto st = x.scalar_type();
+  const bool as_is = st == dt || (dt == at::kFloat && (st == at::kBFloat16 || st == at::kHalf));
+  return (as_is ? x.detach() : x.detach().to(dt)).contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_fwd_cpu(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, int64_t kind, double eps,
     int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
@@ -421,11 +504,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(eps > 0, "sinkhorn_embeddings: eps must be > 0, got ", eps);
   TORCH_CHECK(max_iter >= 0, "sinkhorn_embeddings: max_iter must be >= 0, got ", max_iter);
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // Kernels work on data: detached, so the nested ATen calls (GEMMs into reused buffers) see no autograd.
-  const at::Tensor X = x.detach().to(dt).contiguous(), Y = y.detach().to(dt).contiguous();
+  const at::Tensor X = embeddings_data(x, dt), Y = embeddings_data(y, dt);
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = X.size(0), N = X.size(1), M = Y.size(1);
-  const auto opts = X.options();
+  const auto opts = A.options();
   at::Tensor f = at::zeros({B, N}, opts), g = at::zeros({B, M}, opts), err = at::zeros({B}, opts);
   at::Tensor n_iter = at::zeros({B}, opts.dtype(at::kInt));
   at::Tensor tc = at::zeros({B}, opts), mass = at::zeros({B}, opts);
@@ -441,7 +523,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         B, N, M, o,
         [&](int64_t k, Tile<T>& t) {
           t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
-          embedding_cost(take_rows(X[k], t.rows), take_rows(Y[k], t.cols), kind, t.cost);
+          embedding_cost<T>(X, Y, k, kind, t);
           const T* Cp = t.cost.data_ptr<T>();
           const int64_t m = t.m();
           t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, true);
@@ -460,60 +542,104 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {f, g, n_iter, err, tc, mass};
 }
 
-// dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* held constant (the envelope rule).
+// dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* held constant (the envelope rule). Every cost's gradient has
+// the form dx = Q y + diag(rx) x, dy = Q^T x + diag(ry) y with Q [n, m] built from P in place, so the backward
+// of a problem is its cost GEMM, two GEMMs and one pass over its rows; no normalised copies of x or y.
+//  cosine (c_ij = <x_i, y_j> sx_i sy_j, s = 1/max(|.|, 1e-12)): Q_ij = -P_ij sx_i sy_j, rx_i = sx_i^2 sum_j P_ij c_ij
+//    (0 where the clamp is active: there x/1e-12 is linear); sqeuclidean: Q = -2P (P = 0 where the clamp at 0 is
+//    active), rx_i = 2 sum_j P_ij; dot: Q = -P, rx = 0.
 std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor& x, const at::Tensor& y,
                                                                const at::Tensor& a, const at::Tensor& b,
                                                                const at::Tensor& f, const at::Tensor& g,
                                                                const at::Tensor& scale, int64_t kind, double eps) {
   check_embeddings(x, y, a, b, kind);
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // Kernels work on data: detached, so the nested ATen calls (GEMMs into reused buffers) see no autograd.
-  const at::Tensor X = x.detach().to(dt).contiguous(), Y = y.detach().to(dt).contiguous();
+  const at::Tensor X = embeddings_data(x, dt), Y = embeddings_data(y, dt);
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous(), S = scale.to(dt).contiguous();
-  const int64_t B = X.size(0), N = X.size(1), M = Y.size(1);
-  at::Tensor dx = at::zeros(X.sizes(), X.options()), dy = at::zeros(Y.sizes(), Y.options());
+  const int64_t B = X.size(0), N = X.size(1), M = Y.size(1), d = X.size(2);
+  const auto opts = A.options();
+  at::Tensor dx = at::zeros({B, N, d}, opts), dy = at::zeros({B, M, d}, opts);
   AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_embeddings_bwd_cpu", [&] {
     using T = scalar_t;
     const Kernels<T>* K = kernels<T>();
     const T inv_eps = T(1) / static_cast<T>(eps);
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       Tile<T> t;  // per chunk (one per thread per call): freed when the call ends
+      EmbeddingTile<T>& e = t.emb;
       std::vector<T> ptile;
       for (int64_t k = begin; k < end; ++k) {
         t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
         const int64_t n = t.n(), m = t.m();
         const T s = S.data_ptr<T>()[k];
         if (n == 0 || m == 0 || s == 0) continue;
-        const at::Tensor xk = take_rows(X[k], t.rows), yk = take_rows(Y[k], t.cols);
-        embedding_cost(xk, yk, kind, t.cost);
+        embedding_cost<T>(X, Y, k, kind, t);
         const T* Cp = t.cost.data_ptr<T>();
         t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, false);
         t.load_potentials(F.data_ptr<T>() + k * N, G.data_ptr<T>() + k * M, /*full=*/true, inv_eps);
-        ptile.assign(n * t.ld, T(0));
+        const int64_t ld = t.ld;
+        ptile.assign(n * ld, T(0));
         T unused_pc = 0, unused_p = 0;
-        K->plan_rows(t.Cs.data(), t.ld, t.fs.data(), t.gs.data(), 0, n, ptile.data(), &unused_pc, &unused_p);
-        at::Tensor P = at::from_blob(ptile.data(), {n, t.ld}, X.options()).narrow(1, 0, m).mul_(s);  // in place
-        at::Tensor gx, gy;
-        if (kind == kDot) {
-          gx = -P.mm(yk);
-          gy = -P.t().mm(xk);
-        } else if (kind == kSqEuclidean) {
-          // d|x - y|^2 = 2 (x - y); zero where the clamp at 0 was active (the clamped cost is exactly 0 there)
-          P.masked_fill_(t.cost == 0, 0);
-          gx = 2 * (P.sum(1, true) * xk - P.mm(yk));
-          gy = 2 * (P.sum(0).unsqueeze(1) * yk - P.t().mm(xk));
-        } else {
-          // C = 1 - <x/|x|, y/|y|>: d/dx = -(I - xh xh^T) (P yh) / |x|; below the 1e-12 clamp, x/1e-12 is linear
-          const at::Tensor nx = xk.norm(2, {1}, true), ny = yk.norm(2, {1}, true);
-          const at::Tensor nxc = nx.clamp_min(1e-12), nyc = ny.clamp_min(1e-12);
-          const at::Tensor xh = xk / nxc, yh = yk / nyc;
-          const at::Tensor Gx = -P.mm(yh), Gy = -P.t().mm(xh);
-          gx = at::where(nx > 1e-12, (Gx - (Gx * xh).sum(1, true) * xh) / nxc, Gx / 1e-12);
-          gy = at::where(ny > 1e-12, (Gy - (Gy * yh).sum(1, true) * yh) / nyc, Gy / 1e-12);
+        K->plan_rows(t.Cs.data(), ld, t.fs.data(), t.gs.data(), 0, n, ptile.data(), &unused_pc, &unused_p);
+        T* P = ptile.data();  // becomes Q in place
+        e.rx.assign(n, T(0));
+        e.ry.assign(m, T(0));
+        for (int64_t i = 0; i < n; ++i) {
+          T* Pi = P + i * ld;
+          const T* Ci = Cp + i * m;
+          if (kind == kCosine) {
+            const bool unclamped = e.sx[i] < T(1e12);  // |x_i| > 1e-12
+            T acc = 0;
+            for (int64_t j = 0; j < m; ++j) {
+              const T p = Pi[j] * s, pc = p * (T(1) - Ci[j]);
+              acc += pc;
+              if (e.sy[j] < T(1e12)) e.ry[j] += pc;
+              Pi[j] = -p * e.sx[i] * e.sy[j];
+            }
+            if (unclamped) e.rx[i] = acc * e.sx[i] * e.sx[i];
+          } else if (kind == kSqEuclidean) {
+            T acc = 0;
+            for (int64_t j = 0; j < m; ++j) {
+              const T p = Ci[j] == T(0) ? T(0) : Pi[j] * s;
+              acc += p;
+              e.ry[j] += p;
+              Pi[j] = T(-2) * p;
+            }
+            e.rx[i] = T(2) * acc;
+          } else {
+            for (int64_t j = 0; j < m; ++j) Pi[j] *= -s;
+          }
         }
-        dx[k].index_copy_(0, at::from_blob(t.rows.data(), {n}, at::kLong), gx);
-        dy[k].index_copy_(0, at::from_blob(t.cols.data(), {m}, at::kLong), gy);
+        if (kind == kCosine)
+          for (int64_t j = 0; j < m; ++j) e.ry[j] *= e.sy[j] * e.sy[j];
+        else if (kind == kSqEuclidean)
+          for (int64_t j = 0; j < m; ++j) e.ry[j] *= T(2);
+        const auto topts = t.cost.options();
+        const at::Tensor Q = at::from_blob(P, {n, m}, {ld, 1}, topts);
+        const at::Tensor Xk = at::from_blob(const_cast<T*>(e.xp), {n, d}, topts);
+        const at::Tensor Yk = at::from_blob(const_cast<T*>(e.yp), {m, d}, topts);
+        e.gbuf.resize(std::max(n, m) * d);
+        // dx rows: Q y + rx x, written to the valid rows of problem k
+        at::Tensor out = at::from_blob(e.gbuf.data(), {n, d}, topts);
+        at::mm_out(out, Q, Yk);
+        T* dxk = dx.data_ptr<T>() + k * N * d;
+        for (int64_t i = 0; i < n; ++i) {
+          T* dst = dxk + t.rows[i] * d;
+          const T* gi = e.gbuf.data() + i * d;
+          const T* xi = e.xp + i * d;
+          const T r = e.rx[i];
+          for (int64_t c = 0; c < d; ++c) dst[c] = gi[c] + r * xi[c];
+        }
+        out = at::from_blob(e.gbuf.data(), {m, d}, topts);
+        at::mm_out(out, Q.t(), Xk);
+        T* dyk = dy.data_ptr<T>() + k * M * d;
+        for (int64_t j = 0; j < m; ++j) {
+          T* dst = dyk + t.cols[j] * d;
+          const T* gj = e.gbuf.data() + j * d;
+          const T* yj = e.yp + j * d;
+          const T r = e.ry[j];
+          for (int64_t c = 0; c < d; ++c) dst[c] = gj[c] + r * yj[c];
+        }
       }
     });
   });

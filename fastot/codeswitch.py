@@ -197,7 +197,8 @@ class Lexicon:
         Source words are matched lower-cased: each is keyed by the ids of its lower-case,
         capitalised, title-case and upper-case forms. A source that the tokenizer splits into several
         words ("new york", "don't") is a multi-word key, matched longest first at switching time;
-        sources of more than 8 words, and sources or translations with special or unknown tokens, are skipped and counted in ``stats['skipped']`` (pairs not used).
+        sources of more than 8 words, and sources or translations with special or unknown tokens, are
+        skipped and counted in ``stats['skipped']`` (pairs not used).
         """
         triples: list[tuple[str, str, str]] = []
         if isinstance(pairs, Mapping):

@@ -84,6 +84,7 @@ struct Options {
 template <typename T>
 struct EmbeddingTile {
   std::vector<T> xbuf, ybuf, sx, sy;  // gathered rows (when needed); per-row 1/|.| (cosine) or |.|^2 (sqeuclidean)
+  std::vector<uint8_t> x_linear, y_linear;  // cosine: rows with |.| <= 1e-12, where x / 1e-12 is linear
   std::vector<T> rx, ry, gbuf;        // backward: per-row coefficients, one [max(n, m), d] GEMM output
   const T* xp = nullptr;
   const T* yp = nullptr;
@@ -446,8 +447,8 @@ void row_sumsq(const T* v, int64_t n, int64_t d, T* out) {
 }
 
 // Problem k: its valid rows of x and y (e.xp, e.yp), their norm terms (e.sx, e.sy: 1/max(|.|, 1e-12) for cosine,
-// |.|^2 for sqeuclidean) and the cost [n, m] in t.cost. cosine: 1 - <x, y> / (max(|x|, 1e-12) max(|y|, 1e-12)); sqeuclidean: max(|x|^2 + |y|^2 - 2 <x, y>, 0);
-// dot: -<x, y>; as fastot.pairwise_cost computes them.
+// |.|^2 for sqeuclidean) and the cost [n, m] in t.cost, as fastot.pairwise_cost defines it:
+// cosine 1 - <x, y> / (max(|x|, 1e-12) max(|y|, 1e-12)); sqeuclidean max(|x|^2 + |y|^2 - 2 <x, y>, 0); dot -<x, y>.
 template <typename T>
 void embedding_cost(const at::Tensor& X, const at::Tensor& Y, int64_t k, int64_t kind, Tile<T>& t) {
   EmbeddingTile<T>& e = t.emb;
@@ -470,8 +471,18 @@ void embedding_cost(const at::Tensor& X, const at::Tensor& Y, int64_t k, int64_t
   row_sumsq(e.xp, n, d, e.sx.data());
   row_sumsq(e.yp, m, d, e.sy.data());
   if (kind == kCosine) {  // sx, sy become 1 / max(|.|, 1e-12)
-    for (int64_t i = 0; i < n; ++i) e.sx[i] = T(1) / std::max(std::sqrt(e.sx[i]), T(1e-12));
-    for (int64_t j = 0; j < m; ++j) e.sy[j] = T(1) / std::max(std::sqrt(e.sy[j]), T(1e-12));
+    e.x_linear.resize(n);
+    e.y_linear.resize(m);
+    for (int64_t i = 0; i < n; ++i) {
+      const T norm = std::sqrt(e.sx[i]);
+      e.x_linear[i] = !(norm > T(1e-12));
+      e.sx[i] = T(1) / std::max(norm, T(1e-12));
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      const T norm = std::sqrt(e.sy[j]);
+      e.y_linear[j] = !(norm > T(1e-12));
+      e.sy[j] = T(1) / std::max(norm, T(1e-12));
+    }
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < m; ++j) C[i * m + j] = T(1) - C[i * m + j] * e.sx[i] * e.sy[j];
   } else {
@@ -588,15 +599,14 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
           T* Pi = P + i * ld;
           const T* Ci = Cp + i * m;
           if (kind == kCosine) {
-            const bool unclamped = e.sx[i] < T(1e12);  // |x_i| > 1e-12
             T acc = 0;
             for (int64_t j = 0; j < m; ++j) {
               const T p = Pi[j] * s, pc = p * (T(1) - Ci[j]);
               acc += pc;
-              if (e.sy[j] < T(1e12)) e.ry[j] += pc;
+              if (!e.y_linear[j]) e.ry[j] += pc;
               Pi[j] = -p * e.sx[i] * e.sy[j];
             }
-            if (unclamped) e.rx[i] = acc * e.sx[i] * e.sx[i];
+            if (!e.x_linear[i]) e.rx[i] = acc * e.sx[i] * e.sx[i];
           } else if (kind == kSqEuclidean) {
             T acc = 0;
             for (int64_t j = 0; j < m; ++j) {

@@ -629,27 +629,22 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
         const at::Tensor Xk = at::from_blob(const_cast<T*>(e.xp), {n, d}, topts);
         const at::Tensor Yk = at::from_blob(const_cast<T*>(e.yp), {m, d}, topts);
         e.gbuf.resize(std::max(n, m) * d);
-        // dx rows: Q y + rx x, written to the valid rows of problem k
-        at::Tensor out = at::from_blob(e.gbuf.data(), {n, d}, topts);
-        at::mm_out(out, Q, Yk);
-        T* dxk = dx.data_ptr<T>() + k * N * d;
-        for (int64_t i = 0; i < n; ++i) {
-          T* dst = dxk + t.rows[i] * d;
-          const T* gi = e.gbuf.data() + i * d;
-          const T* xi = e.xp + i * d;
-          const T r = e.rx[i];
-          for (int64_t c = 0; c < d; ++c) dst[c] = gi[c] + r * xi[c];
-        }
-        out = at::from_blob(e.gbuf.data(), {m, d}, topts);
-        at::mm_out(out, Q.t(), Xk);
-        T* dyk = dy.data_ptr<T>() + k * M * d;
-        for (int64_t j = 0; j < m; ++j) {
-          T* dst = dyk + t.cols[j] * d;
-          const T* gj = e.gbuf.data() + j * d;
-          const T* yj = e.yp + j * d;
-          const T r = e.ry[j];
-          for (int64_t c = 0; c < d; ++c) dst[c] = gj[c] + r * yj[c];
-        }
+        // rows of the gradient of one side: Qs @ other + coef * own, written to that side's valid rows of problem k
+        auto side = [&](const at::Tensor& Qs, const at::Tensor& other, const T* own, const std::vector<T>& coef,
+                        const std::vector<int64_t>& idx, T* grad_k) {
+          const int64_t cnt = static_cast<int64_t>(idx.size());
+          at::Tensor out = at::from_blob(e.gbuf.data(), {cnt, d}, topts);
+          at::mm_out(out, Qs, other);
+          for (int64_t i = 0; i < cnt; ++i) {
+            T* dst = grad_k + idx[i] * d;
+            const T* gi = e.gbuf.data() + i * d;
+            const T* oi = own + i * d;
+            const T r = coef[i];
+            for (int64_t c = 0; c < d; ++c) dst[c] = gi[c] + r * oi[c];
+          }
+        };
+        side(Q, Yk, e.xp, e.rx, t.rows, dx.data_ptr<T>() + k * N * d);
+        side(Q.t(), Xk, e.yp, e.ry, t.cols, dy.data_ptr<T>() + k * M * d);
       }
     });
   });

@@ -2,8 +2,8 @@
 output at p = 0, every translatable word switched at p = 1, statistics, steps across DataLoader workers, bad input."""
 
 import copy
-import re
 import os
+import re
 
 import numpy as np
 import pytest

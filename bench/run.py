@@ -577,14 +577,14 @@ def plots(rows: list[dict], stamp: dict, prefix: str) -> list[str]:
     return out
 
 
-def markdown(rows: list[dict], stamp: dict, command: str, csv_name: str, pngs: list[str]) -> str:
-    """The generated block of bench/RESULTS.md."""
+def markdown(rows: list[dict], stamp: dict, csv_name: str, pngs: list[str]) -> str:
+    """The generated block of bench/RESULTS.md (the command that measured the rows is stamp["command"])."""
     lines = [f"### Latest `bench.run` — {stamp['date']}, fastot {stamp['fastot_sha']}", "",
              f"Machine: {stamp['gpu'] + ' + ' if stamp['gpu'] else ''}{stamp['cpu']}, {stamp['cpu_threads']} threads; "
              f"torch {stamp['v_torch']}" + (f", CUDA {stamp['cuda']}" if stamp["cuda"] else "") +
              f"; POT {stamp['v_pot']}, geomloss {stamp['v_geomloss']}, ott-jax {stamp['v_ott-jax']} "
              f"(jax {stamp['v_jax']}), flash-sinkhorn {stamp['v_flash-sinkhorn']}, triton {stamp['v_triton']}. "
-             f"Command: `{command}`. Rows: `bench/results/{csv_name}`.", "",
+             f"Command: `{stamp.get('command') or 'python -m bench.run'}`. Rows: `bench/results/{csv_name}`.", "",
              "Times are medians [20–80%] in ms; ×best = time / the fastest fastot backend's time in the same cell "
              "(> 1: fastot is faster); bwd = the backward half of the fwd+bwd calls (— for JAX: one compiled call); "
              "err = max potential error against the float64 reference with the same iterations (it also shows "
@@ -746,7 +746,7 @@ def main(argv=None) -> int:
             rows += codeswitch_section(p, device, budget, p["rounds"], say)
         write_csv(rows, stamp, csv_path)  # after every section: an interrupted run keeps what it measured
     pngs = plots(rows, stamp, os.path.join(out_dir, name))
-    block = markdown(rows, stamp, stamp["command"], os.path.basename(csv_path), pngs)
+    block = markdown(rows, stamp, os.path.basename(csv_path), pngs)
     with open(os.path.join(out_dir, name + ".md"), "w", encoding="utf-8") as fh:
         fh.write(block + "\n")
     if args.out is None and not args.no_results_md and not quick:
@@ -764,8 +764,7 @@ def _replot(path: str, no_results_md: bool) -> int:
     rows, stamp = read_csv(path)
     prefix = os.path.splitext(os.path.abspath(path))[0]
     pngs = plots(rows, stamp, prefix)
-    command = stamp.get("command") or "python -m bench.run"
-    block = markdown(rows, stamp, command, os.path.basename(path), pngs)
+    block = markdown(rows, stamp, os.path.basename(path), pngs)
     with open(prefix + ".md", "w", encoding="utf-8") as fh:
         fh.write(block + "\n")
     if os.path.dirname(os.path.abspath(path)) == RESULTS and not no_results_md:

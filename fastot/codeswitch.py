@@ -57,12 +57,13 @@ def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
             word_start[i] = tok.startswith("\u2581")
     else:
         raise ValueError("tokenizer: cannot tell word starts (neither WordPiece '##' nor SentencePiece '\u2581' pieces)")
+    every = special_ids(tokenizer)
     special = torch.zeros(V, dtype=torch.bool)
-    for i in template_ids(tokenizer):
+    for i in template_ids(tokenizer, every):
         if 0 <= i < V:
             special[i] = True
     # Special tokens the template never adds stand for a word of the text (see above): one-token words.
-    for i in special_ids(tokenizer):
+    for i in every:
         if 0 <= i < V and not special[i]:
             word_start[i] = True
     word_start |= special
@@ -80,9 +81,10 @@ def special_ids(tokenizer) -> set[int]:
     return ids
 
 
-def template_ids(tokenizer) -> set[int]:
-    """The special token ids that ``tokenizer`` adds around a text or a pair, and its pad token id."""
-    special = special_ids(tokenizer)
+def template_ids(tokenizer, special: set[int] | None = None) -> set[int]:
+    """The special token ids that ``tokenizer`` adds around a text or a pair, and its pad token id
+    (``special``: :func:`special_ids` of the tokenizer, when the caller has it already)."""
+    special = special_ids(tokenizer) if special is None else special
     ids = set()
     encodings = [tokenizer("a", add_special_tokens=True)["input_ids"]]
     try:

@@ -162,7 +162,6 @@ class CodeSwitchCollator:
         if counted:
             info = get_worker_info()
             step = self.calls if info is None else self.calls * info.num_workers + info.id
-        step = int(step)
         out = self.switcher(ids, mask, tt, step=step, max_length=self.max_length)
         if counted:
             self.calls += 1

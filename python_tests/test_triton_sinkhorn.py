@@ -240,3 +240,49 @@ def test_aot_scalars_are_typed_as_at_a_call():
                 continue
             sample = 2**31 + 5 if k.startswith("prefix_") else 1000
             assert v == mangle_type(sample), (name, k, v)
+
+
+def test_aot_codeswitch_scalars_match_a_real_launch(minilm_tokenizer, monkeypatch):
+    """The scalar types the compile check uses for the code-switch kernel are those of the arguments a real call
+    passes (recorded at the launch, typed by triton's own mangle_type); the random prefixes may take either of
+    their two specialisations, and the check compiles the wider."""
+    if "triton" not in fastot.available_backends("codeswitch"):
+        pytest.skip("the Triton code-switch backend is unavailable")
+    import inspect
+
+    from triton.runtime.jit import mangle_type
+
+    from fastot.triton import aot
+    from fastot.triton import codeswitch as tcs
+
+    kernel = tcs.K._codeswitch_kernel
+    sigs = {name: aot._signature(aot._kernel(name), consts, ptrs)
+            for name, kname, consts, ptrs, _warps in aot._variants() if kname.startswith("codeswitch:")}
+    launches = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                launches.append(args)
+                return kernel[grid](*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(tcs.K, "_codeswitch_kernel", Spy())
+    tok = minilm_tokenizer
+    lex = fastot.Lexicon.from_pairs([("river", "mto"), ("market", "soko")], tok, languages="sw")
+    enc = tok(["the river market", "a river"], padding=True, return_tensors="pt")
+    for seed, max_length in ((0, None), (12345, 6)):
+        fastot.CodeSwitcher(lex, p=0.5, seed=seed, backend="triton")(enc["input_ids"], enc["attention_mask"],
+                                                                      max_length=max_length)
+    assert launches
+    params = list(inspect.signature(kernel.fn).parameters)
+    assert sigs
+    for name, sig in sigs.items():
+        for args in launches:
+            for pname, value in zip(params, args):
+                if sig[pname] == "constexpr" or pname.endswith("_ptr"):
+                    continue
+                if pname.startswith("prefix_"):
+                    assert sig[pname] == "i64" and mangle_type(value) in ("i32", "i64"), (name, pname, value)
+                else:
+                    assert sig[pname] == mangle_type(value), (name, pname, value)

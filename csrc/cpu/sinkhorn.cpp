@@ -589,7 +589,7 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
         t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, false);
         t.load_potentials(F.data_ptr<T>() + k * N, G.data_ptr<T>() + k * M, /*full=*/true, inv_eps);
         const int64_t ld = t.ld;
-        ptile.assign(n * ld, T(0));
+        ptile.resize(n * ld);  // plan_rows writes every entry, padding columns included
         T unused_pc = 0, unused_p = 0;
         K->plan_rows(t.Cs.data(), ld, t.fs.data(), t.gs.data(), 0, n, ptile.data(), &unused_pc, &unused_p);
         T* P = ptile.data();  // becomes Q in place

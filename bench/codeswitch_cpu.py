@@ -41,7 +41,7 @@ import torch
 
 import fastot
 
-from .sinkhorn_cpu import RESULTS, _cpu_name, _git_sha
+from .sinkhorn_cpu import RESULTS, cpu_name, git_sha
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")
 MAX_LENGTH = 256
@@ -204,8 +204,8 @@ def main(argv=None) -> int:
                        time_budget_s=5 if args.quick else 120)
     has_cpp = "cpp" in fastot.available_backends("codeswitch")
     stamp = {
-        "machine": platform.node(), "cpu": _cpu_name(), "cpu_isa": torch.ops.fastot.cpu_isa() if has_cpp else "n/a",
-        "torch": torch.__version__, "fastot_sha": _git_sha(), "date": datetime.date.today().isoformat(),
+        "machine": platform.node(), "cpu": cpu_name(), "cpu_isa": torch.ops.fastot.cpu_isa() if has_cpp else "n/a",
+        "torch": torch.__version__, "fastot_sha": git_sha(), "date": datetime.date.today().isoformat(),
     }
     for r in rows:
         r.update(stamp)

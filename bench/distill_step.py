@@ -44,7 +44,7 @@ import fastot
 from fastot.train import load_encoder, load_tokenizer
 
 from .run import rss_peak_growth
-from .sinkhorn_cpu import RESULTS, _cpu_name, _git_sha
+from .sinkhorn_cpu import RESULTS, cpu_name, git_sha
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")
 EPS, ITERS, MAX_LENGTH = 0.05, 50, 128
@@ -198,8 +198,8 @@ def main(argv=None) -> int:
     med = {n: statistics.median(v) for n, v in times.items()}
     q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))]  # noqa: E731
     N, M = s.se["input_ids"].shape[1], s.te["input_ids"].shape[1]
-    meta = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else _cpu_name(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "fastot_sha": _git_sha(),
+    meta = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else cpu_name(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "fastot_sha": git_sha(),
             "model": args.model, "B": args.B, "N_student": N, "M_teacher": M, "data": s.source,
             "loss_backend": s.backend, "precision": "bf16 autocast" if s.amp else "fp32",
             "date": datetime.date.today().isoformat()}

@@ -59,8 +59,7 @@ import time
 import torch
 
 from . import peers
-from .sinkhorn_cpu import _cpu_name as cpu_name
-from .sinkhorn_cpu import _git_sha as git_sha
+from .sinkhorn_cpu import cpu_name, git_sha
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")

@@ -30,7 +30,7 @@ from fastot.reference import sinkhorn as ref
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
-def _git_sha() -> str:
+def git_sha() -> str:
     """The short sha of HEAD, with "+dirty" when tracked files differ from it."""
     here = os.path.dirname(__file__)
     try:
@@ -43,7 +43,8 @@ def _git_sha() -> str:
         return "unknown"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, or the platform's processor string."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -123,9 +124,9 @@ def main(argv=None) -> int:
     rows = run(sizes, 1 if args.quick else args.rounds, 0.05, 10 if args.quick else 100,
                time_budget_s=5 if args.quick else 120)
     stamp = {
-        "machine": platform.node(), "cpu": _cpu_name(), "threads": torch.get_num_threads(),
+        "machine": platform.node(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
         "cpu_isa": torch.ops.fastot.cpu_isa() if "cpp" in fastot.available_backends("sinkhorn") else "n/a",
-        "torch": torch.__version__, "fastot_sha": _git_sha(), "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__, "fastot_sha": git_sha(), "date": datetime.date.today().isoformat(),
     }
     for r in rows:
         r.update(stamp)

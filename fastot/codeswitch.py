@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import unicodedata
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from .reference import codeswitch as ref
 
 __all__ = ["Lexicon", "CodeSwitcher", "CodeSwitchOutput", "vocab_tables"]
 
-FORMAT = 2  # the file format of Lexicon.save (see Lexicon.load)
+FORMAT = 3  # the file format of Lexicon.save (see Lexicon.load)
 MAX_KEY_WORDS = 8  # the longest multi-word key ("longest match first" tracks it in 3 bits per state)
 _PACKED = ("key_hash", "key_offsets", "key_ids", "entry_offsets", "trans_offsets", "trans_ids")
 
@@ -35,7 +36,9 @@ def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
     template token typed into the text, such as a literal "[SEP]", has the template token's id and is kept.)
 
     WordPiece: a piece starts a word unless it begins with the continuation prefix (``##``).
-    SentencePiece / metaspace: a piece starts a word when it begins with ``▁``.
+    SentencePiece / metaspace: a piece starts a word when it begins with ``▁`` or is punctuation only, so
+    punctuation after a word ("river,", "market.") is a word of its own, as the WordPiece pre-tokenizer makes
+    it. A word glued to punctuation before it ("(river") has no ``▁`` piece and is not matched.
     """
     vocab = tokenizer.get_vocab()
     V = max(len(tokenizer), max(vocab.values()) + 1)
@@ -53,8 +56,8 @@ def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
                 word_start[i] = False
     elif sum(tok.startswith("\u2581") for tok in vocab) > len(vocab) // 20:
         scheme = "sentencepiece"
-        for tok, i in vocab.items():
-            word_start[i] = tok.startswith("\u2581")
+        for tok, i in vocab.items():  # "river," is "▁river" ","; the comma is a word of its own, as in WordPiece
+            word_start[i] = tok.startswith("\u2581") or _is_punctuation(tok)
     else:
         raise ValueError("tokenizer: cannot tell word starts (neither WordPiece '##' nor SentencePiece '\u2581' pieces)")
     every = special_ids(tokenizer)
@@ -68,6 +71,11 @@ def vocab_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, str]:
             word_start[i] = True
     word_start |= special
     return word_start, special, scheme
+
+
+def _is_punctuation(piece: str) -> bool:
+    """A piece made only of Unicode punctuation and symbols (",", ".", ")", "»", "%")."""
+    return bool(piece) and all(unicodedata.category(c)[0] in "PS" for c in piece)
 
 
 def special_ids(tokenizer) -> set[int]:
@@ -178,6 +186,48 @@ class Lexicon:
 
     def __len__(self) -> int:
         return self.n_keys
+
+    def _language_counts(self) -> torch.Tensor:
+        """Translations per language [n_lang]."""
+        eo = self._tensors["entry_offsets"]
+        return (eo[1:] - eo[:-1]).view(-1, len(self.languages)).sum(0)
+
+    def select(self, languages: Iterable[str]) -> "Lexicon":
+        """This lexicon restricted to ``languages`` (in that order): their translations only, and only the keys
+        that have a translation in one of them. ``self`` when that is every language in the lexicon's order.
+
+        A :class:`CodeSwitcher` switches with the selection of its active languages, so a multi-word key of
+        another language never takes the place of the words it spans (longest match first is over the keys
+        that can be switched). Raises ValueError when no key has a translation in ``languages``.
+        """
+        langs = list(languages)
+        if langs == self.languages:
+            return self
+        unknown = [lang for lang in langs if lang not in self.languages]
+        if not langs or unknown or len(set(langs)) != len(langs):
+            raise ValueError(f"Lexicon.select: languages must be a non-empty subset of {self.languages} without "
+                             f"repeats, got {langs}")
+        T, L = self._tensors, len(self.languages)
+        li = torch.tensor([self.languages.index(lang) for lang in langs], dtype=torch.long)
+        eo = T["entry_offsets"]
+        starts = eo[:-1].view(-1, L)[:, li]  # [K, n] translation ranges of the selected languages
+        counts = eo[1:].view(-1, L)[:, li] - starts
+        keep = (counts.sum(1) > 0).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            raise ValueError(f"Lexicon.select: no key has a translation in languages {langs}")
+        key_offsets, key_ids = _csr_take(T["key_offsets"], T["key_ids"], keep)
+        # The kept (key, language) ranges of translations, in order, then the translations themselves.
+        first, count = starts[keep].reshape(-1), counts[keep].reshape(-1)
+        entry_offsets = torch.cat([torch.zeros(1, dtype=torch.long), count.cumsum(0)])
+        trans = torch.repeat_interleave(first, count) + torch.arange(int(count.sum())) - torch.repeat_interleave(
+            entry_offsets[:-1], count)
+        trans_offsets, trans_ids = _csr_take(T["trans_offsets"], T["trans_ids"], trans)
+        tensors = {"key_hash": T["key_hash"][keep], "key_offsets": key_offsets, "key_ids": key_ids,
+                   "entry_offsets": entry_offsets, "trans_offsets": trans_offsets, "trans_ids": trans_ids,
+                   "word_start": T["word_start"], "special": T["special"]}
+        lens = key_offsets[1:] - key_offsets[:-1]
+        stats = dict(self.stats, keys=keep.numel(), translations=trans.numel(), selected_from=self.languages)
+        return Lexicon(tensors, langs, int(lens.max()), self.pad_id, self.scheme, stats)
 
     def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """The packed tensors on ``device`` (copied once per device, then cached)."""
@@ -320,14 +370,16 @@ class Lexicon:
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("coverage: texts must be strings")
         words, covered = 0, dict.fromkeys(self.languages, 0)
-        switchers = {lang: CodeSwitcher(self, p=1.0, languages=[lang], backend=backend) for lang in self.languages}
+        empty = {lang for lang in self.languages if int(self._language_counts()[self.languages.index(lang)]) == 0}
+        switchers = {lang: CodeSwitcher(self, p=1.0, languages=[lang], backend=backend)
+                     for lang in self.languages if lang not in empty}  # a language without translations covers 0
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], padding=True, return_tensors="pt")
             tt = enc.get("token_type_ids")
             for lang, cs in switchers.items():
                 out = cs(enc["input_ids"], enc["attention_mask"], tt)
                 covered[lang] += int(out.n_switched.sum())
-            words += int(out.n_words.sum())
+            words += int(out.n_words.sum())  # the same for every language
         return {"words": words, "covered": {k: (v / words if words else 0.0) for k, v in covered.items()}}
 
     @classmethod
@@ -387,9 +439,9 @@ class Lexicon:
                 tokenizer's tables instead (save it again to keep them). Without it, an older file is used as
                 it is, with a warning.
 
-        Formats: 2 (current) marks as special only the tokens the tokenizer's template adds; 1 marked every
-        special token but [UNK] (and before that [UNK] too), so a [MASK] in a text was never cut by
-        ``max_length``.
+        Formats: 3 (current) also starts a word at every punctuation piece of a SentencePiece vocabulary;
+        2 marks as special only the tokens the tokenizer's template adds (as 3 does); 1 marked every special
+        token but [UNK] (and before that [UNK] too), so a [MASK] in a text was never cut by ``max_length``.
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -404,8 +456,8 @@ class Lexicon:
             raise ValueError(f"Lexicon.load: {path!r} is not a fastot lexicon file (no meta {list(need)} and tensors)")
         m = blob["meta"]
         fmt = m.get("format", 1)
-        if fmt not in (1, FORMAT):
-            raise ValueError(f"Lexicon.load: {path!r} has lexicon format {fmt!r}; this fastot reads formats 1 and "
+        if fmt not in (1, 2, FORMAT):
+            raise ValueError(f"Lexicon.load: {path!r} has lexicon format {fmt!r}; this fastot reads formats 1 to "
                              f"{FORMAT} (a newer fastot wrote it?)")
         tensors = dict(blob["tensors"])
         if tokenizer is not None:
@@ -419,15 +471,27 @@ class Lexicon:
                 raise ValueError(f"Lexicon.load: tokenizer's word starts or special tokens differ from those "
                                  f"{path!r} was built with: not the same tokenizer")
             tensors["word_start"], tensors["special"] = word_start, special
-        elif fmt != FORMAT:
-            warnings.warn(f"Lexicon.load: {path!r} has lexicon format {fmt}, whose special-token table keeps "
+        elif fmt == 1:
+            warnings.warn(f"Lexicon.load: {path!r} has lexicon format 1, whose special-token table keeps "
                           "special tokens of the text (such as [MASK]) from ever being cut by max_length; pass "
                           "tokenizer= to take the current tables, then save it again", stacklevel=2)
+        elif fmt == 2 and m["scheme"] == "sentencepiece":
+            warnings.warn(f"Lexicon.load: {path!r} has lexicon format 2, whose SentencePiece word starts join "
+                          "punctuation to the word before it (\"river,\" is never matched); pass tokenizer= to "
+                          "take the current tables, then save it again", stacklevel=2)
         return cls(tensors, m["languages"], m["max_key_len"], m["pad_id"], m["scheme"], m["stats"])
 
     def __repr__(self) -> str:
         return (f"Lexicon(keys={self.n_keys}, languages={self.languages}, scheme={self.scheme!r}, "
                 f"vocab_size={self.vocab_size})")
+
+
+def _csr_take(offsets: torch.Tensor, values: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of a CSR array (``offsets`` [n+1], ``values``), as new offsets and values."""
+    lens = offsets[idx + 1] - offsets[idx]
+    new = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+    at = torch.repeat_interleave(offsets[idx], lens) + torch.arange(int(new[-1])) - torch.repeat_interleave(new[:-1], lens)
+    return new, values[at]
 
 
 def _is_real(x) -> bool:
@@ -467,7 +531,9 @@ class CodeSwitcher:
         p: probability in [0, 1] that a word with a translation is switched.
         seed: nonnegative integer; randomness is a pure function of (seed, step, row, word).
         languages: active target languages (default: all of the lexicon's). One language is
-            bilingual code-switching; several draw a language uniformly per switched word (ML-CS).
+            bilingual code-switching; several draw a language uniformly per switched word (ML-CS). Words are
+            matched (longest first) against the keys with a translation in an active language; under ML-CS a
+            matched word whose drawn language has no translation of it is kept, as in the published method.
         backend: "auto" | "torch" | "cpp" | "cuda" | "triton"; default from ``FASTOT_BACKEND``.
     """
 
@@ -487,7 +553,11 @@ class CodeSwitcher:
                              f"repeats, got {langs}")
         self.lexicon, self.p, self.seed, self.languages, self.backend = lexicon, float(p), seed, langs, backend
         self._threshold = round(self.p * (1 << 24))
-        self._lang_ids = torch.tensor([lexicon.languages.index(lang) for lang in langs], dtype=torch.long)
+        try:  # the keys that can be switched into the active languages (see Lexicon.select)
+            self._lex = lexicon.select(langs)
+        except ValueError:
+            raise ValueError(f"CodeSwitcher: the lexicon has no translation in languages {langs}") from None
+        self._lang_ids = torch.arange(len(langs))
         self._lang_ids_on: dict[torch.device, torch.Tensor] = {}
 
     def _lang_ids_for(self, device: torch.device) -> torch.Tensor:
@@ -536,7 +606,9 @@ class CodeSwitcher:
             attention_mask: [B, L] (0 = padding, dropped), default all ones.
             token_type_ids: [B, L] segment ids (0 query, 1 passage), default zeros.
             step: training step; with the seed it fixes every random decision.
-            max_length: cut rows longest_first to this many tokens and pad to exactly this width.
+            max_length: cut rows longest_first to this many tokens and pad to exactly this width. Without
+                it the width is the longest switched row, which a GPU backend reads back to the host (one
+                synchronisation); pass it for a call without one (CUDA graphs, static shapes).
         Returns:
             :class:`CodeSwitchOutput`.
         """
@@ -549,7 +621,7 @@ class CodeSwitcher:
             attention_mask = attention_mask != 0
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        lex = self.lexicon.tensors(dev)
+        lex = self._lex.tensors(dev)
         if max_length is not None and input_ids.numel():
             n_special = (lex["special"][input_ids.long().clamp(0, self.lexicon.vocab_size - 1)]
                          & (attention_mask != 0)).sum(1).max()
@@ -562,7 +634,7 @@ class CodeSwitcher:
         be = _backend.resolve("codeswitch", dev, self.backend)
         args = (
             input_ids.long(), attention_mask.long(), token_type_ids.long(), lex["word_start"], lex["special"],
-            *(lex[k] for k in _PACKED), self._lang_ids_for(dev), self.lexicon.max_key_len, self.lexicon.max_key_words,
+            *(lex[k] for k in _PACKED), self._lang_ids_for(dev), self._lex.max_key_len, self._lex.max_key_words,
             ref.rand_prefix(self.seed, step, ref.SALT_SWITCH), ref.rand_prefix(self.seed, step, ref.SALT_LANG),
             ref.rand_prefix(self.seed, step, ref.SALT_TRANS), self._threshold,
             -1 if max_length is None else max_length, self.lexicon.pad_id,

@@ -28,14 +28,33 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
+def _passage_after(tokenizer, pair_ids: list[int], lexicon) -> int:
+    """How many template tokens come before the second text in ``tokenizer``'s pair ``pair_ids`` ("a", "b")."""
+    special = lexicon.tensors()["special"]
+    seen_text = seen_separator = False
+    for pos, i in enumerate(pair_ids):
+        if 0 <= i < special.numel() and bool(special[i]):
+            seen_separator |= seen_text
+        elif seen_separator:
+            return sum(1 for j in pair_ids[:pos] if 0 <= j < special.numel() and bool(special[j]))
+        else:
+            seen_text = True
+    raise ValueError(f"{_NAME}: tokenizer gives no token type 1 and no template token between the texts of a pair "
+                     f"({type(tokenizer).__name__}: {pair_ids}), so query and passage cannot be told apart")
+
+
 class CodeSwitchCollator:
     """Tokenizes (query, passage[, label]) items as pairs and code-switches the batch on its token ids.
 
     Args:
         tokenizer: Hugging Face tokenizer with a pad token; the one ``switcher.lexicon`` was built with
-            (checked by vocabulary size). It must give passages token type 1 (BERT-style pairs): the cut to
-            ``max_length`` after switching tells the two segments apart by token type. A template token spelt
-            out in the text (a literal "[SEP]") has the template's id and is never cut, unlike in the tokenizer.
+            (checked by vocabulary size). The switch and the cut to ``max_length`` tell query and passage apart
+            by token type when the tokenizer gives passages type 1 (BERT-style pairs); otherwise (XLM-R,
+            RoBERTa: ``<s> q </s></s> p </s>``, every type 0) by the template tokens before each token, and
+            the batch then has the tokenizer's own types (zeros). ``token_type_ids`` is returned only when the
+            tokenizer's ``model_input_names`` has it. A template token spelt out in the text (a literal
+            "[SEP]" or "</s>") has the template's id and is never cut, unlike in the tokenizer; with an untyped
+            template it also starts the passage early.
         switcher: a :class:`fastot.CodeSwitcher`.
         max_length: width of the output; every row is cut ``longest_first`` after switching and padded to it.
         pre_max_length: ``longest_first`` cut when tokenizing, before switching; it only bounds the tokenizing
@@ -65,9 +84,6 @@ class CodeSwitchCollator:
             raise TypeError(f"{_NAME}: tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
         if tokenizer.pad_token_id is None:
             raise ValueError(f"{_NAME}: tokenizer must have a pad token, got pad_token_id=None")
-        if 1 not in tokenizer("a", "b", return_token_type_ids=True)["token_type_ids"]:
-            raise ValueError(f"{_NAME}: tokenizer must give the passage of a pair token type 1 (BERT-style), "
-                             f"{type(tokenizer).__name__} gives it 0")
         if len(tokenizer) != switcher.lexicon.vocab_size:
             raise ValueError(f"{_NAME}: the tokenizer's vocabulary ({len(tokenizer)} tokens) must be the one "
                              f"switcher.lexicon was built with ({switcher.lexicon.vocab_size} tokens)")
@@ -86,6 +102,11 @@ class CodeSwitchCollator:
                 raise ValueError(f"{_NAME}: device must name a torch device, got {device!r}") from exc
         if not isinstance(label_dtype, torch.dtype):
             raise TypeError(f"{_NAME}: label_dtype must be a torch.dtype, got {label_dtype!r}")
+        pair = tokenizer("a", "b", return_token_type_ids=True)
+        # Untyped pairs: the passage starts after this many template tokens (BERT-style pairs: None).
+        self._passage_after = None if 1 in pair["token_type_ids"] else _passage_after(tokenizer, pair["input_ids"],
+                                                                                     switcher.lexicon)
+        self._typed_output = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
         self.tokenizer, self.switcher, self.device, self.label_dtype = tokenizer, switcher, device, label_dtype
         self.max_length, self.pre_max_length = max_length, pre_max_length
         self.calls = 0
@@ -135,7 +156,8 @@ class CodeSwitchCollator:
                 ``"passage"`` and optionally ``"label"`` (labels for all items or none).
             step: the switch's step; default ``calls * num_workers + worker_id`` (see the class docstring).
         Returns:
-            ``input_ids``, ``attention_mask``, ``token_type_ids``: [B, max_length] int64; ``labels``: [B]
+            ``input_ids``, ``attention_mask``, ``token_type_ids`` (if the tokenizer has them): [B, max_length]
+            int64, the tokenizer's output had it cut the switched text; ``labels``: [B]
             label_dtype (only when the items have labels); ``cs_stats``: ``{"words": [] int64, "switched": []
             int64, "switched_per_language": [n_active] int64}`` summed over the batch (tensors on the output's
             device: no host synchronisation; see :meth:`switch_ratios`).
@@ -158,6 +180,9 @@ class CodeSwitchCollator:
         if self.device is not None:
             ids, mask, tt = ids.to(self.device), mask.to(self.device), tt.to(self.device)
             labels = None if labels is None else labels.to(self.device)
+        if self._passage_after is not None:  # segments from the template tokens before each token
+            special = self.switcher.lexicon.tensors(ids.device)["special"][ids] & (mask != 0)
+            tt = ((special.cumsum(1) - special.long()) >= self._passage_after).long()
         counted = step is None
         if counted:
             info = get_worker_info()
@@ -165,7 +190,11 @@ class CodeSwitchCollator:
         out = self.switcher(ids, mask, tt, step=step, max_length=self.max_length)
         if counted:
             self.calls += 1
-        result = {**out.model_inputs(), "cs_stats": {
+        result = {"input_ids": out.input_ids, "attention_mask": out.attention_mask}
+        if self._typed_output:
+            result["token_type_ids"] = out.token_type_ids if self._passage_after is None else torch.zeros_like(
+                out.token_type_ids)
+        result = {**result, "cs_stats": {
             "words": out.n_words.sum(),
             "switched": out.n_switched.sum(),
             "switched_per_language": out.n_switched_lang.sum(0),

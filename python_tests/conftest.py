@@ -35,6 +35,30 @@ def minilm_tokenizer():
     return transformers.AutoTokenizer.from_pretrained(path)
 
 
+@pytest.fixture(scope="session")
+def sentencepiece_tokenizer():
+    """A small SentencePiece-style (metaspace) BPE tokenizer with XLM-R's template and no token types:
+    ``<s> A </s>`` and ``<s> A </s> </s> B </s>``, every token type 0; trained here on a few sentences."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: PLC0415
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.Metaspace()
+    corpus = ["The river flooded the quick market in Nairobi on Monday.", "She bought bread, milk and rice at the "
+              "market before noon.", "Government officials met traders at the river bank (near the market).",
+              "Farmers say the rains came late, and the harvest is small!", "mto soko mkate maziwa kogi kasuwa"] * 4
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[(t, tok.token_to_id(t)) for t in ("<s>", "</s>")])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", model_input_names=["input_ids", "attention_mask"])
+
+
 @pytest.fixture(autouse=True)
 def _no_backend_env(monkeypatch):
     monkeypatch.delenv("FASTOT_BACKEND", raising=False)

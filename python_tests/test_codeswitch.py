@@ -3,6 +3,7 @@ independent peer, statistics, truncation, registered-op checks and bad input."""
 
 import os
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ def _rows(out):
 # --------------------------------------------------------------------------- independent oracles
 def python_oracle(lex, ids, mask, tt, seed, step, p, langs, max_length):
     """The contract, one row and one word at a time in plain Python (no tensors, no vectorisation)."""
+    lex = lex.select(langs)  # a switcher matches the keys of its active languages only
     T = {k: v.tolist() for k, v in lex.tensors().items()}
     keys = {}
     for k in range(len(T["key_hash"])):
@@ -271,6 +273,40 @@ def test_multilingual_draws_language_per_word_and_never_falls_back(minilm_tokeni
     assert "bread" not in text
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_active_languages_choose_the_keys(minilm_tokenizer, backend, device):
+    """A multi-word key of an inactive language never hides the words it spans from an active one."""
+    tok = minilm_tokenizer
+    ha = [("river", "kogi"), ("bank", "gaba")]
+    both = fastot.Lexicon.from_pairs({"sw": [("river bank", "ukingo wa mto"), ("milk", "maziwa")], "ha": ha}, tok)
+    alone = fastot.Lexicon.from_pairs({"ha": ha}, tok)
+    ids, mask, tt = _encode(tok, ["the river bank", "milk at the river"], ["a bank", "river bank milk"])
+    args = (ids.to(device), mask.to(device), tt.to(device))
+    got = fastot.CodeSwitcher(both, p=1.0, languages="ha", backend=backend)(*args, step=3, max_length=20)
+    want = fastot.CodeSwitcher(alone, p=1.0, backend=backend)(*args, step=3, max_length=20)
+    for x, y in zip(vars(got).values(), vars(want).values()):
+        assert torch.equal(x.cpu(), y.cpu())
+    assert tok.decode(got.input_ids[0].cpu(), skip_special_tokens=True) == "the kogi gaba a gaba"
+    # Both languages active: "river bank" is one unit again, switched into sw or kept (ML-CS).
+    sel = both.select(["ha", "sw"])
+    assert sel.languages == ["ha", "sw"] and sel.n_keys == both.n_keys and both.select(["sw", "ha"]) is both
+    assert both.select(["sw"]).n_keys == 2 and both.select(["sw"]).max_key_words == 2
+    assert both.select(["ha"]).max_key_words == 1
+    cov = both.coverage(["the river bank"], tok)
+    assert cov["words"] == 3 and cov["covered"] == pytest.approx({"sw": 2 / 3, "ha": 2 / 3})
+
+
+def test_a_language_without_translations(minilm_tokenizer):
+    tok = minilm_tokenizer
+    lex = fastot.Lexicon.from_pairs({"sw": [("milk", "maziwa")], "ha": [("milk", "[MASK]")]}, tok)
+    assert lex.languages == ["sw", "ha"] and lex.stats["skipped"] == 1
+    with pytest.raises(ValueError, match=r"no translation in languages \['ha'\]"):
+        fastot.CodeSwitcher(lex, languages=["ha"])
+    with pytest.raises(ValueError, match="subset of"):
+        lex.select(["xx"])
+    assert lex.coverage(["milk and milk"], tok)["covered"] == {"sw": 2 / 3, "ha": 0.0}
+
+
 def test_special_tokens_never_switched_or_dropped(minilm_tokenizer, lexicon):
     ids, mask, tt = random_batch(minilm_tokenizer, 20, 30, seed=9)
     out = fastot.CodeSwitcher(lexicon, p=1.0, seed=0)(ids, mask, tt, max_length=12)
@@ -317,7 +353,7 @@ def test_lexicon_save_is_atomic_and_load_rejects_other_files(tmp_path, monkeypat
     blob = torch.load(path, weights_only=True)
     blob["meta"]["format"] = 99
     torch.save(blob, tmp_path / "future.pt")
-    with pytest.raises(ValueError, match="format 99; this fastot reads formats 1 and 2"):
+    with pytest.raises(ValueError, match="format 99; this fastot reads formats 1 to 3"):
         fastot.Lexicon.load(tmp_path / "future.pt")
 
 
@@ -338,7 +374,7 @@ def test_lexicon_load_format_1_and_the_tokenizer_check(tmp_path, minilm_tokenize
     fresh = fastot.Lexicon.load(tmp_path / "v1.pt", tok)
     assert torch.equal(fresh.tensors()["special"], T["special"]) and not fresh.tensors()["special"][tok.mask_token_id]
     fresh.save(tmp_path / "v2.pt")
-    assert torch.load(tmp_path / "v2.pt", weights_only=True)["meta"]["format"] == 2
+    assert torch.load(tmp_path / "v2.pt", weights_only=True)["meta"]["format"] == fastot.codeswitch.FORMAT
     assert torch.equal(fastot.Lexicon.load(tmp_path / "v2.pt", tok).tensors()["key_hash"], T["key_hash"])
 
     class OtherTables:  # the same vocabulary with [MASK] made a template token
@@ -566,3 +602,21 @@ def test_lexicons_in_turn_and_a_lexicon_without_translations(minilm_tokenizer, b
 def test_repeated_languages_are_rejected(lexicon):
     with pytest.raises(ValueError, match="without repeats"):
         fastot.CodeSwitcher(lexicon, languages=["sw", "sw"])
+
+
+def test_lexicon_load_format_2_sentencepiece(tmp_path, sentencepiece_tokenizer, minilm_tokenizer, lexicon):
+    """Format 2 joined punctuation to the word before it in SentencePiece vocabularies: such a file warns, or
+    takes the tokenizer's tables; a WordPiece format-2 file (the same tables as format 3) loads silently."""
+    sp = fastot.Lexicon.from_pairs([("river", "mto")], sentencepiece_tokenizer, languages="sw")
+    for lex, name in ((sp, "sp.pt"), (lexicon, "wp.pt")):
+        lex.save(tmp_path / name)
+        blob = torch.load(tmp_path / name, weights_only=True)
+        blob["meta"]["format"] = 2
+        torch.save(blob, tmp_path / name)
+    with pytest.warns(UserWarning, match="format 2, whose SentencePiece word starts"):
+        fastot.Lexicon.load(tmp_path / "sp.pt")
+    assert torch.equal(fastot.Lexicon.load(tmp_path / "sp.pt", sentencepiece_tokenizer).tensors()["word_start"],
+                       sp.tensors()["word_start"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastot.Lexicon.load(tmp_path / "wp.pt")

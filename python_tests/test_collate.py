@@ -283,15 +283,15 @@ def test_constructor_rejects_bad_arguments(minilm_tokenizer, lex_sw):
     bigger.add_tokens(["zzqxw"])
     with pytest.raises(ValueError, match=r"vocabulary \(30523 tokens\).*built with \(30522 tokens\)"):
         CodeSwitchCollator(bigger, cs)
-    class UntypedPairs:  # a tokenizer that gives both segments of a pair token type 0 (RoBERTa-style)
+    class UnmarkedPairs:  # both segments of a pair type 0, and no template token between them
         pad_token_id, num_special_tokens_to_add, __len__ = tok.pad_token_id, tok.num_special_tokens_to_add, tok.__len__
 
         def __call__(self, *args, **kwargs):
-            enc = tok(*args, **kwargs)
+            enc = tok(*args, **{**kwargs, "add_special_tokens": False})
             return {**enc, "token_type_ids": [0] * len(enc["token_type_ids"])}
 
-    with pytest.raises(ValueError, match="tokenizer must give the passage of a pair token type 1 .*UntypedPairs gives"):
-        CodeSwitchCollator(UntypedPairs(), cs)
+    with pytest.raises(ValueError, match="no token type 1 and no template token between the texts .*UnmarkedPairs"):
+        CodeSwitchCollator(UnmarkedPairs(), cs)
     nopad = copy.deepcopy(tok)
     nopad.pad_token = None
     with pytest.raises(ValueError, match="tokenizer must have a pad token, got pad_token_id=None"):
@@ -325,3 +325,36 @@ def test_call_rejects_bad_input_and_changes_nothing(minilm_tokenizer, lex_sw):
     _assert_batches_equal(col([good], step=np.int32(3)), col([good], step=3))  # numpy integers are integers
     fresh = CodeSwitchCollator(minilm_tokenizer, col.switcher, max_length=32)
     _assert_batches_equal(col([good]), fresh([good], step=0))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_sentencepiece_pairs_without_token_types(sentencepiece_tokenizer, backend, device):
+    """XLM-R-style pairs (``<s> q </s></s> p </s>``, every type 0): segments come from the template tokens, so
+    p = 0 is the tokenizer's own output at every cut, and p = 1 equals tokenizing the switched text, punctuation
+    after a word included ("river," is "▁river" ",")."""
+    tok = sentencepiece_tokenizer
+    lex = fastot.Lexicon.from_pairs(PAIRS_SW, tok, languages="sw")
+    pairs = _pairs(12)
+    for max_length in (7, 12, 23, 64):
+        col = CodeSwitchCollator(tok, fastot.CodeSwitcher(lex, p=0.0, backend=backend), max_length=max_length,
+                                 device=device)
+        got = col(pairs)
+        exp = tok([q for q, _ in pairs], [p for _, p in pairs], truncation="longest_first", max_length=max_length,
+                  padding="max_length", return_tensors="pt")
+        assert "token_type_ids" not in got and "token_type_ids" not in exp
+        for k in ("input_ids", "attention_mask"):
+            assert torch.equal(got[k].cpu(), exp[k]), (max_length, k)
+    col = CodeSwitchCollator(tok, fastot.CodeSwitcher(lex, p=1.0, backend=backend), max_length=40, device=device)
+    got = col([("The river, the market.", "bread, milk and water!")])
+    exp = tok("ile mto, ile soko.", "mkate, maziwa na water!", padding="max_length", max_length=40, return_tensors="pt")
+    assert torch.equal(got["input_ids"].cpu(), exp["input_ids"])
+    assert int(got["cs_stats"]["switched"]) == 7  # "maji" has a "j", which this vocabulary lacks: skipped
+
+
+def test_sentencepiece_tokenizer_tables(sentencepiece_tokenizer):
+    tok = sentencepiece_tokenizer
+    ws, sp, scheme = fastot.codeswitch.vocab_tables(tok)
+    assert scheme == "sentencepiece"
+    assert sorted(sp.nonzero().flatten().tolist()) == sorted({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id})
+    starts = {t: bool(ws[tok.convert_tokens_to_ids(t)]) for t in ("▁river", ",", ".", "!", "(", "▁", "iver")}
+    assert starts == {"▁river": True, ",": True, ".": True, "!": True, "(": True, "▁": True, "iver": False}

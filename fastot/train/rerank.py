@@ -320,7 +320,7 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
                 stats[k] = stats[k] + batch["cs_stats"][k]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               token_type_ids=batch["token_type_ids"]).logits.squeeze(-1)
+                               token_type_ids=batch.get("token_type_ids")).logits.squeeze(-1)
             loss = bce(logits.float(), batch["labels"])
             scaler.scale(loss / cfg.grad_accum).backward()
             loss_acc = loss_acc + loss.detach() / cfg.grad_accum

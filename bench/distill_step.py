@@ -4,8 +4,8 @@
     python -m bench.distill_step --device cuda --B 64 # GPU (bf16 autocast, as the training loop runs it)
     python -m bench.distill_step --model tiny --B 4 --rounds 2   # smoke test
 
-Workload: B (English, Swahili) pairs from MAFAND en-swa train (the first B sentences of length-sorted chunk 0;
-generated word salad when the data is absent), tokenized with MiniLM's WordPiece to at most 128 tokens. Teacher
+Workload: B (English, Swahili) pairs from MAFAND en-swa train (every 8th of the first 8B non-empty pairs sorted
+by length: a spread of lengths, as a shuffled batch has; generated word salad when the data is absent), tokenized with MiniLM's WordPiece to at most 128 tokens. Teacher
 and student are the embedded pretrained MiniLM-L6 (``--model tiny``: the 32-d random BERT of the tests). The loss
 is eps = 0.05, 50 Sinkhorn iterations, cosine cost, uniform weights on non-special tokens.
 

@@ -51,7 +51,11 @@ def _check_hidden(name: str, h, mask_name: str, mask) -> None:
                              f"{list(h.shape[:2])}, got {list(mask.shape) if isinstance(mask, torch.Tensor) else mask!r}")
 
 
-def _check_options(cost: str, reduction: str, objective: str) -> None:
+def _check_options(cost: str, reduction: str, objective: str, eps, max_iter) -> None:
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+        raise ValueError(f"OTDistillationLoss: eps must be a positive number, got {eps!r}")
+    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
+        raise ValueError(f"OTDistillationLoss: max_iter must be an integer >= 1, got {max_iter!r}")
     if cost not in COSTS:
         raise ValueError(f"OTDistillationLoss: cost must be one of {COSTS}, got {cost!r}")
     if reduction not in REDUCTIONS:
@@ -87,7 +91,7 @@ def ot_distillation_loss(
     if student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise ValueError(f"OTDistillationLoss: student_hidden has {student_hidden.shape[0]} pairs but "
                          f"teacher_hidden has {teacher_hidden.shape[0]}")
-    _check_options(cost, reduction, objective)
+    _check_options(cost, reduction, objective, eps, max_iter)
     x = student_hidden
     if projection is not None:
         # under autocast the hidden states may be bf16/fp16 while the projection's weights are fp32
@@ -144,11 +148,7 @@ class OTDistillationLoss(nn.Module):
                  objective: str = "transport_cost", tol: float | None = None, grad: str = "envelope",
                  projection: nn.Module | None = None, backend: str | None = None):
         super().__init__()
-        _check_options(cost, reduction, objective)
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-            raise ValueError(f"OTDistillationLoss: eps must be a positive number, got {eps!r}")
-        if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
-            raise ValueError(f"OTDistillationLoss: max_iter must be an integer >= 1, got {max_iter!r}")
+        _check_options(cost, reduction, objective, eps, max_iter)
         self.eps, self.max_iter, self.cost, self.reduction = float(eps), max_iter, cost, reduction
         self.objective, self.tol, self.grad, self.backend = objective, tol, grad, backend
         self.projection = projection

@@ -180,7 +180,7 @@ def test_epoch_batches_are_a_seeded_partition():
     (dict(batch_size=0), "batch_size"), (dict(lr=-1.0), "lr"), (dict(precision="fp8"), "precision"),
     (dict(metrics=("mrr@0",)), "metric"), (dict(query_encoder="both"), "query_encoder"),
     (dict(bitext="/nonexistent"), "bitext"), (dict(max_steps=0), "max_steps"),
-    (dict(keep_checkpoints=0), "keep_checkpoints"),
+    (dict(keep_checkpoints=0), "keep_checkpoints"), (dict(cost="l1"), "cost"), (dict(objective="kl"), "objective"),
 ])
 def test_bad_config_names_the_field(bitext, tmp_path, kw, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):

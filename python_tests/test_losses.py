@@ -175,6 +175,9 @@ def test_compile_fullgraph_smoke():
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OTDistillationLoss(**kwargs)
+    x, m = torch.randn(1, 3, 4), torch.ones(1, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=match):  # the function checks the same options
+        ot_distillation_loss(x, m, x, m, **kwargs)
 
 
 def test_bad_inputs_name_the_argument():

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..lexicons import read_bitext
-from ..losses import OTDistillationLoss, content_mask
+from ..losses import COSTS, OBJECTIVES, OTDistillationLoss, content_mask
 from ..metrics import DEFAULT_METRICS, _parse
 from ..retrieval import evaluate_bitext
 from ._run import (apply_step, check_common, check_output, finish_run, init_output, load_trainer_state,
@@ -93,6 +93,10 @@ class DistillConfig:
         if self.query_encoder not in ("student", "teacher"):
             raise ValueError(f"query_encoder: expected 'student' or 'teacher', got {self.query_encoder!r}")
         _parse(self.metrics)
+        if self.cost not in COSTS:
+            raise ValueError(f"cost: expected one of {COSTS}, got {self.cost!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
         if not os.path.exists(self.bitext):
             raise FileNotFoundError(f"bitext: {self.bitext!r} does not exist")
 

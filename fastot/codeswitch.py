@@ -508,7 +508,8 @@ def _is_integer(x) -> bool:
 class CodeSwitchOutput:
     """input_ids, attention_mask, token_type_ids, source_index: [B, L'] int64; n_switched, n_words: [B]
     int64 (switched words, words per row); n_switched_lang: [B, n_active] int64 (switched words per active
-    language, in the order of ``CodeSwitcher.languages``)."""
+    language, in the order of ``CodeSwitcher.languages``). Words are counted on the input, before any cut to
+    ``max_length``; every word start of the vocabulary's table counts, punctuation included."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor

@@ -208,7 +208,8 @@ class CodeSwitchCollator:
 
         ``stats`` is a ``cs_stats`` dict, or several summed key by key. A language's ratio is the share of all
         words switched into it (the ratios of the languages add up to the overall one); 0 when there are no
-        words. Reads the tensors on the host (one synchronisation): call it when logging, not every step.
+        words. Words are the switcher's words (:class:`fastot.CodeSwitchOutput`): punctuation counts as a word,
+        and both counts are taken before the cut to ``max_length``. Reads the tensors on the host (one synchronisation): call it when logging, not every step.
         """
         words = int(stats["words"])
         per_lang = stats["switched_per_language"].tolist()

@@ -3,6 +3,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -18,15 +19,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
     c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
   check_sinkhorn_inputs(cost, a, b);
   TORCH_CHECK(eps > 0, "sinkhorn: eps must be > 0, got ", eps);
+  TORCH_CHECK(max_iter >= 0, "sinkhorn: max_iter must be >= 0, got ", max_iter);
   const c10::cuda::CUDAGuard guard(cost.device());
   const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous(), A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
   int max_smem = 0;
-  cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, cost.device().index());
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, cost.device().index()));
   TORCH_CHECK(sinkhorn_fwd_smem_bytes(N, M, C.element_size()) <= static_cast<size_t>(max_smem),
               "sinkhorn (cuda): N=", N, ", M=", M, " in ", C.scalar_type(), " needs more shared memory per block than ",
-              "the device has (", max_smem, " bytes); use fp32 or the torch backend for problems this large");
+              "the device has (", max_smem, " bytes); the triton backend streams problems this large");
   at::Tensor f = at::empty({B, N}, C.options()), g = at::empty({B, M}, C.options());
   at::Tensor n_iter = at::empty({B}, C.options().dtype(at::kInt)), err = at::empty({B}, C.options());
   SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),

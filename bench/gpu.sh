@@ -3,8 +3,9 @@
 # scikit-build-core; the peers POT, geomloss, ott-jax, flash-sinkhorn only if they are installed or carried as
 # wheels, see the device tool's README), in under 10 minutes:
 #   build the CUDA extension against the machine's torch, check it (the CUDA and Triton conformance tests,
-#   compute-sanitizer memcheck on every CUDA path), and run `python -m bench.run --preset gpu`, which writes
-#   the CSV, the PNG plots and the Markdown table into the output folder.
+#   compute-sanitizer memcheck on every CUDA path, racecheck and synccheck on Sinkhorn's), and run
+#   `python -m bench.run --preset gpu`, which writes the CSV, the PNG plots and the Markdown table into the
+#   output folder.
 #
 #   bash bench/gpu.sh [OUT]          # OUT defaults to $OUT, else bench/results/gpu-<date>
 #   ALL=1 bash bench/gpu.sh [OUT]    # also the whole test suite and the per-issue GPU benchmarks
@@ -36,6 +37,10 @@ status "sanitizer (sinkhorn)" $?
 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m bench.codeswitch_gpu --sanitize \
   > "$OUT/sanitizer_codeswitch.txt" 2>&1
 status "sanitizer (codeswitch)" $?
+for tool in racecheck synccheck; do  # the Sinkhorn kernel keeps its tile and reductions in shared memory
+  compute-sanitizer --tool $tool --error-exitcode 9 $PY -m bench.sinkhorn_gpu --sanitize > "$OUT/$tool.txt" 2>&1
+  status "$tool (sinkhorn)" $?
+done
 stage bench.run
 $PY -m bench.run --preset gpu --out "$OUT" 2>&1 | tee "$OUT/bench_run.txt" | grep -v '^|'; status bench.run ${PIPESTATUS[0]}
 if [ "${ALL:-0}" = 1 ]; then

@@ -122,7 +122,11 @@ static inline V<double> vexp(V<double> x) {
 
 // out[j] = LSE_i(s_i - X_ij) over the n rows of X, for columns [c0, c1) (multiples of the vector width):
 // vectorised across columns, so there is no horizontal reduction. Both half-iterations use it: the
-// g-update on the tile, the f-update on its transpose.
+// g-update on the tile, the f-update on its transpose. Two passes over the cache-resident block (max, then
+// the exp sum) rather than one with a running max: the max pass costs a subtract and a max per entry, while
+// a running max rescales the sum with a second exp (about 20 vector instructions) whenever the max grows,
+// which per lane is often in the first rows. The kernel runs at 0.4-0.5 ns per exp per core, about one
+// vectorised exp's cost (bench/RESULTS.md, "CPU Sinkhorn"), so the max pass is not where time goes.
 template <typename T>
 static void lse_columns(const T* __restrict Cs, int64_t n, int64_t ld, const T* __restrict fs, int64_t c0,
                         int64_t c1, T* __restrict out, T* __restrict colmax, T* __restrict colsum) {

@@ -350,6 +350,8 @@ def sinkhorn_embeddings(
         raise ValueError(f"sinkhorn_embeddings: x {list(x.shape)} and y {list(y.shape)} must agree on B and d")
     if not x.is_floating_point() or not y.is_floating_point():
         raise TypeError(f"sinkhorn_embeddings: x and y must be floating point, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"sinkhorn_embeddings: x is on {x.device} but y is on {y.device}")
     if cost not in COSTS:
         raise ValueError(f"sinkhorn_embeddings: cost must be one of {COSTS}, got {cost!r}")
     B, N, M = x.shape[0], x.shape[1], y.shape[1]

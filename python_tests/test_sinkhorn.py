@@ -429,6 +429,9 @@ def test_bad_tensors_raise_clearly():
     if not torch.cuda.is_available():
         with pytest.raises(fastot.BackendUnavailable, match="cuda"):
             fastot.sinkhorn(C, a, b, eps=0.1, backend="cuda")
+    x = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match="x is on cpu but y is on meta"):
+        fastot.sinkhorn_embeddings(x, torch.empty(2, 4, 5, device="meta"), eps=0.1)
 
 
 def test_value_is_dual_objective_and_entropic_bound():

@@ -160,9 +160,11 @@ def test_triton_ops_compile_with_inductor():
 
 
 def test_registered_ops_opcheck(tsk):
-    """Schema, fake (meta) implementation and autograd registration of every Triton op."""
+    """Schema, fake (meta) implementation and autograd registration of every Triton op; on a GPU (the real
+    triton_op registration) every opcheck test, AOT dispatch included."""
     C, a, b = make_problem(2, 5, 7, torch.float32, device=DEVICE)
-    tests = ("test_schema", "test_faketensor", "test_autograd_registration")
+    tests = (("test_schema", "test_faketensor", "test_autograd_registration")
+             + (("test_aot_dispatch_dynamic",) if DEVICE == "cuda" else ()))
     torch.library.opcheck(tsk.sinkhorn_fwd, (C, a, b, 0.1, 5, 1e-6, 1.0, None), test_utils=tests)
     f, g, _, _ = tsk.sinkhorn_fwd(C, a, b, 0.1, 5)
     torch.library.opcheck(tsk.sinkhorn_plan, (C, a, b, f, g, 0.1), test_utils=tests)

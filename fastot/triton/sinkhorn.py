@@ -145,6 +145,11 @@ class _Operand:
                     DOT_UPCAST=self.dot_upcast)
 
 
+def _unused(op: _Operand) -> torch.Tensor:
+    """A one-element buffer for a pointer argument that a kernel variant neither reads nor writes."""
+    return torch.empty(1, dtype=op.dt, device=op.like.device)
+
+
 def _weights(op: _Operand, a, b):
     return a.to(op.dt).contiguous(), b.to(op.dt).contiguous()
 
@@ -174,7 +179,10 @@ def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool):
     bn, bm = _block(N), _block(M)
     onchip_max = ONCHIP_MAX // (2 if op.dt == torch.float64 else 1)
     if bn * bm <= onchip_max:
-        _wrap(_onchip)[(B,)](*op.args, a, b, f, g, n_iter, err, tc if sums else err, mass if sums else err,
+        # Pointers the kernel does not write get buffers of their own: an output passed twice is an alias that
+        # torch.compile's functionalisation may resolve to the unwritten copy.
+        tc_out, mass_out = (tc, mass) if sums else (_unused(op), _unused(op))
+        _wrap(_onchip)[(B,)](*op.args, a, b, f, g, n_iter, err, tc_out, mass_out,
                              N, M, D, scale, 1.0 / scale, lam_a, lam_b, eps_tau_a, tol_v, max_iter,
                              _keys(N, M, D)[2], HAS_TOL=has_tol, UNBAL_A=tau_a is not None, SUMS=sums,
                              BLOCK_N=bn, BLOCK_M=bm, **op.consts())
@@ -216,7 +224,7 @@ def _plan_pass(op: _Operand, a, b, f, g, eps, write_plan: bool):
     tc = torch.zeros(B, nb, dtype=op.dt, device=dev)
     mass = torch.zeros(B, nb, dtype=op.dt, device=dev)
     if launch:
-        _wrap(K._plan_kernel)[(B, nb)](*op.args, a, b, f, g, plan if write_plan else tc, tc, mass, N, M, D, nb,
+        _wrap(K._plan_kernel)[(B, nb)](*op.args, a, b, f, g, plan if write_plan else _unused(op), tc, mass, N, M, D, nb,
                                        LOG2E / eps, WRITE_PLAN=write_plan, SUMS=not write_plan,
                                        BLOCK_N=_PLAN_BLOCK, BLOCK_M=_PLAN_BLOCK, num_warps=8, **op.consts())
     return plan if write_plan else (tc.sum(1), mass.sum(1))

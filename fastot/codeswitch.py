@@ -370,9 +370,9 @@ class Lexicon:
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("coverage: texts must be strings")
         words, covered = 0, dict.fromkeys(self.languages, 0)
-        empty = {lang for lang in self.languages if int(self._language_counts()[self.languages.index(lang)]) == 0}
-        switchers = {lang: CodeSwitcher(self, p=1.0, languages=[lang], backend=backend)
-                     for lang in self.languages if lang not in empty}  # a language without translations covers 0
+        counts = self._language_counts().tolist()
+        switchers = {lang: CodeSwitcher(self, p=1.0, languages=[lang], backend=backend)  # no translations: 0
+                     for lang, n in zip(self.languages, counts) if n}
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], padding=True, return_tensors="pt")
             tt = enc.get("token_type_ids")

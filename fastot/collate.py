@@ -156,8 +156,8 @@ class CodeSwitchCollator:
                 ``"passage"`` and optionally ``"label"`` (labels for all items or none).
             step: the switch's step; default ``calls * num_workers + worker_id`` (see the class docstring).
         Returns:
-            ``input_ids``, ``attention_mask``, ``token_type_ids`` (if the tokenizer has them): [B, max_length]
-            int64, the tokenizer's output had it cut the switched text; ``labels``: [B]
+            ``input_ids``, ``attention_mask``, ``token_type_ids`` (if the tokenizer's model inputs have them):
+            [B, max_length] int64, as the tokenizer would encode the switched pairs cut to max_length; ``labels``: [B]
             label_dtype (only when the items have labels); ``cs_stats``: ``{"words": [] int64, "switched": []
             int64, "switched_per_language": [n_active] int64}`` summed over the batch (tensors on the output's
             device: no host synchronisation; see :meth:`switch_ratios`).
@@ -209,7 +209,8 @@ class CodeSwitchCollator:
         ``stats`` is a ``cs_stats`` dict, or several summed key by key. A language's ratio is the share of all
         words switched into it (the ratios of the languages add up to the overall one); 0 when there are no
         words. Words are the switcher's words (:class:`fastot.CodeSwitchOutput`): punctuation counts as a word,
-        and both counts are taken before the cut to ``max_length``. Reads the tensors on the host (one synchronisation): call it when logging, not every step.
+        and both counts are taken before the cut to ``max_length``. Reads the tensors on the host (one
+        synchronisation): call it when logging, not every step.
         """
         words = int(stats["words"])
         per_lang = stats["switched_per_language"].tolist()

@@ -9,6 +9,7 @@ no [B, N, M] tensor lives between the forward and the backward.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -52,9 +53,9 @@ def _check_hidden(name: str, h, mask_name: str, mask) -> None:
 
 
 def _check_options(cost: str, reduction: str, objective: str, eps, max_iter) -> None:
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"OTDistillationLoss: eps must be a positive number, got {eps!r}")
-    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
+    if not isinstance(max_iter, numbers.Integral) or isinstance(max_iter, bool) or max_iter < 1:
         raise ValueError(f"OTDistillationLoss: max_iter must be an integer >= 1, got {max_iter!r}")
     if cost not in COSTS:
         raise ValueError(f"OTDistillationLoss: cost must be one of {COSTS}, got {cost!r}")

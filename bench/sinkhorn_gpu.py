@@ -22,6 +22,7 @@ import torch
 
 import fastot
 
+from . import peers
 from .run import exp_bound
 
 
@@ -109,26 +110,19 @@ def main(argv=None) -> int:
 
 
 def _flash_sinkhorn(B, N, iters, eps):
-    """flash-sinkhorn on the same batch of point clouds (sqeuclidean), one call per problem as its API takes one
-    pair at a time, against fastot triton's fused sqeuclidean solve. Reported as missing when not installed."""
+    """flash-sinkhorn on the same batch of point clouds (sqeuclidean), as ``bench.run`` drives it
+    (:func:`bench.peers.flash_sinkhorn_embeddings`), against fastot triton's fused sqeuclidean solve. Reported
+    as missing when it is not installed or refuses the call."""
     x = torch.randn(B, N, 64, device="cuda")
     y = torch.randn(B, N, 64, device="cuda")
-    try:
-        from flash_sinkhorn import SamplesLoss  # noqa: PLC0415
-
-        # As bench.peers.flash_sinkhorn_embeddings: its alternating solver at a fixed eps on the full cost |x-y|^2
-        # for exactly `iters` iterations, no debiasing, no eps-scaling (its `scaling=1.0` is refused).
-        loss = SamplesLoss(loss="sinkhorn", backend="alternating", eps=eps, n_iters=iters, debias=False,
-                           half_cost=False, use_epsilon_scaling=False)
-        peer = lambda: torch.stack([loss(x[k], y[k]) for k in range(B)])  # noqa: E731
-        peer()
-    except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
-        print(f"flash-sinkhorn: missing ({type(exc).__name__}: {exc})")
-        return [{"contender": "flash-sinkhorn", "B": B, "N": N, "iters": iters, "missing": f"{type(exc).__name__}: {exc}"}]
+    c = peers.flash_sinkhorn_embeddings(x, y, eps, iters)
+    if isinstance(c, peers.Missing):
+        print(f"flash-sinkhorn: missing ({c.reason})")
+        return [{"contender": "flash-sinkhorn", "B": B, "N": N, "iters": iters, "missing": c.reason}]
     ours = lambda: fastot.sinkhorn_embeddings(x, y, cost="sqeuclidean", eps=eps, max_iter=iters,  # noqa: E731
                                               backend="triton").value
     rows = []
-    for name, fn in (("fastot triton (sqeuclidean, fused)", ours), ("flash-sinkhorn (loop over batch)", peer)):
+    for name, fn in (("fastot triton (sqeuclidean, fused)", ours), (c.name, c.fwd)):
         med, p20, p80 = _bench(fn)
         rows.append({"contender": name, "B": B, "N": N, "iters": iters, "median_ms": med, "p20_ms": p20,
                      "p80_ms": p80, "gpu": torch.cuda.get_device_name()})

@@ -554,10 +554,7 @@ class CodeSwitcher:
                              f"repeats, got {langs}")
         self.lexicon, self.p, self.seed, self.languages, self.backend = lexicon, float(p), seed, langs, backend
         self._threshold = round(self.p * (1 << 24))
-        try:  # the keys that can be switched into the active languages (see Lexicon.select)
-            self._lex = lexicon.select(langs)
-        except ValueError:
-            raise ValueError(f"CodeSwitcher: the lexicon has no translation in languages {langs}") from None
+        self._lex = lexicon.select(langs)  # the keys that can be switched into the active languages
         self._lang_ids = torch.arange(len(langs))
         self._lang_ids_on: dict[torch.device, torch.Tensor] = {}
 

@@ -31,12 +31,13 @@ def _positive_int(name: str, value) -> int:
 def _passage_after(tokenizer, pair_ids: list[int], lexicon) -> int:
     """How many template tokens come before the second text in ``tokenizer``'s pair ``pair_ids`` ("a", "b")."""
     special = lexicon.tensors()["special"]
-    seen_text = seen_separator = False
-    for pos, i in enumerate(pair_ids):
+    n_template, seen_text, seen_separator = 0, False, False
+    for i in pair_ids:
         if 0 <= i < special.numel() and bool(special[i]):
+            n_template += 1
             seen_separator |= seen_text
         elif seen_separator:
-            return sum(1 for j in pair_ids[:pos] if 0 <= j < special.numel() and bool(special[j]))
+            return n_template
         else:
             seen_text = True
     raise ValueError(f"{_NAME}: tokenizer gives no token type 1 and no template token between the texts of a pair "

@@ -300,7 +300,7 @@ def test_a_language_without_translations(minilm_tokenizer):
     tok = minilm_tokenizer
     lex = fastot.Lexicon.from_pairs({"sw": [("milk", "maziwa")], "ha": [("milk", "[MASK]")]}, tok)
     assert lex.languages == ["sw", "ha"] and lex.stats["skipped"] == 1
-    with pytest.raises(ValueError, match=r"no translation in languages \['ha'\]"):
+    with pytest.raises(ValueError, match=r"no key has a translation in languages \['ha'\]"):
         fastot.CodeSwitcher(lex, languages=["ha"])
     with pytest.raises(ValueError, match="subset of"):
         lex.select(["xx"])

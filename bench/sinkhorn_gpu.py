@@ -1,7 +1,8 @@
 """Sinkhorn on a CUDA GPU, side by side (the GPU targets of issues 3 and 4): fastot cuda and triton vs the torch
 reference in eager mode and under torch.compile, and flash-sinkhorn (the published fused-Triton Sinkhorn, one
-call per problem) where it is installed, on the same problems in one run; then sinkhorn_embeddings at d=768 in
-bf16, fused (triton) vs materialise-then-solve, forward + backward, with peak memory.
+call per problem) where it is installed, on the same problems in one run; the same for a large problem
+(B=8, N=M=512), which the cuda backend solves with its streaming kernels; then sinkhorn_embeddings at d=768 in
+bf16, fused (cuda and triton) vs materialise-then-solve, forward + backward, with peak memory.
 NOT YET RUN: written without a GPU.
 
     python -m bench.sinkhorn_gpu --out results.csv          # B=256, N=M=128, fp32, 100 iterations
@@ -66,13 +67,30 @@ def main(argv=None) -> int:
                 a[0, N // 2:] = 0
                 r = fastot.sinkhorn(C, a / a.sum(1, keepdim=True), eps=0.05, max_iter=20, tol=1e-6, backend=be)
                 r.plan()
-                x = torch.randn(B, N, 40, device=dev, dtype=torch.bfloat16, requires_grad=True)
-                y = torch.randn(B, M, 40, device=dev, dtype=torch.bfloat16, requires_grad=True)
-                fastot.sinkhorn_embeddings(x, y, eps=0.1, max_iter=10, backend=be).transport_cost.sum().backward()
+                for dt in (torch.bfloat16, torch.float32, torch.float64):  # tensor cores (native, 3xTF32), fp64
+                    x = torch.randn(B, N, 40, device=dev, dtype=dt, requires_grad=True)
+                    y = torch.randn(B, M, 40, device=dev, dtype=dt, requires_grad=True)
+                    r = fastot.sinkhorn_embeddings(x, y, eps=0.1, max_iter=10, backend=be)
+                    r.transport_cost.sum().backward()
                 torch.cuda.synchronize()
         print("sanitize run done:", ", ".join(backends))
         return 0
-    B, N, iters, eps = args.B, args.N, 100, 0.05
+    iters, eps = 100, 0.05
+    rows = _solvers(dev, args.B, args.N, iters, eps)
+    rows.extend(_solvers(dev, 8, 512, iters, eps))  # streaming on the cuda backend
+    rows.extend(_flash_sinkhorn(args.B, args.N, iters, eps))
+    rows.extend(_embeddings(args.B, args.N, 768, iters, 0.1))
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as fh:
+            fields = list(dict.fromkeys(k for row in rows for k in row))
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+def _solvers(dev, B, N, iters, eps):
+    """fastot cuda and triton vs the torch reference (eager, torch.compile) on one [B,N,N] fp32 batch."""
     C = torch.rand(B, N, N, device=dev) * 2
     rows = []
     ref = fastot.sinkhorn(C.double(), eps=eps, max_iter=iters, backend="torch").f
@@ -96,17 +114,9 @@ def main(argv=None) -> int:
                      "p80_ms": p80, "slower_than_first": med / base, "f_max_abs_err_vs_fp64": err,
                      "exp_per_s": exps, "fraction_of_ex2_bound": exps / exp_bound(dev),
                      "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda})
-        print(f"{name:34s} {med:9.3f} ms [{p20:.3f}-{p80:.3f}]  x{med / base:6.1f}  err {err:.1e}  "
+        print(f"B={B} N={N} {name:34s} {med:9.3f} ms [{p20:.3f}-{p80:.3f}]  x{med / base:6.1f}  err {err:.1e}  "
               f"{exps:.2e} exp/s ({exps / exp_bound(dev):.0%} of ex2 bound)")
-    rows.extend(_flash_sinkhorn(B, N, iters, eps))
-    rows.extend(_embeddings(args.B, args.N, 768, iters, 0.1))
-    if args.out:
-        with open(args.out, "w", newline="", encoding="utf-8") as fh:
-            fields = list(dict.fromkeys(k for row in rows for k in row))
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-    return 0
+    return rows
 
 
 def _flash_sinkhorn(B, N, iters, eps):
@@ -131,21 +141,23 @@ def _flash_sinkhorn(B, N, iters, eps):
 
 
 def _embeddings(B, N, d, iters, eps):
-    """Forward + backward of transport_cost, bf16 embeddings: fused triton vs materialise-then-solve."""
-    if "triton" not in fastot.available_backends("sinkhorn", "cuda"):
-        return []
+    """Forward + backward of transport_cost, bf16 embeddings: fused (cuda, triton) vs materialise-then-solve with
+    the same backend's solver."""
+    here = [be for be in ("cuda", "triton") if be in fastot.available_backends("sinkhorn", "cuda")]
     x = torch.randn(B, N, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     y = torch.randn(B, N, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 
-    def fused():
-        fastot.sinkhorn_embeddings(x, y, eps=eps, max_iter=iters, backend="triton").transport_cost.sum().backward()
+    def fused(be):
+        fastot.sinkhorn_embeddings(x, y, eps=eps, max_iter=iters, backend=be).transport_cost.sum().backward()
 
-    def materialised():
+    def materialised(be):
         C = fastot.pairwise_cost(x, y)
-        fastot.sinkhorn(C, eps=eps, max_iter=iters, backend="triton").transport_cost.sum().backward()
+        fastot.sinkhorn(C, eps=eps, max_iter=iters, backend=be).transport_cost.sum().backward()
 
     rows = []
-    for name, fn in (("embeddings fused (triton)", fused), ("embeddings materialised + triton solve", materialised)):
+    cands = [(f"embeddings {kind} ({be})", (lambda fn=fn, be=be: fn(be))) for be in here
+             for kind, fn in (("fused", fused), ("materialised + solve", materialised))]
+    for name, fn in cands:
         fn()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()

@@ -16,6 +16,18 @@ inline void check_sinkhorn_inputs(const at::Tensor& cost, const at::Tensor& a, c
   TORCH_CHECK(a.device() == cost.device() && b.device() == cost.device(), "sinkhorn: cost, a, b must be on one device");
 }
 
+// x [B,N,d], y [B,M,d], a [B,N], b [B,M] of sinkhorn_embeddings; kind 0 cosine, 1 sqeuclidean, 2 dot.
+inline void check_embeddings_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b,
+                                    int64_t kind) {
+  TORCH_CHECK(x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) && x.size(2) == y.size(2),
+              "sinkhorn_embeddings: x and y must be [B, N, d] and [B, M, d], got ", x.sizes(), " and ", y.sizes());
+  TORCH_CHECK(a.dim() == 2 && a.size(0) == x.size(0) && a.size(1) == x.size(1), "sinkhorn_embeddings: a must be [B, N]");
+  TORCH_CHECK(b.dim() == 2 && b.size(0) == y.size(0) && b.size(1) == y.size(1), "sinkhorn_embeddings: b must be [B, M]");
+  TORCH_CHECK(kind >= 0 && kind <= 2, "sinkhorn_embeddings: cost must be 0 (cosine), 1 (sqeuclidean) or 2 (dot)");
+  TORCH_CHECK(y.device() == x.device() && a.device() == x.device() && b.device() == x.device(),
+              "sinkhorn_embeddings: x, y, a, b must be on one device");
+}
+
 // fp64 stays fp64; every other floating dtype is solved in fp32.
 inline at::ScalarType sinkhorn_compute_dtype(const at::Tensor& cost) {
   return cost.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -15,8 +15,10 @@ NVCC = shutil.which("nvcc") or (shutil.which("nvcc", path="/usr/local/cuda/bin")
 
 
 def test_kernel_sources_exist_and_are_torch_free():
-    assert {p.name for p in KERNELS} >= {"sinkhorn_kernel.cu", "codeswitch_kernel.cu"}
-    for p in list(KERNELS) + sorted((ROOT / "csrc" / "cuda").glob("*_kernel.h")) + sorted((ROOT / "csrc" / "common").glob("*.h")):
+    assert {p.name for p in KERNELS} >= {"sinkhorn_kernel.cu", "sinkhorn_embeddings_kernel.cu", "codeswitch_kernel.cu"}
+    cuda = ROOT / "csrc" / "cuda"
+    headers = sorted(cuda.glob("*_kernel.h")) + sorted(cuda.glob("*.cuh")) + sorted((ROOT / "csrc" / "common").glob("*.h"))
+    for p in list(KERNELS) + headers:
         text = p.read_text()
         for banned in ("<torch/", "<ATen/", "<c10/"):
             assert banned not in text, f"{p.name} includes {banned}: kernels must stay free of torch headers"

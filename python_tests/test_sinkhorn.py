@@ -9,13 +9,17 @@ import torch
 import fastot
 from fastot.reference import sinkhorn as ref
 
-from conftest import backend_params
+from conftest import backend_params, devices
 
 BACKENDS = backend_params("sinkhorn")
 # The Triton interpreter runs a solve in about a second: gradcheck's hundreds of solves are left to the compiled
 # backends (the envelope rule is shared by all backends; test_envelope_gradients_are_the_plan covers triton).
 COMPILED = [p for p in BACKENDS if p.values != ("triton", "cpu")]
-FUSED = [be for be in ("cpp", "triton") if be in fastot.available_backends("sinkhorn")]
+# (backend, device) of the fused sinkhorn_embeddings paths that can run here (cuda and compiled triton need a GPU).
+FUSED = [pytest.param(be, dev, id=f"{be}-{dev}") for dev in devices() for be in ("cpp", "cuda", "triton")
+         if be in fastot.available_backends("sinkhorn", dev)]
+CUDA = pytest.mark.skipif(not (torch.cuda.is_available() and "cuda" in fastot.available_backends("sinkhorn", "cuda")),
+                          reason="needs a GPU and the CUDA extension")
 
 
 def make_problem(B, N, M, dtype=torch.float32, ragged=True, seed=0, device="cpu", scale=1.0):
@@ -339,27 +343,29 @@ def _cpp_ops():
     return torch.ops.fastot
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_opcheck_registered_sinkhorn_ops(dtype):
+def test_opcheck_registered_sinkhorn_ops(dtype, device):
     ops = _cpp_ops()
-    C, a, b = make_problem(2, 5, 7, dtype)
+    if device == "cuda" and "cuda" not in fastot.available_backends("sinkhorn", "cuda"):
+        pytest.skip("the CUDA kernels are not built")
+    C, a, b = make_problem(2, 5, 7, dtype, device=device)
     torch.library.opcheck(ops.sinkhorn_fwd.default, (C, a, b, 0.1, 20, None, None, None))
     torch.library.opcheck(ops.sinkhorn_fwd.default, (C, a, b, 0.1, 20, 1e-6, 1.0, 2.0))
     f, g, _, _ = ops.sinkhorn_fwd(C, a, b, 0.1, 20, None, None, None)
     torch.library.opcheck(ops.sinkhorn_plan.default, (C, a, b, f, g, 0.1))
     torch.library.opcheck(ops.sinkhorn_plan_sums.default, (C, a, b, f, g, 0.1))
-    x, y = torch.randn(2, 5, 6, dtype=dtype), torch.randn(2, 7, 6, dtype=dtype)
+    x, y = torch.randn(2, 5, 6, dtype=dtype, device=device), torch.randn(2, 7, 6, dtype=dtype, device=device)
     for kind in (0, 1, 2):
         torch.library.opcheck(ops.sinkhorn_embeddings_fwd.default, (x, y, a, b, kind, 0.1, 20, None, None, None))
         f, g = ops.sinkhorn_embeddings_fwd(x, y, a, b, kind, 0.1, 20, None, None, None)[:2]
-        torch.library.opcheck(ops.sinkhorn_embeddings_bwd.default, (x, y, a, b, f, g, torch.ones(2, dtype=dtype), kind, 0.1))
+        torch.library.opcheck(ops.sinkhorn_embeddings_bwd.default,
+                              (x, y, a, b, f, g, torch.ones(2, dtype=dtype, device=device), kind, 0.1))
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
-def test_compile_fullgraph_smoke(backend):
-    if backend not in fastot.available_backends("sinkhorn"):
-        pytest.skip(f"{backend} unavailable")
-    C, a, b = make_problem(2, 6, 8, torch.float32)
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_compile_fullgraph_smoke(backend, device):
+    C, a, b = make_problem(2, 6, 8, torch.float32, device=device)
     C.requires_grad_()
 
     def loss(c):
@@ -376,12 +382,10 @@ def test_compile_fullgraph_smoke(backend):
     torch.testing.assert_close(g, C2.grad)
 
 
-@pytest.mark.parametrize("backend", ["cpp", "triton"])
-def test_compile_fullgraph_smoke_fused_embeddings(backend):
-    if backend not in FUSED:
-        pytest.skip(f"{backend} unavailable")
-    x = torch.randn(2, 6, 8, requires_grad=True)
-    y = torch.randn(2, 5, 8)
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_compile_fullgraph_smoke_fused_embeddings(backend, device):
+    x = torch.randn(2, 6, 8, device=device, requires_grad=True)
+    y = torch.randn(2, 5, 8, device=device)
 
     def loss(x):
         return fastot.sinkhorn_embeddings(x, y, eps=0.1, max_iter=10, backend=backend).transport_cost.sum()
@@ -486,11 +490,10 @@ def test_fused_embeddings_never_allocate_the_cost_tensor():
     assert fused < 48 * mib, fused / mib
 
 
-@pytest.mark.parametrize("backend", ["cpp", "triton"])
-def test_fused_embeddings_gradients_match_the_materialising_path(backend):
-    """dx, dy, da, db of value + transport_cost, fused (cpp, triton) vs materialised cost (torch), fp64, ragged."""
-    if backend not in FUSED:
-        pytest.skip(f"{backend} unavailable")
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_fused_embeddings_gradients_match_the_materialising_path(backend, device):
+    """dx, dy, da, db of value + transport_cost, fused (cpp, cuda, triton) vs materialised cost (torch on CPU), fp64,
+    ragged."""
     g = torch.Generator().manual_seed(5)
     for cost in ("cosine", "sqeuclidean", "dot"):
         x0 = torch.randn(4, 9, 6, generator=g, dtype=torch.float64)
@@ -500,22 +503,20 @@ def test_fused_embeddings_gradients_match_the_materialising_path(backend):
         a0[1, 5:] = 0
         b0[2, :3] = 0
         grads = {}
-        for be in (backend, "torch"):
-            x, y, a, b = (t.clone().requires_grad_() for t in (x0, y0, a0, b0))
+        for be, dev in ((backend, device), ("torch", "cpu")):
+            x, y, a, b = (t.to(dev, copy=True).requires_grad_() for t in (x0, y0, a0, b0))
             r = fastot.sinkhorn_embeddings(x, y, a=a, b=b, cost=cost, eps=0.2, max_iter=60, tau_a=1.0, tau_b=2.0,
                                            backend=be)
             (r.value.sum() + 0.5 * r.transport_cost.sum()).backward()
-            grads[be] = (r.value, r.transport_cost, x.grad, y.grad, a.grad, b.grad)
+            grads[be] = [t.cpu() for t in (r.value, r.transport_cost, x.grad, y.grad, a.grad, b.grad)]
         for got, want in zip(grads[backend], grads["torch"]):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("backend", ["cpp", "triton"])
-def test_fused_embeddings_gradients_at_the_clamps(backend):
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_fused_embeddings_gradients_at_the_clamps(backend, device):
     """Tiny and zero vectors among the valid rows (the cosine norm clamp at 1e-12, where x/1e-12 is linear) and a token
     equal to one of the other side (the sqeuclidean clamp at 0): fused vs the materialised cost, fp64."""
-    if backend not in FUSED:
-        pytest.skip(f"{backend} unavailable")
     g = torch.Generator().manual_seed(8)
     x0 = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
     y0 = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
@@ -526,11 +527,11 @@ def test_fused_embeddings_gradients_at_the_clamps(backend):
     xm[1, 4:] = False
     for cost in ("cosine", "sqeuclidean", "dot"):
         grads = {}
-        for be in (backend, "torch"):
-            x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
-            r = fastot.sinkhorn_embeddings(x, y, xm, cost=cost, eps=0.3, max_iter=40, backend=be)
+        for be, dev in ((backend, device), ("torch", "cpu")):
+            x, y = x0.to(dev, copy=True).requires_grad_(), y0.to(dev, copy=True).requires_grad_()
+            r = fastot.sinkhorn_embeddings(x, y, xm.to(dev), cost=cost, eps=0.3, max_iter=40, backend=be)
             r.transport_cost.sum().backward()
-            grads[be] = (r.transport_cost, x.grad, y.grad)
+            grads[be] = [t.cpu() for t in (r.transport_cost, x.grad, y.grad)]
         for got, want in zip(grads[backend], grads["torch"]):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 

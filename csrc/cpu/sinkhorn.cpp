@@ -491,15 +491,6 @@ void embedding_cost(const at::Tensor& X, const at::Tensor& Y, int64_t k, int64_t
   }
 }
 
-void check_embeddings(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b,
-                      int64_t kind) {
-  TORCH_CHECK(x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) && x.size(2) == y.size(2),
-              "sinkhorn_embeddings: x and y must be [B, N, d] and [B, M, d], got ", x.sizes(), " and ", y.sizes());
-  TORCH_CHECK(a.dim() == 2 && a.size(0) == x.size(0) && a.size(1) == x.size(1), "sinkhorn_embeddings: a must be [B, N]");
-  TORCH_CHECK(b.dim() == 2 && b.size(0) == y.size(0) && b.size(1) == y.size(1), "sinkhorn_embeddings: b must be [B, M]");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "sinkhorn_embeddings: cost must be 0 (cosine), 1 (sqeuclidean) or 2 (dot)");
-}
-
 // x, y as the kernels read them: detached (the nested ATen calls see no autograd) and contiguous; in the compute
 // dtype, except that bf16/fp16 stay as they are (converted per problem as the rows are gathered).
 at::Tensor embeddings_data(const at::Tensor& x, at::ScalarType dt) {
@@ -511,7 +502,7 @@ at::Tensor embeddings_data(const at::Tensor& x, at::ScalarType dt) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_fwd_cpu(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, int64_t kind, double eps,
     int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
-  check_embeddings(x, y, a, b, kind);
+  check_embeddings_inputs(x, y, a, b, kind);
   TORCH_CHECK(eps > 0, "sinkhorn_embeddings: eps must be > 0, got ", eps);
   TORCH_CHECK(max_iter >= 0, "sinkhorn_embeddings: max_iter must be >= 0, got ", max_iter);
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -563,7 +554,7 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
                                                                const at::Tensor& a, const at::Tensor& b,
                                                                const at::Tensor& f, const at::Tensor& g,
                                                                const at::Tensor& scale, int64_t kind, double eps) {
-  check_embeddings(x, y, a, b, kind);
+  check_embeddings_inputs(x, y, a, b, kind);
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor X = embeddings_data(x, dt), Y = embeddings_data(y, dt);
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();

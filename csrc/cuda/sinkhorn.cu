@@ -1,17 +1,58 @@
 // Torch glue for the CUDA Sinkhorn kernels: checks, device guard, stream, launch.
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <utility>
 
 #include "checks.h"
 #include "cuda/sinkhorn_kernel.h"
 
 namespace fastot {
 namespace {
+
+int64_t max_smem_of(const at::Device& device) {
+  int max_smem = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device.index()));
+  return max_smem;
+}
+
+// Runs the forward solve on contiguous C, A, Bw of one dtype into f, g, n_iter, err; on chip or streaming (with a
+// workspace from the caching allocator, so graph capture works).
+void solve_into(const at::Tensor& C, const at::Tensor& A, const at::Tensor& Bw, double eps, int64_t max_iter,
+                c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b, int64_t max_smem,
+                at::Tensor& f, at::Tensor& g, at::Tensor& n_iter, at::Tensor& err) {
+  const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
+  const SinkhornPlan plan = sinkhorn_fwd_plan(B, N, M, C.element_size(), max_smem);
+  TORCH_CHECK(plan.ok(), "sinkhorn (cuda): one row of M=", M, " costs in ", C.scalar_type(),
+              " does not fit in the device's shared memory per block (", max_smem, " bytes); the triton backend ",
+              "streams column tiles");
+  at::Tensor workspace;
+  if (plan.workspace_bytes > 0)
+    workspace = at::empty({static_cast<int64_t>(plan.workspace_bytes)}, C.options().dtype(at::kByte));
+  SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
+                    tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value(), max_smem};
+  void* ws = workspace.defined() ? workspace.data_ptr() : nullptr;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  cudaError_t e;
+  if (C.scalar_type() == at::kDouble)
+    e = launch_sinkhorn_fwd<double>(C.data_ptr<double>(), A.data_ptr<double>(), Bw.data_ptr<double>(),
+                                    f.data_ptr<double>(), g.data_ptr<double>(), n_iter.data_ptr<int32_t>(),
+                                    err.data_ptr<double>(), ws, args, stream);
+  else
+    e = launch_sinkhorn_fwd<float>(C.data_ptr<float>(), A.data_ptr<float>(), Bw.data_ptr<float>(), f.data_ptr<float>(),
+                                   g.data_ptr<float>(), n_iter.data_ptr<int32_t>(), err.data_ptr<float>(), ws, args,
+                                   stream);
+  TORCH_CHECK(e == cudaSuccess, "sinkhorn_fwd: CUDA launch failed: ", cudaGetErrorString(e));
+}
 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
@@ -24,25 +65,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
   const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous(), A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
-  int max_smem = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, cost.device().index()));
-  TORCH_CHECK(sinkhorn_fwd_smem_bytes(N, M, C.element_size()) <= static_cast<size_t>(max_smem),
-              "sinkhorn (cuda): N=", N, ", M=", M, " in ", C.scalar_type(), " needs more shared memory per block than ",
-              "the device has (", max_smem, " bytes); the triton backend streams problems this large");
   at::Tensor f = at::empty({B, N}, C.options()), g = at::empty({B, M}, C.options());
   at::Tensor n_iter = at::empty({B}, C.options().dtype(at::kInt)), err = at::empty({B}, C.options());
-  SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
-                    tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value(), max_smem};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  cudaError_t e;
-  if (dt == at::kDouble)
-    e = launch_sinkhorn_fwd<double>(C.data_ptr<double>(), A.data_ptr<double>(), Bw.data_ptr<double>(),
-                                    f.data_ptr<double>(), g.data_ptr<double>(), n_iter.data_ptr<int32_t>(),
-                                    err.data_ptr<double>(), args, stream);
-  else
-    e = launch_sinkhorn_fwd<float>(C.data_ptr<float>(), A.data_ptr<float>(), Bw.data_ptr<float>(), f.data_ptr<float>(),
-                                   g.data_ptr<float>(), n_iter.data_ptr<int32_t>(), err.data_ptr<float>(), args, stream);
-  TORCH_CHECK(e == cudaSuccess, "sinkhorn_fwd: CUDA launch failed: ", cudaGetErrorString(e));
+  solve_into(C, A, Bw, eps, max_iter, tol, tau_a, tau_b, max_smem_of(cost.device()), f, g, n_iter, err);
   return {f, g, n_iter, err};
 }
 
@@ -88,12 +113,178 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_plan_sums_cuda(const at::Tensor& cos
   return {tc, mass};
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// sinkhorn_embeddings. Problems whose tile fits in shared memory run the fused kernels (the cost never leaves the
+// block). Larger ones are solved a chunk of problems at a time: the chunk's cost is built with ATen (cuBLAS) into
+// a workspace of at most kChunkBytes, solved (streaming) and released, so memory stays bounded for any B.
+constexpr int64_t kChunkBytes = int64_t(256) << 20;
+
+// x, y as the fused kernels read them: detached, contiguous, one dtype (bf16/fp16 kept; mixed dtypes promoted).
+std::pair<at::Tensor, at::Tensor> embeddings_data(const at::Tensor& x, const at::Tensor& y, at::ScalarType dt) {
+  const auto st = x.scalar_type();
+  const bool keep = st == y.scalar_type() && (st == dt || (dt == at::kFloat && (st == at::kBFloat16 || st == at::kHalf)));
+  if (keep) return {x.detach().contiguous(), y.detach().contiguous()};
+  return {x.detach().to(dt).contiguous(), y.detach().to(dt).contiguous()};
+}
+
+EmbDtype emb_dtype_of(at::ScalarType st) {
+  switch (st) {
+    case at::kDouble: return EmbDtype::kFloat64;
+    case at::kBFloat16: return EmbDtype::kBFloat16;
+    case at::kHalf: return EmbDtype::kFloat16;
+    default: return EmbDtype::kFloat32;
+  }
+}
+
+int64_t chunk_of(int64_t B, int64_t N, int64_t M, int64_t elem, int64_t copies) {
+  const int64_t per = std::max<int64_t>(1, N * M * elem * copies);
+  return std::max<int64_t>(1, std::min<int64_t>(B, kChunkBytes / per));
+}
+
+// Cost [b,N,M] of a chunk, as fastot.pairwise_cost (x, y in the compute dtype); nx, ny: |x| (cosine) or |x|^2.
+at::Tensor chunk_cost(const at::Tensor& X, const at::Tensor& Y, int64_t kind, at::Tensor& nx, at::Tensor& ny) {
+  at::Tensor dots = at::bmm(X, Y.transpose(1, 2));
+  if (kind == 2) return dots.neg_();
+  nx = (X * X).sum(-1);
+  ny = (Y * Y).sum(-1);
+  if (kind == 0) {
+    nx = nx.sqrt();
+    ny = ny.sqrt();
+    return dots.mul_(nx.clamp_min(1e-12).reciprocal().unsqueeze(2)).mul_(ny.clamp_min(1e-12).reciprocal().unsqueeze(1))
+        .neg_()
+        .add_(1);
+  }
+  return dots.mul_(-2).add_(nx.unsqueeze(2)).add_(ny.unsqueeze(1)).clamp_min_(0);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_fwd_cuda(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, int64_t kind, double eps,
+    int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
+  check_embeddings_inputs(x, y, a, b, kind);
+  TORCH_CHECK(eps > 0, "sinkhorn_embeddings: eps must be > 0, got ", eps);
+  TORCH_CHECK(max_iter >= 0, "sinkhorn_embeddings: max_iter must be >= 0, got ", max_iter);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto [X, Y] = embeddings_data(x, y, dt);
+  const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
+  const int64_t B = X.size(0), N = X.size(1), M = Y.size(1), d = X.size(2);
+  const auto opts = A.options();
+  at::Tensor f = at::empty({B, N}, opts), g = at::empty({B, M}, opts), err = at::empty({B}, opts);
+  at::Tensor n_iter = at::empty({B}, opts.dtype(at::kInt)), tc = at::empty({B}, opts), mass = at::empty({B}, opts);
+  if (B == 0) return {f, g, n_iter, err, tc, mass};
+  const int64_t max_smem = max_smem_of(x.device());
+  const EmbDtype edt = emb_dtype_of(X.scalar_type());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  if (sinkhorn_embeddings_fwd_smem(N, M, edt, max_smem) > 0) {
+    SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
+                      tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value(), max_smem};
+    cudaError_t e;
+    if (dt == at::kDouble)
+      e = launch_sinkhorn_embeddings_fwd(X.data_ptr(), Y.data_ptr(), edt, d, static_cast<int>(kind),
+                                         A.data_ptr<double>(), Bw.data_ptr<double>(), f.data_ptr<double>(),
+                                         g.data_ptr<double>(), n_iter.data_ptr<int32_t>(), err.data_ptr<double>(),
+                                         tc.data_ptr<double>(), mass.data_ptr<double>(), args, stream);
+    else
+      e = launch_sinkhorn_embeddings_fwd(X.data_ptr(), Y.data_ptr(), edt, d, static_cast<int>(kind),
+                                         A.data_ptr<float>(), Bw.data_ptr<float>(), f.data_ptr<float>(),
+                                         g.data_ptr<float>(), n_iter.data_ptr<int32_t>(), err.data_ptr<float>(),
+                                         tc.data_ptr<float>(), mass.data_ptr<float>(), args, stream);
+    TORCH_CHECK(e == cudaSuccess, "sinkhorn_embeddings_fwd: CUDA launch failed: ", cudaGetErrorString(e));
+    return {f, g, n_iter, err, tc, mass};
+  }
+  const int64_t step = chunk_of(B, N, M, X.element_size() > 4 ? 8 : 4, 2);
+  for (int64_t k0 = 0; k0 < B; k0 += step) {
+    const int64_t k1 = std::min(B, k0 + step);
+    at::Tensor nx, ny;
+    const at::Tensor C = chunk_cost(X.slice(0, k0, k1).to(dt), Y.slice(0, k0, k1).to(dt), kind, nx, ny).contiguous();
+    const at::Tensor Ak = A.slice(0, k0, k1), Bk = Bw.slice(0, k0, k1);
+    at::Tensor fk = f.slice(0, k0, k1), gk = g.slice(0, k0, k1), nk = n_iter.slice(0, k0, k1), ek = err.slice(0, k0, k1);
+    solve_into(C, Ak, Bk, eps, max_iter, tol, tau_a, tau_b, max_smem, fk, gk, nk, ek);
+    at::Tensor mk;
+    tc.slice(0, k0, k1).copy_(plan_or_cost(C, Ak, Bk, fk, gk, eps, false, &mk));
+    mass.slice(0, k0, k1).copy_(mk);
+  }
+  return {f, g, n_iter, err, tc, mass};
+}
+
+std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cuda(const at::Tensor& x, const at::Tensor& y,
+                                                                const at::Tensor& a, const at::Tensor& b,
+                                                                const at::Tensor& f, const at::Tensor& g,
+                                                                const at::Tensor& scale, int64_t kind, double eps) {
+  check_embeddings_inputs(x, y, a, b, kind);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto [X, Y] = embeddings_data(x, y, dt);
+  const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
+  const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous(), S = scale.to(dt).contiguous();
+  const int64_t B = X.size(0), N = X.size(1), M = Y.size(1), d = X.size(2);
+  at::Tensor dx = at::zeros({B, N, d}, A.options()), dy = at::zeros({B, M, d}, A.options());
+  if (B == 0) return {dx, dy};
+  const int64_t max_smem = max_smem_of(x.device());
+  const EmbDtype edt = emb_dtype_of(X.scalar_type());
+  if (sinkhorn_embeddings_bwd_smem(N, M, edt, max_smem) > 0) {
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    cudaError_t e;
+    if (dt == at::kDouble)
+      e = launch_sinkhorn_embeddings_bwd(X.data_ptr(), Y.data_ptr(), edt, B, N, M, d, static_cast<int>(kind),
+                                         A.data_ptr<double>(), Bw.data_ptr<double>(), F.data_ptr<double>(),
+                                         G.data_ptr<double>(), S.data_ptr<double>(), dx.data_ptr<double>(),
+                                         dy.data_ptr<double>(), eps, max_smem, stream);
+    else
+      e = launch_sinkhorn_embeddings_bwd(X.data_ptr(), Y.data_ptr(), edt, B, N, M, d, static_cast<int>(kind),
+                                         A.data_ptr<float>(), Bw.data_ptr<float>(), F.data_ptr<float>(),
+                                         G.data_ptr<float>(), S.data_ptr<float>(), dx.data_ptr<float>(),
+                                         dy.data_ptr<float>(), eps, max_smem, stream);
+    TORCH_CHECK(e == cudaSuccess, "sinkhorn_embeddings_bwd: CUDA launch failed: ", cudaGetErrorString(e));
+    return {dx, dy};
+  }
+  // Chunked: the same formulas as the fused kernel (and the CPU backward) with ATen, on at most kChunkBytes.
+  const int64_t step = chunk_of(B, N, M, dt == at::kDouble ? 8 : 4, 4);
+  for (int64_t k0 = 0; k0 < B; k0 += step) {
+    const int64_t k1 = std::min(B, k0 + step);
+    const at::Tensor Ak = A.slice(0, k0, k1), Bk = Bw.slice(0, k0, k1);
+    const at::Tensor live_x = (Ak > 0).unsqueeze(2), live_y = (Bk > 0).unsqueeze(2);
+    // zero-weight rows are zeroed first, so that whatever they hold (NaN included) reaches no product
+    const at::Tensor Xk = X.slice(0, k0, k1).to(dt).masked_fill(live_x.logical_not(), 0);
+    const at::Tensor Yk = Y.slice(0, k0, k1).to(dt).masked_fill(live_y.logical_not(), 0);
+    at::Tensor nx, ny;
+    const at::Tensor C = chunk_cost(Xk, Yk, kind, nx, ny).contiguous();
+    at::Tensor P = plan_or_cost(C, Ak, Bk, F.slice(0, k0, k1), G.slice(0, k0, k1), eps, true);
+    P.mul_(S.slice(0, k0, k1).view({-1, 1, 1}));
+    at::Tensor Q, rx, ry;
+    if (kind == 2) {
+      Q = P.neg();
+    } else if (kind == 1) {
+      P.masked_fill_(C == 0, 0);  // the clamp at 0 is active
+      Q = P * -2;
+      rx = P.sum(2) * 2;
+      ry = P.sum(1) * 2;
+    } else {
+      const at::Tensor ix = nx.clamp_min(1e-12).reciprocal(), iy = ny.clamp_min(1e-12).reciprocal();
+      const at::Tensor PC = P * (1 - C);
+      rx = (PC.sum(2) * ix * ix).masked_fill_(nx <= 1e-12, 0);  // x / 1e-12 is linear where the clamp is active
+      ry = (PC.sum(1) * iy * iy).masked_fill_(ny <= 1e-12, 0);
+      Q = P.mul_(ix.unsqueeze(2)).mul_(iy.unsqueeze(1)).neg_();
+    }
+    at::Tensor gx = at::bmm(Q, Yk), gy = at::bmm(Q.transpose(1, 2), Xk);
+    if (rx.defined()) {
+      gx.add_(rx.unsqueeze(2) * Xk);
+      gy.add_(ry.unsqueeze(2) * Yk);
+    }
+    dx.slice(0, k0, k1).copy_(gx.masked_fill_(live_x.logical_not(), 0));
+    dy.slice(0, k0, k1).copy_(gy.masked_fill_(live_y.logical_not(), 0));
+  }
+  return {dx, dy};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastot, CUDA, m) {
   m.impl("sinkhorn_fwd", &sinkhorn_fwd_cuda);
   m.impl("sinkhorn_plan", &sinkhorn_plan_cuda);
   m.impl("sinkhorn_plan_sums", &sinkhorn_plan_sums_cuda);
+  m.impl("sinkhorn_embeddings_fwd", &sinkhorn_embeddings_fwd_cuda);
+  m.impl("sinkhorn_embeddings_bwd", &sinkhorn_embeddings_bwd_cuda);
 }
 
 }  // namespace fastot

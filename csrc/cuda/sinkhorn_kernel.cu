@@ -1,196 +1,187 @@
-// CUDA Sinkhorn forward: one thread block per problem runs every iteration in one launch; no host
-// synchronisation and no per-iteration launches; per-problem early stop is a block-uniform flag.
+// CUDA Sinkhorn forward on a given cost C [B,N,M], and the plan kernel. No host synchronisation anywhere; every
+// launch is on the caller's stream, so a solve can be captured in a CUDA graph.
 //
-// Small problems (the common case) keep their whole cost tile on chip: the block loads C once from global
-// memory into shared memory, pre-scaled to base-2 units (C * log2(e) / eps) with padded rows/columns set to
-// +inf, and runs all iterations there. Larger problems read the same layout from global memory (L2-resident
-// for the sizes of interest). Potentials are kept in base-2 units too (u = f log2(e)/eps + log2 a), so each
-// term of a log-sum-exp is one subtraction and one ex2.
-//   f-update: one warp per row, lanes strided over columns (coalesced, bank-conflict free), an online
-//             (running-max) log-sum-exp per lane, then a shuffle reduction across the warp;
-//   g-update: one thread per column streaming over rows (consecutive threads read consecutive addresses).
-#include <cfloat>
-#include <cmath>
-
-#include "cuda/sinkhorn_kernel.h"
+// Small problems (the common case): one thread block per problem loads its cost tile once from global memory into
+// shared memory (scaled to base-2 units, masked pairs set to +inf) and runs every iteration there, in one launch;
+// per-problem early stop is a block-uniform flag (sinkhorn_device.cuh).
+//
+// Large problems (the tile does not fit in shared memory): a streaming solve with two launches per iteration.
+//  1. rows kernel, one block per (problem, strip of R rows): loads the strip C[r0:r0+R, :] once into shared memory;
+//     from it computes the row log-sum-exps (the new f of those rows) and then, with the new f, each column's
+//     partial log-sum-exp over the strip's rows. C is read from global memory once per iteration.
+//  2. merge kernel, one block per problem: merges the partials of the strips into g. With a tolerance it first
+//     checks the row-marginal error of the iteration's starting point (summed by the rows kernel) and stops the
+//     problem there, exactly where the on-chip kernel would: f stays, n_iter is not incremented.
+// Problems that stopped skip every later launch at their first instruction.
+#include "cuda/sinkhorn_device.cuh"
 
 namespace fastot {
 namespace {
 
-constexpr int kThreads = 256;  // 8 warps per problem; not tuned yet (needs a GPU)
-constexpr double kLog2e = 1.4426950408889634074;
-constexpr double kLn2 = 0.6931471805599453094;
+using dev::kThreads;
 
 template <typename T>
-__device__ T block_sum(T v, T* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  T total = 0;
-  for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += scratch[w];
-  return total;
-}
-
-__device__ __forceinline__ float fast_exp2(float x) {  // MUFU.EX2; 2^-inf = 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ double fast_exp2(double x) { return exp2(x); }
-__device__ __forceinline__ float fast_log2(float x) { return __log2f(x); }
-__device__ __forceinline__ double fast_log2(double x) { return log2(x); }
-
-// Online base-2 log-sum-exp: (m, s) represents m + log2(s). Terms of -inf are skipped.
-template <typename T>
-__device__ __forceinline__ void lse_push(T v, T& m, T& s) {
-  if (v > m) {
-    s = s * fast_exp2(m - v) + T(1);  // exp2(-inf) = 0 when m is still -inf
-    m = v;
-  } else if (v > -INFINITY) {
-    s += fast_exp2(v - m);
-  }
-}
-template <typename T>
-__device__ __forceinline__ void lse_merge(T m2, T s2, T& m, T& s) {
-  if (m2 > m) {
-    s = s * fast_exp2(m - m2) + s2;
-    m = m2;
-  } else if (m2 > -INFINITY) {
-    s += s2 * fast_exp2(m2 - m);
-  }
-}
-
-// Cost entry (i, j) in base-2 units, +inf where the pair is padded or forbidden.
-template <typename T, bool ON_CHIP>
-struct CostView {
-  const T* tile;  // ON_CHIP: [N, M] in shared memory, already scaled and masked
-  const T* C;     // otherwise: the problem's raw costs in global memory
-  const T* a;
-  const T* b;
-  T scale;        // log2(e) / eps
-  int64_t M;
-  __device__ __forceinline__ T operator()(int64_t i, int64_t j) const {
-    if (ON_CHIP) return tile[i * M + j];
-    return (a[i] > 0 && b[j] > 0) ? C[i * M + j] * scale : T(INFINITY);
-  }
-};
-
-template <typename T, bool ON_CHIP>
-__global__ void __launch_bounds__(kThreads) sinkhorn_fwd_kernel(
-    const T* __restrict__ C,        // [B,N,M] cost
-    const T* __restrict__ a,        // [B,N] weights
-    const T* __restrict__ b,        // [B,M] weights
-    T* __restrict__ f,              // [B,N] out potentials
-    T* __restrict__ g,              // [B,M] out potentials
-    int32_t* __restrict__ n_iter,   // [B] out iterations applied
-    T* __restrict__ err_out,        // [B] out final marginal error
-    SinkhornArgs args) {
-  extern __shared__ unsigned char smem_raw[];
+__global__ void __launch_bounds__(kThreads) sinkhorn_onchip_kernel(
+    const T* __restrict__ C, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ f, T* __restrict__ g,
+    int32_t* __restrict__ n_iter, T* __restrict__ err_out, SinkhornArgs args) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t k = blockIdx.x, N = args.N, M = args.M;
-  T* u = reinterpret_cast<T*>(smem_raw);  // [N] f in base-2 units plus log2 a (-inf on padded rows)
-  T* fv = u + N;                          // [N] f
-  T* ft = fv + N;                         // [N] c-transform of g (f before damping)
-  T* v = ft + N;                          // [M] g in base-2 units plus log2 b
-  T* gv = v + M;                          // [M] g
-  T* scratch = gv + M;                    // [32]
-  T* tile = scratch + 32;                 // [N*M] when ON_CHIP
+  T* tile = reinterpret_cast<T*>(smem_raw);  // [N, M]
+  dev::SolveVectors<T> s(tile + N * M, N, M);
   const T* Ck = C + k * N * M;
   const T* ak = a + k * N;
   const T* bk = b + k * M;
-  const T eps = static_cast<T>(args.eps);
-  const T scale = static_cast<T>(kLog2e / args.eps);       // natural units -> base-2 units
-  const T to_f = static_cast<T>(-args.eps * kLn2);         // base-2 log-sum-exp -> potential
-  const T lam_a = args.unb_a ? static_cast<T>(args.tau_a / (args.tau_a + args.eps)) : T(1);
-  const T lam_b = args.unb_b ? static_cast<T>(args.tau_b / (args.tau_b + args.eps)) : T(1);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-
-  if (ON_CHIP) {  // global memory is read once: coalesced, scaled, masked
-    for (int64_t idx = threadIdx.x; idx < N * M; idx += blockDim.x) {
-      const int64_t i = idx / M, j = idx - i * M;
-      tile[idx] = (ak[i] > 0 && bk[j] > 0) ? Ck[idx] * scale : T(INFINITY);
-    }
+  const T scale = static_cast<T>(dev::kLog2e / args.eps);
+  for (int64_t idx = threadIdx.x; idx < N * M; idx += blockDim.x) {  // coalesced, once
+    const int64_t i = idx / M, j = idx - i * M;
+    tile[idx] = (ak[i] > 0 && bk[j] > 0) ? Ck[idx] * scale : T(INFINITY);
   }
-  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
-    fv[i] = 0;
-    u[i] = ak[i] > 0 ? fast_log2(ak[i]) : T(-INFINITY);
-  }
-  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
-    gv[j] = 0;
-    v[j] = bk[j] > 0 ? fast_log2(bk[j]) : T(-INFINITY);
-  }
-  __syncthreads();
-  const CostView<T, ON_CHIP> cost{tile, Ck, ak, bk, scale, M};
-
-  // f~_i = c-transform of g for every row; returns this thread's share of the row-marginal error of (f, g).
-  auto row_pass = [&]() -> T {
-    T e = 0;
-    for (int64_t i = warp; i < N; i += n_warps) {
-      T m = -INFINITY, s = 0;
-      if (ak[i] > 0)
-        for (int64_t j = lane; j < M; j += 32) lse_push(v[j] - cost(i, j), m, s);
-      for (int o = 16; o > 0; o >>= 1) {
-        const T m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        lse_merge(m2, s2, m, s);
-      }
-      if (lane == 0) {
-        const bool ok = ak[i] > 0 && m > -INFINITY;  // no allowed pair: potential 0, no mass
-        ft[i] = ok ? to_f * (m + fast_log2(s)) : T(0);
-        if (ok) {
-          const T target = args.unb_a ? exp(-fv[i] / static_cast<T>(args.tau_a)) : T(1);
-          e += ak[i] * fabs(exp((fv[i] - ft[i]) / eps) - target);
-        }
-      }
-    }
-    return e;
-  };
-
-  int64_t it = 0;
-  T err = 0;
-  for (; it < args.max_iter; ++it) {
-    const T e = row_pass();
-    if (args.has_tol) {
-      err = block_sum(e, scratch);                  // ends with a barrier: ft is complete
-      if (err < static_cast<T>(args.tol)) break;     // the same value in every thread: block-uniform
-    }
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
-      fv[i] = lam_a * ft[i];
-      u[i] = ak[i] > 0 ? fv[i] * scale + fast_log2(ak[i]) : T(-INFINITY);
-    }
-    __syncthreads();
-    for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
-      T m = -INFINITY, s = 0;
-      if (bk[j] > 0)
-        for (int64_t i = 0; i < N; ++i) lse_push(u[i] - cost(i, j), m, s);
-      gv[j] = (bk[j] > 0 && m > -INFINITY) ? lam_b * to_f * (m + fast_log2(s)) : T(0);
-      v[j] = bk[j] > 0 ? gv[j] * scale + fast_log2(bk[j]) : T(-INFINITY);
-    }
-    __syncthreads();
-  }
-  if (!args.has_tol || it == args.max_iter) err = block_sum(row_pass(), scratch);
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) f[k * N + i] = fv[i];
-  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) g[k * M + j] = gv[j];
+  T err;
+  const int64_t it = dev::solve_on_chip(tile, M, ak, bk, N, M, args, s, err);  // ends with a barrier
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) f[k * N + i] = s.fv[i];
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) g[k * M + j] = s.gv[j];
   if (threadIdx.x == 0) {
     n_iter[k] = static_cast<int32_t>(it);
     err_out[k] = err;
   }
 }
 
+// The streaming solve's global scratch: f after this iteration's row update, the column partials of every strip,
+// the error accumulator and the stop flag of every problem.
 template <typename T>
-__global__ void sinkhorn_plan_kernel(const T* __restrict__ C, const T* __restrict__ a, const T* __restrict__ b,
-                                     const T* __restrict__ f, const T* __restrict__ g,
-                                     T* __restrict__ P,     // [B,N,M] out plan, or nullptr
-                                     T* __restrict__ tc,    // [B] out <P,C>, or nullptr
-                                     T* __restrict__ mass,  // [B] out sum P (with tc)
-                                     int64_t N, int64_t M, T eps) {
+struct StreamWorkspace {
+  T* fn;        // [B, N]
+  T* pm;        // [B, strips, M] partial max
+  T* ps;        // [B, strips, M] partial sum (the partial log-sum-exp is pm + log2 ps)
+  T* err_acc;   // [B]
+  int32_t* done;  // [B]
+};
+
+constexpr size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+template <typename T>
+StreamWorkspace<T> carve(void* base, int64_t B, int64_t N, int64_t M, int64_t strips, size_t* bytes) {
+  char* p = static_cast<char*>(base);
+  size_t off = 0;
+  auto take = [&](size_t n) {
+    char* q = p ? p + off : nullptr;
+    off += align_up(n, 256);
+    return q;
+  };
+  StreamWorkspace<T> w;
+  w.fn = reinterpret_cast<T*>(take(sizeof(T) * B * N));
+  w.pm = reinterpret_cast<T*>(take(sizeof(T) * B * strips * M));
+  w.ps = reinterpret_cast<T*>(take(sizeof(T) * B * strips * M));
+  w.err_acc = reinterpret_cast<T*>(take(sizeof(T) * B));
+  w.done = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * B));
+  if (bytes) *bytes = off;
+  return w;
+}
+
+// One (problem, strip) per block. final_pass: only the row-marginal error of the current (f, g).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) stream_rows_kernel(
+    const T* __restrict__ C, const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ f,
+    const T* __restrict__ g, StreamWorkspace<T> w, SinkhornArgs args, int64_t R, int64_t strips, bool final_pass) {
+  const int64_t k = blockIdx.x / strips, rb = blockIdx.x - k * strips, N = args.N, M = args.M;
+  if (w.done[k]) return;  // block-uniform
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* strip = reinterpret_cast<T*>(smem_raw);  // [R, M]
+  T* v = strip + R * M;                        // [M]
+  T* u = v + M;                                // [R]
+  T* scratch = u + R;                          // [32]
+  const dev::Consts<T> c(args);
+  const int64_t r0 = rb * R, nr = N - r0 < R ? N - r0 : R;
+  const T* Ck = C + (k * N + r0) * M;
+  const T* ak = a + k * N + r0;
+  const T* bk = b + k * M;
+  for (int64_t idx = threadIdx.x; idx < nr * M; idx += blockDim.x) {  // the strip is contiguous in C
+    const int64_t i = idx / M, j = idx - i * M;
+    strip[idx] = (ak[i] > 0 && bk[j] > 0) ? Ck[idx] * c.scale : T(INFINITY);
+  }
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x)
+    v[j] = bk[j] > 0 ? g[k * M + j] * c.scale + dev::fast_log2(bk[j]) : T(-INFINITY);
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  T e = 0;
+  for (int64_t i = warp; i < nr; i += n_warps) {  // row log-sum-exps: one warp per row
+    const bool live = ak[i] > 0;
+    T m = -INFINITY, s = 0;
+    if (live)
+      for (int64_t j = lane; j < M; j += 32) dev::lse_push(v[j] - strip[i * M + j], m, s);
+    dev::lse_warp(m, s);
+    if (lane == 0) {
+      const bool ok = live && m > -INFINITY;
+      const T ft = ok ? c.to_f * (m + dev::fast_log2(s)) : T(0);
+      if (ok) e += dev::row_error(ak[i], f[k * N + r0 + i], ft, args);
+      if (!final_pass) {
+        const T fnew = c.lam_a * ft;
+        w.fn[k * N + r0 + i] = fnew;
+        u[i] = live ? fnew * c.scale + dev::fast_log2(ak[i]) : T(-INFINITY);
+      }
+    }
+  }
+  const T tot = dev::block_sum(e, scratch);  // barriers: u is complete
+  if (threadIdx.x == 0 && tot != 0) atomicAdd(w.err_acc + k, tot);
+  if (final_pass) return;
+  T* pm = w.pm + (k * strips + rb) * M;
+  T* ps = w.ps + (k * strips + rb) * M;
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {  // column partials from the same strip, new f
+    T m = -INFINITY, s = 0;
+    if (bk[j] > 0)
+      for (int64_t i = 0; i < nr; ++i) dev::lse_push(u[i] - strip[i * M + j], m, s);
+    pm[j] = m;
+    ps[j] = s;
+  }
+}
+
+// One problem per block: the tolerance check of the iteration, then f <- fn and g <- merged partials.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) stream_merge_kernel(
+    const T* __restrict__ b, T* __restrict__ f, T* __restrict__ g, int32_t* __restrict__ n_iter,
+    T* __restrict__ err_out, StreamWorkspace<T> w, SinkhornArgs args, int64_t strips) {
+  const int64_t k = blockIdx.x, N = args.N, M = args.M;
+  if (w.done[k]) return;
+  const T e = w.err_acc[k];
+  __syncthreads();  // every thread has read the accumulator before it is cleared for the next iteration
+  if (threadIdx.x == 0) w.err_acc[k] = 0;
+  if (args.has_tol && e < static_cast<T>(args.tol)) {  // the same in every thread
+    if (threadIdx.x == 0) {
+      w.done[k] = 1;
+      err_out[k] = e;
+    }
+    return;
+  }
+  const dev::Consts<T> c(args);
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) f[k * N + i] = w.fn[k * N + i];
+  const T* bk = b + k * M;
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
+    T m = -INFINITY, s = 0;
+    for (int64_t r = 0; r < strips; ++r) dev::lse_merge(w.pm[(k * strips + r) * M + j], w.ps[(k * strips + r) * M + j], m, s);
+    g[k * M + j] = (bk[j] > 0 && m > -INFINITY) ? c.lam_b * c.to_f * (m + dev::fast_log2(s)) : T(0);
+  }
+  if (threadIdx.x == 0) ++n_iter[k];
+}
+
+template <typename T>
+__global__ void stream_final_kernel(T* __restrict__ err_out, StreamWorkspace<T> w, int64_t B) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k < B && !w.done[k]) err_out[k] = w.err_acc[k];
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) sinkhorn_plan_kernel(
+    const T* __restrict__ C, const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ f,
+    const T* __restrict__ g,
+    T* __restrict__ P,     // [B,N,M] out plan, or nullptr
+    T* __restrict__ tc,    // [B] out <P,C>, or nullptr
+    T* __restrict__ mass,  // [B] out sum P (with tc)
+    int64_t N, int64_t M, T eps) {
   __shared__ T scratch[32];
   const int64_t k = blockIdx.x;
   T acc = 0, msum = 0;
   for (int64_t idx = threadIdx.x; idx < N * M; idx += blockDim.x) {
-    const int64_t i = idx / M, j = idx % M;
+    const int64_t i = idx / M, j = idx - i * M;
     const T ai = a[k * N + i], bj = b[k * M + j], c = C[k * N * M + idx];
     T p = 0;
     if (ai > 0 && bj > 0) p = ai * bj * exp((f[k * N + i] + g[k * M + j] - c) / eps);
@@ -201,8 +192,8 @@ __global__ void sinkhorn_plan_kernel(const T* __restrict__ C, const T* __restric
     }
   }
   if (tc) {
-    acc = block_sum(acc, scratch);
-    msum = block_sum(msum, scratch);
+    acc = dev::block_sum(acc, scratch);
+    msum = dev::block_sum(msum, scratch);
     if (threadIdx.x == 0) {
       tc[k] = acc;
       mass[k] = msum;
@@ -210,22 +201,71 @@ __global__ void sinkhorn_plan_kernel(const T* __restrict__ C, const T* __restric
   }
 }
 
+template <typename K>
+cudaError_t allow_smem(K kernel, size_t smem) {
+  if (smem <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+}
+
 }  // namespace
+
+SinkhornPlan sinkhorn_fwd_plan(int64_t B, int64_t N, int64_t M, size_t elem, int64_t max_smem) {
+  SinkhornPlan p;
+  const size_t limit = static_cast<size_t>(max_smem);
+  const size_t on_chip = elem * (static_cast<size_t>(N) * M + dev::solve_vector_elems(N, M));
+  if (on_chip <= limit) {
+    p.on_chip = true;
+    p.smem = on_chip > 0 ? on_chip : elem;
+    return p;
+  }
+  // Strips of up to 32 rows, sized to leave room for two blocks per SM where M allows it.
+  const size_t budget = limit / 2 >= elem * (2 * static_cast<size_t>(M) + 64) ? limit / 2 : limit;
+  for (int64_t R = N < 32 ? N : 32; R >= 1; R /= 2) {
+    const size_t smem = elem * (static_cast<size_t>(R) * M + M + R + 32);
+    if (smem <= budget) {
+      p.rows = R;
+      p.smem = smem;
+      const int64_t strips = (N + R - 1) / R;
+      if (elem == sizeof(double))
+        carve<double>(nullptr, B, N, M, strips, &p.workspace_bytes);
+      else
+        carve<float>(nullptr, B, N, M, strips, &p.workspace_bytes);
+      return p;
+    }
+  }
+  return p;  // not ok: one row of M entries does not fit
+}
 
 template <typename T>
 cudaError_t launch_sinkhorn_fwd(const T* C, const T* a, const T* b, T* f, T* g, int32_t* n_iter, T* err,
-                                const SinkhornArgs& args, cudaStream_t stream) {
+                                void* workspace, const SinkhornArgs& args, cudaStream_t stream) {
   if (args.B == 0) return cudaSuccess;
-  const size_t vec = sinkhorn_fwd_smem_bytes(args.N, args.M, sizeof(T));
-  const size_t with_tile = vec + sizeof(T) * static_cast<size_t>(args.N * args.M);
-  const bool on_chip = with_tile <= static_cast<size_t>(args.max_smem);
-  const size_t smem = on_chip ? with_tile : vec;
-  auto kernel = on_chip ? sinkhorn_fwd_kernel<T, true> : sinkhorn_fwd_kernel<T, false>;
-  if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return e;
+  const SinkhornPlan plan = sinkhorn_fwd_plan(args.B, args.N, args.M, sizeof(T), args.max_smem);
+  if (!plan.ok()) return cudaErrorInvalidValue;
+  cudaError_t e;
+  if (plan.on_chip) {
+    if ((e = allow_smem(sinkhorn_onchip_kernel<T>, plan.smem)) != cudaSuccess) return e;
+    sinkhorn_onchip_kernel<T><<<static_cast<unsigned>(args.B), kThreads, plan.smem, stream>>>(C, a, b, f, g, n_iter,
+                                                                                              err, args);
+    return cudaGetLastError();
   }
-  kernel<<<static_cast<unsigned>(args.B), kThreads, smem, stream>>>(C, a, b, f, g, n_iter, err, args);
+  if (workspace == nullptr) return cudaErrorInvalidValue;
+  const int64_t B = args.B, N = args.N, M = args.M, R = plan.rows, strips = (N + R - 1) / R;
+  const StreamWorkspace<T> w = carve<T>(workspace, B, N, M, strips, nullptr);
+  if ((e = allow_smem(stream_rows_kernel<T>, plan.smem)) != cudaSuccess) return e;
+  // The starting point f = g = 0 and the per-problem state; memsets are stream operations (graph-capturable).
+  if ((e = cudaMemsetAsync(f, 0, sizeof(T) * B * N, stream)) != cudaSuccess) return e;
+  if ((e = cudaMemsetAsync(g, 0, sizeof(T) * B * M, stream)) != cudaSuccess) return e;
+  if ((e = cudaMemsetAsync(n_iter, 0, sizeof(int32_t) * B, stream)) != cudaSuccess) return e;
+  if ((e = cudaMemsetAsync(w.err_acc, 0, sizeof(T) * B, stream)) != cudaSuccess) return e;
+  if ((e = cudaMemsetAsync(w.done, 0, sizeof(int32_t) * B, stream)) != cudaSuccess) return e;
+  const unsigned row_blocks = static_cast<unsigned>(B * strips);
+  for (int64_t it = 0; it < args.max_iter; ++it) {
+    stream_rows_kernel<T><<<row_blocks, kThreads, plan.smem, stream>>>(C, a, b, f, g, w, args, R, strips, false);
+    stream_merge_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(b, f, g, n_iter, err, w, args, strips);
+  }
+  stream_rows_kernel<T><<<row_blocks, kThreads, plan.smem, stream>>>(C, a, b, f, g, w, args, R, strips, true);
+  stream_final_kernel<T><<<static_cast<unsigned>((B + 255) / 256), 256, 0, stream>>>(err, w, B);
   return cudaGetLastError();
 }
 
@@ -239,9 +279,9 @@ cudaError_t launch_sinkhorn_plan(const T* C, const T* a, const T* b, const T* f,
 }
 
 template cudaError_t launch_sinkhorn_fwd<float>(const float*, const float*, const float*, float*, float*, int32_t*,
-                                                float*, const SinkhornArgs&, cudaStream_t);
+                                                float*, void*, const SinkhornArgs&, cudaStream_t);
 template cudaError_t launch_sinkhorn_fwd<double>(const double*, const double*, const double*, double*, double*,
-                                                 int32_t*, double*, const SinkhornArgs&, cudaStream_t);
+                                                 int32_t*, double*, void*, const SinkhornArgs&, cudaStream_t);
 template cudaError_t launch_sinkhorn_plan<float>(const float*, const float*, const float*, const float*, const float*,
                                                  float*, float*, float*, int64_t, int64_t, int64_t, double,
                                                  cudaStream_t);

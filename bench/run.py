@@ -578,6 +578,9 @@ def plots(rows: list[dict], stamp: dict, prefix: str) -> list[str]:
 
 def markdown(rows: list[dict], stamp: dict, csv_name: str, pngs: list[str]) -> str:
     """The generated block of bench/RESULTS.md (the command that measured the rows is stamp["command"])."""
+    # Numbers as the CSV stores them (6 significant digits), so that --replot from the CSV writes the same table:
+    # formatting the unrounded value could round the last shown digit the other way (799.3651 vs 799.365).
+    rows = [{k: float(_fmt(v)) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
     lines = [f"### Latest `bench.run` — {stamp['date']}, fastot {stamp['fastot_sha']}", "",
              f"Machine: {stamp['gpu'] + ' + ' if stamp['gpu'] else ''}{stamp['cpu']}, {stamp['cpu_threads']} threads; "
              f"torch {stamp['v_torch']}" + (f", CUDA {stamp['cuda']}" if stamp["cuda"] else "") +

@@ -54,6 +54,46 @@ def test_streaming_tol_stops_each_problem_where_the_reference_does():
     torch.testing.assert_close(r.f.cpu(), rr[0], rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_streaming_equals_on_chip_on_the_same_problems(monkeypatch, dtype):
+    """FASTOT_CUDA_ONCHIP=0 streams problems that fit on chip: both paths agree, tolerance stop included."""
+    for B, N, M in [(4, 7, 33), (3, 64, 64), (2, 1, 5)]:
+        C, a, b = _problem(B, N, M, dtype) if N > 2 else (torch.rand(B, N, M, device="cuda", dtype=dtype), None, None)
+        kw = dict(eps=0.05, max_iter=400, tol=1e-5, tau_a=2.0)
+        monkeypatch.delenv("FASTOT_CUDA_ONCHIP", raising=False)
+        on = fastot.sinkhorn(C, a, b, backend="cuda", **kw)
+        monkeypatch.setenv("FASTOT_CUDA_ONCHIP", "0")
+        st = fastot.sinkhorn(C, a, b, backend="cuda", **kw)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        assert (on.n_iter - st.n_iter).abs().max() <= 1  # the error is summed in another order near tol
+        same = on.n_iter == st.n_iter
+        torch.testing.assert_close(st.f[same], on.f[same], rtol=0, atol=tol)
+        torch.testing.assert_close(st.g[same], on.g[same], rtol=0, atol=tol)
+        torch.testing.assert_close(st.transport_cost, on.transport_cost, rtol=0, atol=10 * tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_fused_embeddings_equal_the_chunked_path(monkeypatch, dtype):
+    """FASTOT_CUDA_ONCHIP=0 sends small problems down the chunked path (ATen cost, streaming solve, ATen backward):
+    the fused kernels agree with it, forward and gradients, for every cost."""
+    x0, y0, xm, ym = _embeddings(5, 23, 31, 40, dtype)
+    for cost in ("cosine", "sqeuclidean", "dot"):
+        out = []
+        for flag in (None, "0"):
+            if flag is None:
+                monkeypatch.delenv("FASTOT_CUDA_ONCHIP", raising=False)
+            else:
+                monkeypatch.setenv("FASTOT_CUDA_ONCHIP", flag)
+            x = (0.3 * x0).detach().requires_grad_()
+            y = (0.3 * y0).detach().requires_grad_()
+            r = fastot.sinkhorn_embeddings(x, y, xm, ym, cost=cost, eps=0.1, max_iter=50, backend="cuda")
+            (r.value.sum() + r.transport_cost.sum()).backward()
+            out.append((r.f, r.g, r.value, r.transport_cost, x.grad, y.grad))
+        tol = 1e-10 if dtype == torch.float64 else 2e-5
+        for got, want in zip(*out):
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
 def _embeddings(B, N, M, d, dtype, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, N, d, generator=g)

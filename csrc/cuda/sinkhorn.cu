@@ -10,6 +10,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -25,13 +27,21 @@ int64_t max_smem_of(const at::Device& device) {
   return max_smem;
 }
 
+// FASTOT_CUDA_ONCHIP=0 sends every problem down the paths for large ones (streaming solve, chunked embeddings), so
+// that tests can compare both paths on the same problems. Read per call.
+bool on_chip_allowed() {
+  const char* v = std::getenv("FASTOT_CUDA_ONCHIP");
+  return v == nullptr || std::string(v) != "0";
+}
+
 // Runs the forward solve on contiguous C, A, Bw of one dtype into f, g, n_iter, err; on chip or streaming (with a
 // workspace from the caching allocator, so graph capture works).
 void solve_into(const at::Tensor& C, const at::Tensor& A, const at::Tensor& Bw, double eps, int64_t max_iter,
                 c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b, int64_t max_smem,
                 at::Tensor& f, at::Tensor& g, at::Tensor& n_iter, at::Tensor& err) {
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
-  const SinkhornPlan plan = sinkhorn_fwd_plan(B, N, M, C.element_size(), max_smem);
+  const bool allow_on_chip = on_chip_allowed();
+  const SinkhornPlan plan = sinkhorn_fwd_plan(B, N, M, C.element_size(), max_smem, allow_on_chip);
   TORCH_CHECK(plan.ok(), "sinkhorn (cuda): one row of M=", M, " costs in ", C.scalar_type(),
               " does not fit in the device's shared memory per block (", max_smem, " bytes); the triton backend ",
               "streams column tiles");
@@ -39,7 +49,7 @@ void solve_into(const at::Tensor& C, const at::Tensor& A, const at::Tensor& Bw, 
   if (plan.workspace_bytes > 0)
     workspace = at::empty({static_cast<int64_t>(plan.workspace_bytes)}, C.options().dtype(at::kByte));
   SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
-                    tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value(), max_smem};
+                    tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value(), max_smem, allow_on_chip};
   void* ws = workspace.defined() ? workspace.data_ptr() : nullptr;
   auto stream = c10::cuda::getCurrentCUDAStream();
   cudaError_t e;
@@ -175,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t max_smem = max_smem_of(x.device());
   const EmbDtype edt = emb_dtype_of(X.scalar_type());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  if (sinkhorn_embeddings_fwd_smem(N, M, edt, max_smem) > 0) {
+  if (on_chip_allowed() && sinkhorn_embeddings_fwd_smem(N, M, edt, max_smem) > 0) {
     SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
                       tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value(), max_smem};
     cudaError_t e;
@@ -222,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cuda(const at::Tensor
   if (B == 0) return {dx, dy};
   const int64_t max_smem = max_smem_of(x.device());
   const EmbDtype edt = emb_dtype_of(X.scalar_type());
-  if (sinkhorn_embeddings_bwd_smem(N, M, edt, max_smem) > 0) {
+  if (on_chip_allowed() && sinkhorn_embeddings_bwd_smem(N, M, edt, max_smem) > 0) {
     auto stream = c10::cuda::getCurrentCUDAStream();
     cudaError_t e;
     if (dt == at::kDouble)

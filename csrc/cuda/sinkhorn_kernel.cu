@@ -209,11 +209,11 @@ cudaError_t allow_smem(K kernel, size_t smem) {
 
 }  // namespace
 
-SinkhornPlan sinkhorn_fwd_plan(int64_t B, int64_t N, int64_t M, size_t elem, int64_t max_smem) {
+SinkhornPlan sinkhorn_fwd_plan(int64_t B, int64_t N, int64_t M, size_t elem, int64_t max_smem, bool allow_on_chip) {
   SinkhornPlan p;
   const size_t limit = static_cast<size_t>(max_smem);
   const size_t on_chip = elem * (static_cast<size_t>(N) * M + dev::solve_vector_elems(N, M));
-  if (on_chip <= limit) {
+  if ((allow_on_chip || N == 0) && on_chip <= limit) {
     p.on_chip = true;
     p.smem = on_chip > 0 ? on_chip : elem;
     return p;
@@ -240,7 +240,7 @@ template <typename T>
 cudaError_t launch_sinkhorn_fwd(const T* C, const T* a, const T* b, T* f, T* g, int32_t* n_iter, T* err,
                                 void* workspace, const SinkhornArgs& args, cudaStream_t stream) {
   if (args.B == 0) return cudaSuccess;
-  const SinkhornPlan plan = sinkhorn_fwd_plan(args.B, args.N, args.M, sizeof(T), args.max_smem);
+  const SinkhornPlan plan = sinkhorn_fwd_plan(args.B, args.N, args.M, sizeof(T), args.max_smem, args.allow_on_chip);
   if (!plan.ok()) return cudaErrorInvalidValue;
   cudaError_t e;
   if (plan.on_chip) {

@@ -14,6 +14,7 @@ struct SinkhornArgs {
   double tau_a, tau_b;  // marginal relaxation, used when unb_a / unb_b
   bool unb_a, unb_b;
   int64_t max_smem;     // shared memory a block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin)
+  bool allow_on_chip = true;  // false: stream even when the tile fits (FASTOT_CUDA_ONCHIP=0, for tests)
 };
 
 // How sinkhorn_fwd solves problems of this shape (sinkhorn_kernel.cu):
@@ -27,7 +28,8 @@ struct SinkhornPlan {
   size_t workspace_bytes = 0;    // streaming: global scratch (aligned pieces), 0 on chip
   bool ok() const { return smem > 0; }  // false: M too large for one row in shared memory
 };
-SinkhornPlan sinkhorn_fwd_plan(int64_t B, int64_t N, int64_t M, size_t elem, int64_t max_smem);
+SinkhornPlan sinkhorn_fwd_plan(int64_t B, int64_t N, int64_t M, size_t elem, int64_t max_smem,
+                               bool allow_on_chip = true);
 
 // Contiguous inputs: C [B,N,M], a [B,N], b [B,M]; outputs f [B,N], g [B,M], n_iter [B], err [B]. `workspace`
 // holds plan.workspace_bytes (may be nullptr on chip). Enqueues on `stream` only: no host synchronisation.

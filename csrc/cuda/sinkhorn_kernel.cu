@@ -10,8 +10,9 @@
 //     from it computes the row log-sum-exps (the new f of those rows) and then, with the new f, each column's
 //     partial log-sum-exp over the strip's rows. C is read from global memory once per iteration.
 //  2. merge kernel, one block per problem: merges the partials of the strips into g. With a tolerance it first
-//     checks the row-marginal error of the iteration's starting point (summed by the rows kernel) and stops the
-//     problem there, exactly where the on-chip kernel would: f stays, n_iter is not incremented.
+//     checks the row-marginal error of the iteration's starting point and stops the problem there, exactly where
+//     the on-chip kernel would: f stays, n_iter is not incremented. Each strip writes its share of the error and
+//     the merge sums the shares in strip order, so the stop (and n_iter) is the same from run to run.
 // Problems that stopped skip every later launch at their first instruction.
 #include "cuda/sinkhorn_device.cuh"
 
@@ -47,13 +48,13 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_onchip_kernel(
 }
 
 // The streaming solve's global scratch: f after this iteration's row update, the column partials of every strip,
-// the error accumulator and the stop flag of every problem.
+// each strip's share of the row-marginal error, and the stop flag of every problem.
 template <typename T>
 struct StreamWorkspace {
   T* fn;        // [B, N]
   T* pm;        // [B, strips, M] partial max
   T* ps;        // [B, strips, M] partial sum (the partial log-sum-exp is pm + log2 ps)
-  T* err_acc;   // [B]
+  T* err_part;  // [B, strips]
   int32_t* done;  // [B]
 };
 
@@ -72,7 +73,7 @@ StreamWorkspace<T> carve(void* base, int64_t B, int64_t N, int64_t M, int64_t st
   w.fn = reinterpret_cast<T*>(take(sizeof(T) * B * N));
   w.pm = reinterpret_cast<T*>(take(sizeof(T) * B * strips * M));
   w.ps = reinterpret_cast<T*>(take(sizeof(T) * B * strips * M));
-  w.err_acc = reinterpret_cast<T*>(take(sizeof(T) * B));
+  w.err_part = reinterpret_cast<T*>(take(sizeof(T) * B * strips));
   w.done = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * B));
   if (bytes) *bytes = off;
   return w;
@@ -122,7 +123,7 @@ __global__ void __launch_bounds__(kThreads) stream_rows_kernel(
     }
   }
   const T tot = dev::block_sum(e, scratch);  // barriers: u is complete
-  if (threadIdx.x == 0 && tot != 0) atomicAdd(w.err_acc + k, tot);
+  if (threadIdx.x == 0) w.err_part[k * strips + rb] = tot;
   if (final_pass) return;
   T* pm = w.pm + (k * strips + rb) * M;
   T* ps = w.ps + (k * strips + rb) * M;
@@ -135,6 +136,15 @@ __global__ void __launch_bounds__(kThreads) stream_rows_kernel(
   }
 }
 
+// The row-marginal error of problem k's current (f, g): the strips' shares, summed in strip order (every thread
+// of a block reads the same values and gets the same sum).
+template <typename T>
+__device__ T stream_error(const StreamWorkspace<T>& w, int64_t k, int64_t strips) {
+  T e = 0;
+  for (int64_t r = 0; r < strips; ++r) e += w.err_part[k * strips + r];
+  return e;
+}
+
 // One problem per block: the tolerance check of the iteration, then f <- fn and g <- merged partials.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) stream_merge_kernel(
@@ -142,9 +152,7 @@ __global__ void __launch_bounds__(kThreads) stream_merge_kernel(
     T* __restrict__ err_out, StreamWorkspace<T> w, SinkhornArgs args, int64_t strips) {
   const int64_t k = blockIdx.x, N = args.N, M = args.M;
   if (w.done[k]) return;
-  const T e = w.err_acc[k];
-  __syncthreads();  // every thread has read the accumulator before it is cleared for the next iteration
-  if (threadIdx.x == 0) w.err_acc[k] = 0;
+  const T e = stream_error(w, k, strips);
   if (args.has_tol && e < static_cast<T>(args.tol)) {  // the same in every thread
     if (threadIdx.x == 0) {
       w.done[k] = 1;
@@ -164,9 +172,9 @@ __global__ void __launch_bounds__(kThreads) stream_merge_kernel(
 }
 
 template <typename T>
-__global__ void stream_final_kernel(T* __restrict__ err_out, StreamWorkspace<T> w, int64_t B) {
+__global__ void stream_final_kernel(T* __restrict__ err_out, StreamWorkspace<T> w, int64_t B, int64_t strips) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (k < B && !w.done[k]) err_out[k] = w.err_acc[k];
+  if (k < B && !w.done[k]) err_out[k] = stream_error(w, k, strips);
 }
 
 template <typename T>
@@ -201,6 +209,9 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_plan_kernel(
   }
 }
 
+// At least one strip, so that problems with no rows (N = 0) still get g = 0 from the merge.
+inline int64_t stream_strips(int64_t N, int64_t R) { return N > 0 ? (N + R - 1) / R : 1; }
+
 template <typename K>
 cudaError_t allow_smem(K kernel, size_t smem) {
   if (smem <= 48 * 1024) return cudaSuccess;
@@ -213,19 +224,21 @@ SinkhornPlan sinkhorn_fwd_plan(int64_t B, int64_t N, int64_t M, size_t elem, int
   SinkhornPlan p;
   const size_t limit = static_cast<size_t>(max_smem);
   const size_t on_chip = elem * (static_cast<size_t>(N) * M + dev::solve_vector_elems(N, M));
-  if ((allow_on_chip || N == 0) && on_chip <= limit) {
+  if (allow_on_chip && on_chip <= limit) {
     p.on_chip = true;
     p.smem = on_chip > 0 ? on_chip : elem;
     return p;
   }
-  // Strips of up to 32 rows, sized to leave room for two blocks per SM where M allows it.
-  const size_t budget = limit / 2 >= elem * (2 * static_cast<size_t>(M) + 64) ? limit / 2 : limit;
-  for (int64_t R = N < 32 ? N : 32; R >= 1; R /= 2) {
+  // Strips of up to 32 rows, sized to leave room for two blocks per SM where M allows it (the driver reserves
+  // 1 KiB of shared memory per block on sm_80+, so two blocks get limit / 2 - 1 KiB each).
+  const size_t half = limit / 2 > 1024 ? limit / 2 - 1024 : 0;
+  const size_t budget = half >= elem * (2 * static_cast<size_t>(M) + 64) ? half : limit;
+  for (int64_t R = N < 32 ? (N > 0 ? N : 1) : 32; R >= 1; R /= 2) {
     const size_t smem = elem * (static_cast<size_t>(R) * M + M + R + 32);
     if (smem <= budget) {
       p.rows = R;
       p.smem = smem;
-      const int64_t strips = (N + R - 1) / R;
+      const int64_t strips = stream_strips(N, R);
       if (elem == sizeof(double))
         carve<double>(nullptr, B, N, M, strips, &p.workspace_bytes);
       else
@@ -250,14 +263,13 @@ cudaError_t launch_sinkhorn_fwd(const T* C, const T* a, const T* b, T* f, T* g, 
     return cudaGetLastError();
   }
   if (workspace == nullptr) return cudaErrorInvalidValue;
-  const int64_t B = args.B, N = args.N, M = args.M, R = plan.rows, strips = (N + R - 1) / R;
+  const int64_t B = args.B, N = args.N, M = args.M, R = plan.rows, strips = stream_strips(N, R);
   const StreamWorkspace<T> w = carve<T>(workspace, B, N, M, strips, nullptr);
   if ((e = allow_smem(stream_rows_kernel<T>, plan.smem)) != cudaSuccess) return e;
   // The starting point f = g = 0 and the per-problem state; memsets are stream operations (graph-capturable).
   if ((e = cudaMemsetAsync(f, 0, sizeof(T) * B * N, stream)) != cudaSuccess) return e;
   if ((e = cudaMemsetAsync(g, 0, sizeof(T) * B * M, stream)) != cudaSuccess) return e;
   if ((e = cudaMemsetAsync(n_iter, 0, sizeof(int32_t) * B, stream)) != cudaSuccess) return e;
-  if ((e = cudaMemsetAsync(w.err_acc, 0, sizeof(T) * B, stream)) != cudaSuccess) return e;
   if ((e = cudaMemsetAsync(w.done, 0, sizeof(int32_t) * B, stream)) != cudaSuccess) return e;
   const unsigned row_blocks = static_cast<unsigned>(B * strips);
   for (int64_t it = 0; it < args.max_iter; ++it) {
@@ -265,7 +277,7 @@ cudaError_t launch_sinkhorn_fwd(const T* C, const T* a, const T* b, T* f, T* g, 
     stream_merge_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(b, f, g, n_iter, err, w, args, strips);
   }
   stream_rows_kernel<T><<<row_blocks, kThreads, plan.smem, stream>>>(C, a, b, f, g, w, args, R, strips, true);
-  stream_final_kernel<T><<<static_cast<unsigned>((B + 255) / 256), 256, 0, stream>>>(err, w, B);
+  stream_final_kernel<T><<<static_cast<unsigned>((B + 255) / 256), 256, 0, stream>>>(err, w, B, strips);
   return cudaGetLastError();
 }
 

@@ -28,6 +28,22 @@ inline void check_embeddings_inputs(const at::Tensor& x, const at::Tensor& y, co
               "sinkhorn_embeddings: x, y, a, b must be on one device");
 }
 
+// The potentials (and, for the embeddings backward, the per-problem gradient scale) handed back to the plan and
+// backward ops: f [B,N], g [B,M], scale [B] (when given) on `device`, eps > 0. The kernels index them per problem,
+// so a wrong shape would read out of bounds; direct torch.ops calls get an error instead.
+inline void check_potentials(const char* op, const at::Tensor& f, const at::Tensor& g, int64_t B, int64_t N, int64_t M,
+                             const at::Device& device, double eps, const at::Tensor* scale = nullptr) {
+  TORCH_CHECK(f.dim() == 2 && f.size(0) == B && f.size(1) == N, op, ": f must be [B, N] = ", B, "x", N, ", got ",
+              f.sizes());
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == B && g.size(1) == M, op, ": g must be [B, M] = ", B, "x", M, ", got ",
+              g.sizes());
+  TORCH_CHECK(f.device() == device && g.device() == device, op, ": f and g must be on ", device);
+  if (scale)
+    TORCH_CHECK(scale->dim() == 1 && scale->size(0) == B && scale->device() == device, op, ": scale must be [B] = ", B,
+                " on ", device, ", got ", scale->sizes());
+  TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+}
+
 // fp64 stays fp64; every other floating dtype is solved in fp32.
 inline at::ScalarType sinkhorn_compute_dtype(const at::Tensor& cost) {
   return cost.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -343,9 +343,11 @@ def sinkhorn_embeddings(
     backward), so no [B,N,M] tensor is stored: memory is O(B (N + M) d) plus, on cpp, the current problem's N x M
     cost tile per thread; on cuda one tile per thread block in shared memory (the dot products on tensor cores:
     bf16/fp16 natively, fp32 as 3xTF32, so at fp32 accuracy), and for problems too large for shared memory
-    (beyond 192 x 192 tokens; a bf16/fp16 forward stays fused up to 208 x 208, its backward is chunked from 193;
-    sizes for an H100) the cost of a chunk of problems in a workspace of at most 256 MiB; on triton one tile per program in registers. The torch backend materialises the
-    cost. On CUDA devices ``auto`` tries triton before cuda here (see ``fastot._backend``).
+    (beyond 192 x 192 tokens in fp32; a bf16/fp16 forward stays fused up to 208 x 208, its backward is chunked from
+    193; fp64 up to 165 x 165; sizes for an H100) the cost of a chunk of problems in a workspace of at most 256 MiB
+    (its products go through cuBLAS and so follow torch's TF32 setting, as the torch backend's do); on triton one
+    tile per program in registers. The torch backend materialises the cost. On CUDA devices ``auto`` tries triton
+    before cuda here (see ``fastot._backend``).
     """
     if x.dim() != 3 or y.dim() != 3:
         raise ValueError(f"sinkhorn_embeddings: x and y must be [B, N, d] and [B, M, d], got {list(x.shape)} and {list(y.shape)}")

@@ -438,6 +438,27 @@ def test_bad_tensors_raise_clearly():
         fastot.sinkhorn_embeddings(x, torch.empty(2, 4, 5, device="meta"), eps=0.1)
 
 
+def test_registered_ops_check_the_potentials_they_are_given():
+    """The plan and embeddings-backward ops index f, g and scale per problem: called directly with wrong shapes (or
+    eps <= 0) they raise naming the argument instead of reading out of bounds. The CUDA glue shares the check."""
+    ops = _cpp_ops()
+    C, a, b = make_problem(4, 3, 5)
+    f, g = torch.zeros(4, 3), torch.zeros(4, 5)
+    with pytest.raises(RuntimeError, match=r"f must be \[B, N\] = 4x3"):
+        ops.sinkhorn_plan(C, a, b, f[:, :1], g, 0.1)
+    with pytest.raises(RuntimeError, match=r"g must be \[B, M\] = 4x5"):
+        ops.sinkhorn_plan_sums(C, a, b, f, g[:2], 0.1)
+    with pytest.raises(RuntimeError, match="eps must be > 0"):
+        ops.sinkhorn_plan(C, a, b, f, g, 0.0)
+    x, y = torch.randn(4, 3, 6), torch.randn(4, 5, 6)
+    with pytest.raises(RuntimeError, match=r"scale must be \[B\] = 4"):
+        ops.sinkhorn_embeddings_bwd(x, y, a, b, f, g, torch.ones(1), 0, 0.1)
+    with pytest.raises(RuntimeError, match=r"f must be \[B, N\]"):
+        ops.sinkhorn_embeddings_bwd(x, y, a, b, f[:, :1], g, torch.ones(4), 0, 0.1)
+    dx, dy = ops.sinkhorn_embeddings_bwd(x, y, a, b, f, g, torch.ones(4), 0, 0.1)  # the right shapes still pass
+    assert dx.shape == x.shape and dy.shape == y.shape
+
+
 def test_value_is_dual_objective_and_entropic_bound():
     """value = <a,f> + <b,g> for probability weights, and OT_eps >= <P,C> - eps-entropy sanity."""
     C, a, b = make_problem(3, 8, 9, torch.float64, ragged=False)

@@ -360,6 +360,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(
 at::Tensor plan_or_cost(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, const at::Tensor& f,
                         const at::Tensor& g, double eps, bool want_plan, at::Tensor* mass_out = nullptr) {
   check_sinkhorn_inputs(cost, a, b);
+  check_potentials("sinkhorn_plan", f, g, cost.size(0), cost.size(1), cost.size(2), cost.device(), eps);
   const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous();
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
@@ -555,6 +556,7 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
                                                                const at::Tensor& f, const at::Tensor& g,
                                                                const at::Tensor& scale, int64_t kind, double eps) {
   check_embeddings_inputs(x, y, a, b, kind);
+  check_potentials("sinkhorn_embeddings_bwd", f, g, x.size(0), x.size(1), y.size(1), x.device(), eps, &scale);
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor X = embeddings_data(x, dt), Y = embeddings_data(y, dt);
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();

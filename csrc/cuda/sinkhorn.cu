@@ -38,11 +38,11 @@ bool on_chip_allowed() {
 // workspace from the caching allocator, so graph capture works).
 void solve_into(const at::Tensor& C, const at::Tensor& A, const at::Tensor& Bw, double eps, int64_t max_iter,
                 c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b, int64_t max_smem,
-                at::Tensor& f, at::Tensor& g, at::Tensor& n_iter, at::Tensor& err) {
+                at::Tensor& f, at::Tensor& g, at::Tensor& n_iter, at::Tensor& err, const char* op = "sinkhorn") {
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
   const bool allow_on_chip = on_chip_allowed();
   const SinkhornPlan plan = sinkhorn_fwd_plan(B, N, M, C.element_size(), max_smem, allow_on_chip);
-  TORCH_CHECK(plan.ok(), "sinkhorn (cuda): one row of M=", M, " costs in ", C.scalar_type(),
+  TORCH_CHECK(plan.ok(), op, " (cuda): one row of M=", M, " costs in ", C.scalar_type(),
               " does not fit in the device's shared memory per block (", max_smem, " bytes); the triton backend ",
               "streams column tiles");
   at::Tensor workspace;
@@ -85,6 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
 at::Tensor plan_or_cost(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, const at::Tensor& f,
                         const at::Tensor& g, double eps, bool want_plan, at::Tensor* mass_out = nullptr) {
   check_sinkhorn_inputs(cost, a, b);
+  check_potentials("sinkhorn_plan", f, g, cost.size(0), cost.size(1), cost.size(2), cost.device(), eps);
   const c10::cuda::CUDAGuard guard(cost.device());
   const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous(), A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
@@ -146,9 +147,9 @@ EmbDtype emb_dtype_of(at::ScalarType st) {
   }
 }
 
-int64_t chunk_of(int64_t B, int64_t N, int64_t M, int64_t elem, int64_t copies) {
-  const int64_t per = std::max<int64_t>(1, N * M * elem * copies);
-  return std::max<int64_t>(1, std::min<int64_t>(B, kChunkBytes / per));
+// Problems per chunk so that a chunk's temporaries (`per_problem` bytes each) stay within kChunkBytes; at least one.
+int64_t chunk_of(int64_t B, int64_t per_problem) {
+  return std::max<int64_t>(1, std::min<int64_t>(B, kChunkBytes / std::max<int64_t>(1, per_problem)));
 }
 
 // Cost [b,N,M] of a chunk, as fastot.pairwise_cost (x, y in the compute dtype); nx, ny: |x| (cosine) or |x|^2.
@@ -202,14 +203,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     TORCH_CHECK(e == cudaSuccess, "sinkhorn_embeddings_fwd: CUDA launch failed: ", cudaGetErrorString(e));
     return {f, g, n_iter, err, tc, mass};
   }
-  const int64_t step = chunk_of(B, N, M, X.element_size() > 4 ? 8 : 4, 2);
+  // Per problem: the cost, the transport-cost pass's temporaries, and the streaming solve's workspace (its column
+  // partials grow to 2 N M when a strip holds a single row, i.e. for very wide problems).
+  const int64_t elem = dt == at::kDouble ? 8 : 4;
+  const int64_t ws = static_cast<int64_t>(sinkhorn_fwd_plan(1, N, M, elem, max_smem, false).workspace_bytes);
+  const int64_t step = chunk_of(B, 2 * N * M * elem + ws);
   for (int64_t k0 = 0; k0 < B; k0 += step) {
     const int64_t k1 = std::min(B, k0 + step);
     at::Tensor nx, ny;
     const at::Tensor C = chunk_cost(X.slice(0, k0, k1).to(dt), Y.slice(0, k0, k1).to(dt), kind, nx, ny).contiguous();
     const at::Tensor Ak = A.slice(0, k0, k1), Bk = Bw.slice(0, k0, k1);
     at::Tensor fk = f.slice(0, k0, k1), gk = g.slice(0, k0, k1), nk = n_iter.slice(0, k0, k1), ek = err.slice(0, k0, k1);
-    solve_into(C, Ak, Bk, eps, max_iter, tol, tau_a, tau_b, max_smem, fk, gk, nk, ek);
+    solve_into(C, Ak, Bk, eps, max_iter, tol, tau_a, tau_b, max_smem, fk, gk, nk, ek, "sinkhorn_embeddings");
     at::Tensor mk;
     tc.slice(0, k0, k1).copy_(plan_or_cost(C, Ak, Bk, fk, gk, eps, false, &mk));
     mass.slice(0, k0, k1).copy_(mk);
@@ -222,6 +227,7 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cuda(const at::Tensor
                                                                 const at::Tensor& f, const at::Tensor& g,
                                                                 const at::Tensor& scale, int64_t kind, double eps) {
   check_embeddings_inputs(x, y, a, b, kind);
+  check_potentials("sinkhorn_embeddings_bwd", f, g, x.size(0), x.size(1), y.size(1), x.device(), eps, &scale);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto [X, Y] = embeddings_data(x, y, dt);
@@ -249,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cuda(const at::Tensor
     return {dx, dy};
   }
   // Chunked: the same formulas as the fused kernel (and the CPU backward) with ATen, on at most kChunkBytes.
-  const int64_t step = chunk_of(B, N, M, dt == at::kDouble ? 8 : 4, 4);
+  const int64_t step = chunk_of(B, 4 * N * M * (dt == at::kDouble ? 8 : 4));
   for (int64_t k0 = 0; k0 < B; k0 += step) {
     const int64_t k1 = std::min(B, k0 + step);
     const at::Tensor Ak = A.slice(0, k0, k1), Bk = Bw.slice(0, k0, k1);

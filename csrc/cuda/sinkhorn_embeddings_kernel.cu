@@ -95,7 +95,7 @@ __device__ void stage_rows(const Tin* __restrict__ src, int64_t n, int64_t np, i
   for (int64_t idx = threadIdx.x; idx < np * kKC; idx += blockDim.x) {
     const int64_t r = idx / kKC, c = idx % kKC;
     float v = 0.f;
-    if (r < n && c0 + c < d && (live == nullptr || live[r] > -INFINITY)) v = to_f32(src[r * d + c0 + c]);
+    if (r < n && c0 + c < d && (live == nullptr || live[r] != -INFINITY)) v = to_f32(src[r * d + c0 + c]);
     dst[r * ld + c] = static_cast<S>(v);  // exact: S is Tin, or float
   }
 }
@@ -308,14 +308,14 @@ __global__ void __launch_bounds__(kThreads) emb_bwd_kernel(
   // sk P_ij from the dot tile; 0 for zero-weight rows/columns (whatever their embeddings hold, NaN included) and
   // where the sqeuclidean clamp at 0 is active. Terms with p = 0 are skipped, never multiplied.
   auto plan = [&](int64_t i, int64_t j, T c) -> T {
-    if (!(u[i] > -INFINITY) || !(v[j] > -INFINITY)) return T(0);
+    if (u[i] == -INFINITY || v[j] == -INFINITY) return T(0);  // dead (zero weight); NaN potentials stay NaN
     if (kind == kSqEuclidean && c == T(0)) return T(0);
     return exp2(u[i] + v[j] - c * scale) * sk;
   };
   // Column coefficients: one thread per column (the tile is not modified yet).
   for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
     T acc = 0;
-    if (kind != 2 && v[j] > -INFINITY)
+    if (kind != 2 && v[j] != -INFINITY)
       for (int64_t i = 0; i < N; ++i) {
         const T c = cost_of(Q[i * ld + j], nx[i], ny[j], kind);
         const T p = plan(i, j, c);
@@ -349,9 +349,9 @@ __global__ void __launch_bounds__(kThreads) emb_bwd_kernel(
     for (int64_t idx = threadIdx.x; idx < N * d; idx += blockDim.x) {
       const int64_t i = idx / d, c = idx - i * d;
       T acc = 0;
-      if (u[i] > -INFINITY) {
+      if (u[i] != -INFINITY) {
         for (int64_t j = 0; j < M; ++j)
-          if (v[j] > -INFINITY) acc += Q[i * ld + j] * yk[j * d + c];
+          if (v[j] != -INFINITY) acc += Q[i * ld + j] * yk[j * d + c];
         acc += rx[i] * xk[i * d + c];
       }
       dx[(k * N + i) * d + c] = acc;
@@ -359,9 +359,9 @@ __global__ void __launch_bounds__(kThreads) emb_bwd_kernel(
     for (int64_t idx = threadIdx.x; idx < M * d; idx += blockDim.x) {
       const int64_t j = idx / d, c = idx - j * d;
       T acc = 0;
-      if (v[j] > -INFINITY) {
+      if (v[j] != -INFINITY) {
         for (int64_t i = 0; i < N; ++i)
-          if (u[i] > -INFINITY) acc += Q[i * ld + j] * xk[i * d + c];
+          if (u[i] != -INFINITY) acc += Q[i * ld + j] * xk[i * d + c];
         acc += ry[j] * yk[j * d + c];
       }
       dy[(k * M + j) * d + c] = acc;
@@ -399,7 +399,7 @@ __global__ void __launch_bounds__(kThreads) emb_bwd_kernel(
         for (int e = lane; e < 256; e += 32) {
           const int64_t r = r16 * 16 + e / 16, col = cc * 16 + e % 16;
           if (r < n_own && c0 + col < d)
-            out[r * d + c0 + col] = live[r] > -INFINITY ? sc[e] + coef[r] * own[r * kGLD + col] : T(0);
+            out[r * d + c0 + col] = live[r] != -INFINITY ? sc[e] + coef[r] * own[r * kGLD + col] : T(0);
         }
         __syncwarp();  // sc is reused by the warp's next block
       }

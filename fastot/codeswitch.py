@@ -596,7 +596,7 @@ class CodeSwitcher:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None, *, step: int = 0,
-                 max_length: int | None = None) -> CodeSwitchOutput:
+                 max_length: int | None = None, p: float | None = None) -> CodeSwitchOutput:
         """Code-switch a batch.
 
         Args:
@@ -607,10 +607,15 @@ class CodeSwitcher:
             max_length: cut rows longest_first to this many tokens and pad to exactly this width. Without
                 it the width is the longest switched row, which a GPU backend reads back to the host (one
                 synchronisation); pass it for a call without one (CUDA graphs, static shapes).
+            p: this call's switching probability instead of the switcher's ``p`` (a schedule); the draws are
+                the same, so a word switched at a smaller p is also switched at a larger one.
         Returns:
             :class:`CodeSwitchOutput`.
         """
         self._check(input_ids, attention_mask, token_type_ids, step, max_length)
+        if p is not None and (not _is_real(p) or not 0.0 <= float(p) <= 1.0):
+            raise ValueError(f"codeswitch: p must be None or in [0, 1], got {p!r}")
+        threshold = self._threshold if p is None else round(float(p) * (1 << 24))
         step, max_length = int(step), None if max_length is None else int(max_length)
         dev = input_ids.device
         if attention_mask is None:
@@ -634,7 +639,7 @@ class CodeSwitcher:
             input_ids.long(), attention_mask.long(), token_type_ids.long(), lex["word_start"], lex["special"],
             *(lex[k] for k in _PACKED), self._lang_ids_for(dev), self._lex.max_key_len, self._lex.max_key_words,
             ref.rand_prefix(self.seed, step, ref.SALT_SWITCH), ref.rand_prefix(self.seed, step, ref.SALT_LANG),
-            ref.rand_prefix(self.seed, step, ref.SALT_TRANS), self._threshold,
+            ref.rand_prefix(self.seed, step, ref.SALT_TRANS), threshold,
             -1 if max_length is None else max_length, self.lexicon.pad_id,
         )
         if be == "torch":

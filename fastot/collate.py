@@ -149,13 +149,14 @@ class CodeSwitchCollator:
             labels.extend(fields[2:])
         return queries, passages, labels or None
 
-    def __call__(self, batch: Sequence, *, step: int | None = None) -> dict:
+    def __call__(self, batch: Sequence, *, step: int | None = None, p: float | None = None) -> dict:
         """Tokenize, switch and pad a batch of B items.
 
         Args:
             batch: items ``(query, passage)``, ``(query, passage, label)`` or dicts with keys ``"query"``,
                 ``"passage"`` and optionally ``"label"`` (labels for all items or none).
             step: the switch's step; default ``calls * num_workers + worker_id`` (see the class docstring).
+            p: this batch's switching probability instead of ``switcher.p`` (e.g. a warm-up schedule).
         Returns:
             ``input_ids``, ``attention_mask``, ``token_type_ids`` (if the tokenizer's model inputs have them):
             [B, max_length] int64, as the tokenizer would encode the switched pairs cut to max_length; ``labels``: [B]
@@ -188,7 +189,7 @@ class CodeSwitchCollator:
         if counted:
             info = get_worker_info()
             step = self.calls if info is None else self.calls * info.num_workers + info.id
-        out = self.switcher(ids, mask, tt, step=step, max_length=self.max_length)
+        out = self.switcher(ids, mask, tt, step=step, max_length=self.max_length, p=p)
         if counted:
             self.calls += 1
         result = {"input_ids": out.input_ids, "attention_mask": out.attention_mask}

@@ -263,6 +263,28 @@ def test_switch_rate_matches_p_and_randomness_is_counter_based(minilm_tokenizer)
         assert _rows(cs(ids[:5], mask[:5], tt[:5], step=1)) == _rows(out)[:5]
 
 
+@pytest.mark.parametrize("backend,device", backend_params("codeswitch"))
+def test_per_call_p_is_the_switcher_built_with_that_p_and_nests(minilm_tokenizer, backend, device):
+    tok = minilm_tokenizer
+    words = [w for w, _ in PAIRS_SW if " " not in w]
+    lex = fastot.Lexicon.from_pairs(PAIRS_SW, tok, languages="sw")
+    rng = random.Random(1)
+    ids, mask, tt = (t.to(device) for t in _encode(tok, [" ".join(rng.choice(words) for _ in range(12))
+                                                         for _ in range(6)]))
+    cs = fastot.CodeSwitcher(lex, p=0.9, seed=4, backend=backend)
+    switched = []
+    for p in (0.0, 0.3, 0.6, 1.0):
+        out = cs(ids, mask, tt, step=2, p=p)
+        built = fastot.CodeSwitcher(lex, p=p, seed=4, backend=backend)(ids, mask, tt, step=2)
+        assert _rows(out) == _rows(built) and torch.equal(out.n_switched, built.n_switched)
+        switched.append(out.n_switched.sum().item())
+    assert switched[0] == 0 and switched == sorted(switched) and switched[-1] == cs(ids, mask, tt, step=2, p=1.0).n_words.sum()
+    assert _rows(cs(ids, mask, tt, step=2, p=None)) == _rows(cs(ids, mask, tt, step=2))
+    for bad in (-0.1, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="p must be"):
+            cs(ids, mask, tt, step=2, p=bad)
+
+
 def test_multilingual_draws_language_per_word_and_never_falls_back(minilm_tokenizer):
     tok = minilm_tokenizer
     lex = fastot.Lexicon.from_pairs({"sw": [("bread", "mkate"), ("milk", "maziwa")], "ha": [("bread", "burodi")]}, tok)

@@ -165,13 +165,14 @@ _RERANK_HELP = {
     "bitext": "folder (MAFAND layout) or TSV: its English side makes the training pairs; lexicon induction",
     "lang": "target language(s) of the switch: one code, or several comma-separated (multilingual)",
     "output_dir": "checkpoints, log.jsonl, lexicon.pt, metrics.json and the final reranker/ go here",
-    "train_split": "split(s) of --bitext for the training pairs, comma-separated to join several",
+    "train_split": "split(s) of --bitext for the training pairs, comma-separated to join several in equal shares",
     "triples": "training triples TSV query<TAB>positive<TAB>negative instead of --bitext pairs",
     "queries": "IR training files: queries TSV (with --collection and --qrels)",
     "lexicon": "a saved fastot Lexicon file (default: induced from --bitext)",
     "lexicon_bitext": "lang=path bitexts for languages other than --bitext's, comma-separated",
     "model": "'minilm' (embedded pretrained encoder + a new head), 'tiny' (random, tests) or a model folder",
     "p": "code-switching probability per word (0: zero-shot English training)",
+    "switch_warmup_steps": "p ramps linearly from 0 to --p over these optimizer steps (0: --p from the start)",
     "query_words": "min,max content words per built query",
     "max_train_queries": "use only the first n training queries",
     "batch_size": "queries per micro-batch (each with 1 + n_negatives passages)",
@@ -291,11 +292,22 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_flags(p_rr, RerankConfig, _RERANK_HELP)
     p_sw = sub.add_parser("sweep", help="code-switching probability x seeds x training domains: CSV, table, "
                           "correlation of p with the domain-shift drop (bootstrap CI), PNG plot")
+    p_sw.add_argument("--preset", default=None, choices=("domains-swa", "domains-hau"),
+                      help="the real multi-domain design on the shared data: train on news, news+pubmed, "
+                      "news+pubmed+wikipedia; evaluate on every MAFAND / TICO-19 / FLORES-200 domain")
+    p_sw.add_argument("--scale", default="cpu", choices=("cpu", "gpu"),
+                      help="a preset's sizes: cpu (150 steps, 40 queries per set, 3 seeds; hours on 2 cores) or "
+                      "gpu (2000 steps, 300 queries, 5 seeds); explicit flags win (default cpu)")
+    p_sw.add_argument("--data", default=None, help="the shared data folder (default ../shared/data or $FASTOT_DATA)")
+    p_sw.add_argument("--data-dir", default=None, help="where a preset writes its domain splits (default "
+                      "runs/domains-<lang>, outside --output-dir)")
+    p_sw.add_argument("--query-kinds", default=None, help="a preset's queries: keyword,sentence,article "
+                      "(default cpu: keyword,article; gpu: all three)")
     p_sw.add_argument("--bitext", default=None, help="bitext folder (default: the built-in SYNTHETIC sample)")
     p_sw.add_argument("--lang", default=None, help="target language of --bitext")
     p_sw.add_argument("--output-dir", default="runs/sweep", help="(default runs/sweep)")
     p_sw.add_argument("--ps", default="0,0.25,0.5,0.75,1", help="code-switching probabilities (default 0,0.25,0.5,0.75,1)")
-    p_sw.add_argument("--seeds", default="0,1", help="seeds (default 0,1)")
+    p_sw.add_argument("--seeds", default=None, help="seeds (default 0,1; a preset's: its scale's)")
     p_sw.add_argument("--train-domains", action="append", default=None, metavar="SPLITS",
                       help="a training setting: split(s) of --bitext, comma-separated to join domains; repeat the "
                       "flag for several settings (synthetic default: train-politics and train-politics,train-sports)")
@@ -303,18 +315,26 @@ def main(argv: list[str] | None = None) -> int:
                       help="an evaluation set; repeat the flag (synthetic default: politics, sports, health)")
     p_sw.add_argument("--reference", default=None, help="the in-domain evaluation set (default: the first)")
     p_sw.add_argument("--first-stage", default="bm25", help="'bm25' (default) or a dense encoder folder")
-    p_sw.add_argument("--depth", type=int, default=60, help="candidates reranked per query (default 60)")
-    p_sw.add_argument("--max-queries", type=int, default=20, help="queries per evaluation set (default 20)")
+    p_sw.add_argument("--depth", type=int, default=None, help="candidates reranked per query (default 60; a "
+                      "preset's: its scale's)")
+    p_sw.add_argument("--max-queries", type=int, default=None, help="queries per evaluation set (default 20; a "
+                      "preset's: its scale's)")
     p_sw.add_argument("--max-documents", type=_optional(int), default=60,
                       help="documents per evaluation set, the first n of the split; 'none' for all (default 60)")
-    p_sw.add_argument("--steps", type=int, default=40, help="optimizer steps per reranker (default 40)")
+    p_sw.add_argument("--steps", type=int, default=None, help="optimizer steps per reranker (default 40; a "
+                      "preset's: its scale's)")
+    p_sw.add_argument("--switch-warmup-steps", type=int, default=None,
+                      help="p ramps from 0 over these steps (default 0; a preset's: its scale's)")
     p_sw.add_argument("--model", default="minilm", help="reranker initialisation: minilm (default), tiny or a folder")
     p_sw.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p_sw.add_argument("--n-resamples", type=int, default=10000,
+                      help="sign flips of the paired randomization tests (default 10000)")
     p_sw.add_argument("--keep-models", action="store_true", help="keep every trained reranker (disk)")
     p_sw.add_argument("--overwrite", action="store_true", help="delete an earlier sweep's results in --output-dir "
                       "(without it, finished cells of the same settings are kept and other settings refused)")
     p_sw.add_argument("--lexicon", default=None, help="a saved fastot Lexicon (default: induced from --bitext)")
-    p_sw.add_argument("--lexicon-split", default="train", help="split the lexicon is induced from (default train)")
+    p_sw.add_argument("--lexicon-split", default=None, help="split the lexicon is induced from (default train; a "
+                      "preset's: all-train, the union of its training parts)")
     p_sw.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     if args.command == "rerank":
@@ -337,13 +357,20 @@ def main(argv: list[str] | None = None) -> int:
         from .experiments import sweep  # noqa: PLC0415
 
         try:
-            ps = [float(v) for v in args.ps.split(",") if v.strip()]
-            seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
-            sweep(args.bitext, args.lang, args.output_dir, ps=ps, seeds=seeds, train_domains=args.train_domains,
+            try:
+                ps = [float(v) for v in args.ps.split(",") if v.strip()]
+                seeds = None if args.seeds is None else [int(v) for v in args.seeds.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"ps, seeds: expected comma-separated numbers, got {args.ps!r}, {args.seeds!r}") from None
+            kinds = None if args.query_kinds is None else [k.strip() for k in args.query_kinds.split(",") if k.strip()]
+            extra = {k: v for k, v in (("lexicon_split", args.lexicon_split),
+                                       ("switch_warmup_steps", args.switch_warmup_steps)) if v is not None}
+            sweep(args.bitext, args.lang, args.output_dir, preset=args.preset, data=args.data, data_dir=args.data_dir,
+                  scale=args.scale, query_kinds=kinds, ps=ps, seeds=seeds, train_domains=args.train_domains,
                   eval_sets=args.eval_set, reference=args.reference, first_stage_model=args.first_stage,
                   depth=args.depth, max_queries=args.max_queries, max_documents=args.max_documents, steps=args.steps,
-                  n_boot=args.n_boot, keep_models=args.keep_models, overwrite=args.overwrite, device=args.device,
-                  model=args.model, lexicon=args.lexicon, lexicon_split=args.lexicon_split)
+                  n_boot=args.n_boot, n_resamples=args.n_resamples, keep_models=args.keep_models,
+                  overwrite=args.overwrite, device=args.device, model=args.model, lexicon=args.lexicon, **extra)
         except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
             parser.exit(2, f"fastot sweep: error: {exc}\n")
         return 0

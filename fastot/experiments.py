@@ -80,9 +80,14 @@ def compare_switching(bitext: str, lang: str, out_dir: str, *, first_stage_model
         print(f"p={_fmt_p(p)}: trained {res['steps']} steps in {t_train:.0f} s (switched-word ratio "
               f"{res['switched_ratio']:.2f}); " + ", ".join(f"{k} {v:.3f}" for k, v in m["reranked"].items()),
               file=file)
+        if res.get("stuck_on_prior"):
+            print(f"WARNING: p={_fmt_p(p)}: training ended on the prior (mean loss {res['tail_loss']:.3f} over the last "
+                  f"{res['tail_steps']} steps; always predicting the positive share gives {res['prior_loss']:.3f}): "
+                  "this reranker learnt no ranking, and its row is marked †", file=file)
     rows.append([f"first stage ({fs_name}, top {cand.shape[1]})"] + [first[k] for k in RERANK_METRICS])
     for p in ps:
         label = "reranker, zero-shot (p=0)" if p == 0 else f"reranker, code-switched (p={_fmt_p(p)})"
+        label += " † stuck on the prior" if runs[_fmt_p(p)]["train"].get("stuck_on_prior") else ""
         rows.append([label] + [runs[_fmt_p(p)]["metrics"][k] for k in RERANK_METRICS])
     table = markdown_table(["", *RERANK_METRICS], rows)
     result = {"bitext": bitext, "lang": lang, "eval_split": eval_split, "queries": len(es.queries),
@@ -246,50 +251,156 @@ def _parse_eval_set(spec: str, default_bitext: str | None) -> tuple[str, str, st
 SYNTHETIC_SWEEP = dict(train_domains=("train-politics", "train-politics,train-sports"),
                        eval_sets=("politics=dev-politics", "sports=dev-sports", "health=dev-health"))
 
+# The real-data presets (issue 20): news (MAFAND) as the one in-domain training set, health (TICO-19 pubmed,
+# wikipedia) added for the multi-domain settings, every other domain held out.
+DOMAIN_PRESETS = {"domains-swa": "swa", "domains-hau": "hau"}
+DOMAIN_TRAIN = ("news-train", "news-train,tico-pubmed-train", "news-train,tico-pubmed-train,tico-wikipedia-train")
+# Sizes: "cpu" is what one 2-core machine can finish in a few sessions (the cells resume), "gpu" the size the
+# questions need (about 10x the training of "cpu"; one H100 is expected to run a language in a few hours).
+# Per cell on this project's 2-vCPU machine (2026-12-06): about 2.2 s per optimizer step of 8 x 5 pairs at
+# max_length 96, and 70-100 pairs/s when reranking.
+DOMAIN_SCALES = {
+    "cpu": dict(steps=150, max_queries=40, depth=20, seeds=(0, 1, 2), query_kinds=("keyword", "article"),
+                rerank=dict(max_length=96, max_train_queries=2000, switch_warmup_steps=50)),
+    "gpu": dict(steps=2000, max_queries=300, depth=100, seeds=(0, 1, 2, 3, 4),
+                query_kinds=("keyword", "sentence", "article"),
+                rerank=dict(max_length=128, batch_size=16, max_train_queries=None, warmup_steps=200,
+                            switch_warmup_steps=400)),
+}
+
+
+def domain_preset(preset: str, data_dir: str, *, data: str | None = None, scale: str = "cpu",
+                  query_kinds: Sequence[str] | None = None, max_queries: int | None = None,
+                  max_news_train: int | None = None) -> dict:
+    """The sweep arguments of a real-data preset (``"domains-swa"`` or ``"domains-hau"``): the domains of
+    :func:`fastot.domains.prepare_domains` written to ``data_dir`` (from ``data``, the shared data folder),
+    training settings news, news + pubmed, news + pubmed + wikipedia, evaluation sets of every domain
+    (``query_kinds``), the drops measured from ``news/keyword``, the lexicon induced from the union of the
+    training parts (split ``all-train``), and the ``scale``'s sizes (:data:`DOMAIN_SCALES`)."""
+    from .domains import domain_eval_sets, prepare_domains  # noqa: PLC0415
+
+    if preset not in DOMAIN_PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(DOMAIN_PRESETS)}, got {preset!r}")
+    if scale not in DOMAIN_SCALES:
+        raise ValueError(f"scale: expected one of {sorted(DOMAIN_SCALES)}, got {scale!r}")
+    lang, size = DOMAIN_PRESETS[preset], DOMAIN_SCALES[scale]
+    man = prepare_domains(data_dir, lang, data=data, max_news_train=max_news_train)
+    train_parts = [f"{d}-train" for d, e in man["domains"].items() if e["train"] is not None]
+    rows = []
+    for split in train_parts:  # the lexicon's bitext: every training part, never an evaluation part
+        with open(os.path.join(data_dir, f"{split}.en"), encoding="utf-8") as a, \
+                open(os.path.join(data_dir, f"{split}.{lang}"), encoding="utf-8") as b:
+            rows += list(zip(a, b))
+    for ext, col in (("en", 0), (lang, 1)):
+        with open(os.path.join(data_dir, f"all-train.{ext}"), "w", encoding="utf-8", newline="\n") as fh:
+            fh.writelines(r[col] for r in rows)
+    kinds = tuple(query_kinds or size["query_kinds"])
+    sets = domain_eval_sets(data_dir, lang, kinds=kinds, max_queries=max_queries or size["max_queries"])
+    return {"bitext": data_dir, "lang": lang, "train_domains": DOMAIN_TRAIN, "eval_sets": sets,
+            "reference": "news/keyword", "lexicon_split": "all-train", "manifest": man, "size": size}
+
+
+def _parse_list(value, cast, name):
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return [cast(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated values, got {value!r}") from None
+
 
 def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "runs/sweep", *,
-          ps: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seeds: Sequence[int] = (0, 1),
-          train_domains: Sequence[str] | None = None, eval_sets: Sequence[str] | None = None,
-          reference: str | None = None, first_stage_model="bm25", depth: int = 60, max_queries: int = 20,
-          max_documents: int | None = 60, steps: int = 40, metrics: Sequence[str] = RERANK_METRICS,
-          n_boot: int = 1000, keep_models: bool = False, overwrite: bool = False, device=None,
-          progress: bool = True, file=None,
+          preset: str | None = None, data: str | None = None, data_dir: str | None = None, scale: str = "cpu",
+          query_kinds: Sequence[str] | None = None,
+          ps: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seeds: Sequence[int] | None = None,
+          train_domains: Sequence[str] | None = None, eval_sets: Sequence | None = None,
+          reference: str | None = None, first_stage_model="bm25", depth: int | None = None,
+          max_queries: int | None = None, max_documents: int | None = 60, steps: int | None = None,
+          metrics: Sequence[str] = RERANK_METRICS, n_boot: int = 1000, n_resamples: int = 10_000,
+          keep_models: bool = False, overwrite: bool = False, device=None, progress: bool = True, file=None,
           **rerank_options) -> dict:
     """Code-switching frequency x seeds x training domains: train a reranker per cell, evaluate it on every
-    evaluation set, and relate p to the drop from the in-domain set to each shifted one.
+    evaluation set, relate p to the drop from the in-domain set to each shifted one, and test each p > 0
+    against p = 0 and multi-domain against single-domain training per query.
 
     Args:
         bitext, lang: the bitext folder; default: the built-in SYNTHETIC sample (four topic domains), written
             to ``out_dir/data``, with ``train_domains`` politics and politics+sports and evaluation sets
             politics (in-domain), sports and health.
-        ps, seeds: the grid (a seed fixes the reranker's head, data order and switching stream).
+        preset: ``"domains-swa"`` / ``"domains-hau"``: the real multi-domain design (:func:`domain_preset`) on
+            the shared data (``data``, default :func:`fastot.domains.data_root`), its domains written to
+            ``data_dir`` (default ``runs/domains-<lang>``, kept out of ``out_dir`` so the results can be shared
+            without the bitext); ``scale`` "cpu" or "gpu" sets steps, queries, depth, seeds and reranker
+            sizes (explicit arguments win); ``query_kinds`` which queries (keyword, sentence, article).
+        ps, seeds: the grid (a seed fixes the reranker's head, data order and switching stream); default seeds
+            (0, 1), or the preset scale's.
         train_domains: one entry per training setting: split(s) of ``bitext`` whose English side makes the
-            training pairs, comma-separated to join several domains.
-        eval_sets: ``"name=split"`` (a split of ``bitext``) or ``"name=path:split"`` entries.
+            training pairs, comma-separated to join several domains (equal shares, see
+            :func:`fastot.train.rerank.training_examples`).
+        eval_sets: ``"name=split"`` (a split of ``bitext``) or ``"name=path:split"`` entries, or
+            :class:`fastot.train.rerank.EvalSet` objects.
         reference: the in-domain evaluation set the drops are measured from (default: the first).
-        depth, max_queries, max_documents: per evaluation set: queries, the documents (first n of the split)
-            and the first-stage candidates reranked.
-        steps: optimizer steps per reranker; ``rerank_options``: other :class:`RerankConfig` fields.
-        keep_models: keep every reranker (default: only its log and metrics, to save disk).
+        depth, max_queries, max_documents: per evaluation set: the first-stage candidates reranked (default
+            60), queries (default 20) and the documents (first n of the split; spec entries only).
+        steps: optimizer steps per reranker (default 40); ``rerank_options``: other :class:`RerankConfig`
+            fields.
+        n_boot: bootstrap resamples of the correlations; n_resamples: sign flips of the paired tests.
+        keep_models: keep every reranker (default: only its log, metrics and per-query scores, to save disk).
         overwrite: delete an earlier sweep's results in ``out_dir`` first; without it, a sweep with the same
             settings skips its finished cells and one with other settings (``sweep.json``) is refused.
 
-    Writes ``sweep.csv`` (one row per cell and evaluation set: metrics and drops), ``correlations.csv``,
-    ``table.md`` and ``sweep.png`` to ``out_dir``; a cell already in ``sweep.csv`` is not trained again.
+    Writes ``sweep.csv`` (one row per cell and evaluation set: metrics, drops, whether training ended on the
+    prior), ``runs/<cell>/perquery.json``, ``correlations.csv``, ``significance.csv``, ``table.md``,
+    ``sweep.png``, ``drop.png`` and ``multi_vs_single.png`` to ``out_dir``; a cell already in ``sweep.csv`` is
+    not trained again.
     """
     file = sys.stdout if file is None else file
     import csv  # noqa: PLC0415
     import shutil  # noqa: PLC0415
 
     from .train.models import load_cross_encoder, load_tokenizer  # noqa: PLC0415
+    from .train.rerank import EvalSet  # noqa: PLC0415
 
     t0 = time.perf_counter()
     ps = [float(p) for p in ps]
     if not ps or any(not 0 <= p <= 1 for p in ps):
         raise ValueError(f"ps: expected probabilities in [0, 1], got {ps}")
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+    if seeds is not None and (not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
         raise ValueError(f"seeds: expected integers >= 0, got {list(seeds)}")
-    synthetic = bitext is None
+    for name, v in (("depth", depth), ("max_queries", max_queries), ("steps", steps)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    synthetic = bitext is None and preset is None
+    title = "sweep"
+    if preset is not None:
+        if bitext is not None or eval_sets is not None:
+            raise ValueError("preset: a preset chooses the bitext and the evaluation sets; drop bitext/eval_sets")
+        if preset not in DOMAIN_PRESETS:  # checked before anything is written
+            raise ValueError(f"preset: expected one of {sorted(DOMAIN_PRESETS)}, got {preset!r}")
+        if scale not in DOMAIN_SCALES:
+            raise ValueError(f"scale: expected one of {sorted(DOMAIN_SCALES)}, got {scale!r}")
+        from .domains import QUERY_KINDS, data_root  # noqa: PLC0415
+
+        if query_kinds is not None and (not query_kinds or any(k not in QUERY_KINDS for k in query_kinds)):
+            raise ValueError(f"query_kinds: expected some of {QUERY_KINDS}, got {list(query_kinds)}")
+        data = data_root(data)
+        lang = DOMAIN_PRESETS[preset]
+        size = DOMAIN_SCALES[scale]
+        steps, depth = steps or size["steps"], depth or size["depth"]
+        max_queries, seeds = max_queries or size["max_queries"], seeds or size["seeds"]
+        rerank_options = {**size["rerank"], "lexicon_split": "all-train", **rerank_options}
+        dataclasses.replace(RerankConfig(lang=lang, **rerank_options)).check(need_examples=False, need_lexicon=False)
+        pre = domain_preset(preset, data_dir or os.path.join("runs", f"domains-{lang}"), data=data, scale=scale,
+                            query_kinds=query_kinds, max_queries=max_queries)
+        bitext, eval_sets = pre["bitext"], pre["eval_sets"]
+        train_domains = train_domains or pre["train_domains"]
+        reference = reference or pre["reference"]
+        title = f"{preset} ({scale} scale)"
+        counts = ", ".join(f"{d} {e['train'] or 0}+{e['eval']}" for d, e in pre["manifest"]["domains"].items())
+        print(f"sweep preset {preset} at {scale} scale: domains of {data} in {bitext} ({counts} training+evaluation "
+              "lines)", file=file)
+    seeds = list(seeds) if seeds is not None else [0, 1]
+    steps, depth, max_queries = steps or 40, depth or 60, max_queries or 20
     if synthetic:
         from . import synthetic as syn  # noqa: PLC0415
 
@@ -299,12 +410,14 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
         # random negatives: with a few dozen CPU steps, BM25 negatives of template sentences teach nothing yet
         rerank_options = {"max_length": 48, "warmup_steps": 5, "lr": 1e-4, "batch_size": 6, "negatives": "random",
                           **rerank_options}
+        title = "SYNTHETIC sample (cipher language, not real data)"
         print(f"sweep on the built-in SYNTHETIC sample (cipher language '{lang}', not real data) in {bitext}",
               file=file)
     if lang is None or not train_domains or not eval_sets:
         raise ValueError("sweep: with a bitext give lang, train_domains and eval_sets")
-    specs = [_parse_eval_set(s, bitext) for s in eval_sets]
-    names = [n for n, _, _ in specs]
+    given = [e for e in eval_sets if isinstance(e, EvalSet)]
+    specs = [_parse_eval_set(s, bitext) for s in eval_sets if not isinstance(s, EvalSet)]
+    names = [e.name for e in given] + [n for n, _, _ in specs]
     for n, path, _ in specs:
         if os.path.isfile(path) and os.path.abspath(path) == os.path.abspath(bitext):
             raise ValueError(f"eval_sets: {n!r} reads the training TSV {path!r}, which has no splits: the evaluation "
@@ -325,26 +438,32 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
     os.makedirs(out_dir, exist_ok=True)
     tok = load_tokenizer(base.model)
     lexicon = build_lexicon(base, tok)
-    sets, cands = {}, {}
+    sets, cands = {e.name: e for e in given}, {}
     for name, path, split in specs:
         sets[name] = bitext_eval_set(path, lang, split, name=name, max_queries=max_queries,
                                      max_documents=max_documents)
-        cands[name] = first_stage(first_stage_model, sets[name].queries, sets[name].documents, depth, device=dev)
+    sets = {n: sets[n] for n in names}
+    for name, es in sets.items():
+        cands[name] = first_stage(first_stage_model, es.queries, es.documents, depth, device=dev)
     print(f"lexicon: {lexicon.n_keys} keys; evaluation sets: "
           + ", ".join(f"{n} ({len(s.queries)} queries, {len(s.documents)} docs)" for n, s in sets.items())
           + f"; reference (in-domain): {reference}", file=file)
 
     csv_path = os.path.join(out_dir, "sweep.csv")
     settings = json.loads(json.dumps({
-        "bitext": bitext, "lang": lang, "eval_sets": specs, "reference": reference, "first_stage": str(first_stage_model),
-        "depth": depth, "max_queries": max_queries, "max_documents": max_documents, "metrics": list(metrics),
-        "rerank": {k: v for k, v in dataclasses.asdict(base).items() if k not in ("device", "progress", "output_dir")},
+        "bitext": bitext if preset is None else preset, "lang": lang, "eval_sets": names if given else specs,
+        "reference": reference, "first_stage": str(first_stage_model), "depth": depth, "max_queries": max_queries,
+        "max_documents": None if given else max_documents, "metrics": list(metrics),
+        "rerank": {k: v for k, v in dataclasses.asdict(base).items()
+                   if k not in ("device", "progress", "output_dir", "bitext")},
     }, default=list))
     settings_path = os.path.join(out_dir, "sweep.json")
     if overwrite:
-        for name in ("sweep.csv", "sweep.json", "correlations.csv", "table.md", "sweep.png"):
+        for name in ("sweep.csv", "sweep.json", "correlations.csv", "significance.csv", "table.md", "sweep.png",
+                     "drop.png", "multi_vs_single.png"):
             if os.path.exists(os.path.join(out_dir, name)):
                 os.remove(os.path.join(out_dir, name))
+        shutil.rmtree(os.path.join(out_dir, "runs"), ignore_errors=True)
     if os.path.exists(settings_path):
         with open(settings_path, encoding="utf-8") as fh:
             prev = json.load(fh)
@@ -355,7 +474,7 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
     with open(settings_path, "w", encoding="utf-8") as fh:
         json.dump(settings, fh, indent=2)
     fields = ["train_domains", "p", "seed", "eval_set", *metrics, *(f"drop_{m}" for m in metrics),
-              "switched_ratio", "steps", "train_s"]
+              "switched_ratio", "steps", "train_s", "stuck_on_prior", "tail_loss", "prior_loss"]
     rows: list[dict] = []
     if os.path.exists(csv_path):  # resume: keep finished cells
         with open(csv_path, newline="", encoding="utf-8") as fh:
@@ -369,35 +488,151 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
         if (td, p, seed) in done:
             continue
         bar.set_postfix(train=td, p=p, seed=seed, refresh=True)
-        run_dir = os.path.join(out_dir, "runs", f"{td.replace(',', '+')}-p{_fmt_p(p)}-s{seed}")
+        run_dir = os.path.join(out_dir, "runs", _cell_dir(td, p, seed))
         model = load_cross_encoder(base.model, seed=seed)
         t1 = time.perf_counter()
         res = train_reranker(base, reranker=model, tokenizer=tok, lexicon=lexicon, output_dir=run_dir, p=p,
                              seed=seed, train_split=td, overwrite=True)
         t_train = time.perf_counter() - t1
-        per_set = {n: evaluate_reranking(model, tok, sets[n], cands[n], metrics=metrics, device=dev)["reranked"]
-                   for n in names}
+        if res.get("stuck_on_prior"):
+            print(f"WARNING: train={td} p={_fmt_p(p)} seed={seed} ended on the prior (loss {res['tail_loss']:.3f} vs "
+                  f"{res['prior_loss']:.3f}): evaluated, and flagged 'stuck_on_prior' in sweep.csv and the table",
+                  file=file)
+        ev = {n: evaluate_reranking(model, tok, sets[n], cands[n], metrics=metrics, device=dev, per_query=True)
+              for n in names}
+        per_set = {n: ev[n]["reranked"] for n in names}
+        with open(os.path.join(run_dir, "perquery.json"), "w", encoding="utf-8") as fh:
+            json.dump({n: ev[n]["per_query"]["reranked"] for n in names}, fh)
+        if not os.path.exists(os.path.join(out_dir, "first_stage.json")):
+            with open(os.path.join(out_dir, "first_stage.json"), "w", encoding="utf-8") as fh:
+                json.dump({n: {"mean": ev[n]["first_stage"], "per_query": ev[n]["per_query"]["first_stage"]}
+                           for n in names}, fh)
         for n in names:
             row = {"train_domains": td, "p": p, "seed": seed, "eval_set": n, **per_set[n],
                    **{f"drop_{m}": per_set[reference][m] - per_set[n][m] for m in metrics},
-                   "switched_ratio": res["switched_ratio"], "steps": res["steps"], "train_s": round(t_train, 1)}
+                   "switched_ratio": res["switched_ratio"], "steps": res["steps"], "train_s": round(t_train, 1),
+                   "stuck_on_prior": res.get("stuck_on_prior"), "tail_loss": res.get("tail_loss"),
+                   "prior_loss": res.get("prior_loss")}
             rows.append(row)
-        with open(csv_path, "w", newline="", encoding="utf-8") as fh:  # after every cell: nothing lost
+        tmp = csv_path + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:  # after every cell: nothing lost
             w = csv.DictWriter(fh, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
+        os.replace(tmp, csv_path)
         if not keep_models:
             for sub in ("reranker", *(d for d in os.listdir(run_dir) if d.startswith("checkpoint-"))):
                 shutil.rmtree(os.path.join(run_dir, sub), ignore_errors=True)
     bar.close()
     return summarise_sweep(csv_path, out_dir, reference=reference, metrics=metrics, n_boot=n_boot,
-                           synthetic=synthetic, seconds=time.perf_counter() - t0, file=file)
+                           n_resamples=n_resamples, title=title, seconds=time.perf_counter() - t0, file=file)
+
+
+def _cell_dir(td: str, p: float, seed: int) -> str:
+    return f"{td.replace(',', '+')}-p{_fmt_p(p)}-s{seed}"
+
+
+def _domain_of(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def _seen(eval_set: str, train_domains: str) -> bool:
+    """Whether an evaluation set's domain is one of a training setting's (``news/keyword`` is seen by
+    ``news-train``; the synthetic ``politics`` by ``train-politics``)."""
+    d = _domain_of(eval_set)
+    return any(s.strip() in (d, f"{d}-train", f"train-{d}") for s in train_domains.split(","))
+
+
+SIGNIFICANCE_METRICS = ("recall@50", "map", "mrr@10")
+
+
+def sweep_significance(out_dir: str, rows: Sequence[dict], *, metrics: Sequence[str] = SIGNIFICANCE_METRICS,
+                       n_resamples: int = 10_000, alpha: float = 0.05) -> list[dict]:
+    """Paired per-query randomization tests over a sweep's evaluation sets that a training setting has not seen:
+    each p > 0 against p = 0 (same training domains), and each multi-domain setting against the single-domain
+    one (same p). A system's per-query score is its mean over the seeds both sides have; Holm's correction
+    runs over each family (one comparison kind and metric). Reads ``runs/<cell>/perquery.json``; writes
+    ``significance.csv``; returns its rows."""
+    import csv  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from .stats import holm, paired_randomization_test  # noqa: PLC0415
+
+    metrics = [m for m in metrics if rows and m in rows[0]]
+    cells = {(r["train_domains"], float(r["p"]), int(r["seed"])) for r in rows}
+    stuck = {(r["train_domains"], float(r["p"]), int(r["seed"])) for r in rows
+             if str(r.get("stuck_on_prior")) == "True"}
+    perq: dict = {}
+    for td, p, seed in cells:
+        path = os.path.join(out_dir, "runs", _cell_dir(td, p, seed), "perquery.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                perq[(td, p, seed)] = json.load(fh)
+    tds = list(dict.fromkeys(r["train_domains"] for r in rows))
+    sets = list(dict.fromkeys(r["eval_set"] for r in rows))
+    ps = sorted({float(r["p"]) for r in rows})
+    single = next((td for td in tds if "," not in td), None)
+
+    def system(td, p, n, m, seeds):
+        return np.mean([perq[(td, p, s)][n][m] for s in seeds], axis=0)
+
+    def seeds_of(td, p):
+        return {s for (t, q, s) in perq if t == td and q == p}
+
+    out = []
+
+    def test(kind, td, p, base_td, base_p, n, m):
+        common = sorted(seeds_of(td, p) & seeds_of(base_td, base_p))
+        if not common:
+            return
+        a, b = system(td, p, n, m, common), system(base_td, base_p, n, m, common)
+        r = paired_randomization_test(a, b, n_resamples=n_resamples, seed=0)
+        flagged = sum((td, p, s) in stuck or (base_td, base_p, s) in stuck for s in common)
+        out.append({"comparison": kind, "train_domains": td, "p": p, "baseline_train_domains": base_td,
+                    "baseline_p": base_p, "eval_set": n, "metric": m, "queries": r["n"], "seeds": len(common),
+                    "mean": r["mean_a"], "baseline_mean": r["mean_b"], "diff": r["diff"], "p_value": r["p"],
+                    "exact": r["exact"], "stuck_runs": flagged})
+
+    for m in metrics:
+        for td in tds:
+            for n in sets:
+                if _seen(n, td):
+                    continue
+                for p in ps:
+                    if p > 0 and 0.0 in ps:
+                        test("p vs 0", td, p, td, 0.0, n, m)
+        if single is not None:
+            for td in tds:
+                if td == single or "," not in td:
+                    continue
+                for n in sets:
+                    if _seen(n, td):
+                        continue
+                    for p in ps:
+                        test("multi vs single", td, p, single, p, n, m)
+    for kind in ("p vs 0", "multi vs single"):
+        for m in metrics:
+            fam = [r for r in out if r["comparison"] == kind and r["metric"] == m]
+            for r, adj in zip(fam, holm([r["p_value"] for r in fam])):
+                r["p_holm"] = adj
+                r["significant"] = bool(adj < alpha)
+    fields = ["comparison", "train_domains", "p", "baseline_train_domains", "baseline_p", "eval_set", "metric",
+              "queries", "seeds", "mean", "baseline_mean", "diff", "p_value", "exact", "p_holm", "significant",
+              "stuck_runs"]
+    with open(os.path.join(out_dir, "significance.csv"), "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(out)
+    return out
 
 
 def summarise_sweep(csv_path: str, out_dir: str, *, reference: str, metrics: Sequence[str] = RERANK_METRICS,
-                    n_boot: int = 1000, synthetic: bool = False, seconds: float | None = None,
-                    file=None) -> dict:
-    """From ``sweep.csv``: the printed/markdown table (mean over seeds), correlations.csv and sweep.png."""
+                    n_boot: int = 1000, n_resamples: int = 10_000, title: str = "sweep",
+                    seconds: float | None = None, file=None) -> dict:
+    """From ``sweep.csv`` (and the cells' ``perquery.json``): the printed/markdown table (mean over seeds; a
+    ``†k`` after p counts the seeds whose training ended on the prior), correlations.csv, significance.csv
+    (:func:`sweep_significance`), sweep.png, drop.png and multi_vs_single.png."""
     file = sys.stdout if file is None else file
     import csv  # noqa: PLC0415
 
@@ -412,13 +647,18 @@ def summarise_sweep(csv_path: str, out_dir: str, *, reference: str, metrics: Seq
     def vals(td, n, p, key):
         return [float(r[key]) for r in rows if r["train_domains"] == td and r["eval_set"] == n and float(r["p"]) == p]
 
+    def p_label(td, p):
+        k = len({r["seed"] for r in rows if r["train_domains"] == td and float(r["p"]) == p
+                 and str(r.get("stuck_on_prior")) == "True"})
+        return _fmt_p(p) + (f" †{k}" if k else "")
+
     parts = []
     for m in metrics:
         header = ["training domains", "p", *sets, *(f"drop → {n}" for n in sets if n != reference)]
         body = []
         for td in tds:
             for p in ps:
-                body.append([td, _fmt_p(p), *(float(np.mean(vals(td, n, p, m))) for n in sets),
+                body.append([td, p_label(td, p), *(float(np.mean(vals(td, n, p, m))) for n in sets),
                              *(float(np.mean(vals(td, n, p, f"drop_{m}"))) for n in sets if n != reference)])
         parts.append(f"**{m}** (mean over seeds; drop = {reference} − set)\n\n" + markdown_table(header, body))
     corr_rows = []
@@ -449,19 +689,51 @@ def summarise_sweep(csv_path: str, out_dir: str, *, reference: str, metrics: Seq
                                 [[c["train_domains"], c["shifted_set"], c["metric"], c["n"], c["bootstrap_used"],
                                   ci(c["spearman"], c["spearman_ci_low"], c["spearman_ci_high"]),
                                   ci(c["pearson"], c["pearson_ci_low"], c["pearson_ci_high"])] for c in corr_rows])
-    title = ("SYNTHETIC sample (cipher language, not real data)" if synthetic else "sweep")
+    sig = sweep_significance(out_dir, rows, n_resamples=n_resamples)
+    sig_text = ""
+    if sig:
+        summary = []
+        for kind in ("p vs 0", "multi vs single"):
+            for m in dict.fromkeys(r["metric"] for r in sig):
+                fam = [r for r in sig if r["comparison"] == kind and r["metric"] == m]
+                if fam:
+                    up = sum(r["significant"] and r["diff"] > 0 for r in fam)
+                    down = sum(r["significant"] and r["diff"] < 0 for r in fam)
+                    summary.append([kind, m, len(fam), up, down, min(r["p_holm"] for r in fam),
+                                    float(np.mean([r["diff"] for r in fam]))])
+        shown = sorted((r for r in sig if r["significant"]), key=lambda r: r["p_holm"])[:30]
+        sig_text = ("\n\n**Paired per-query randomization tests on unseen domains** (Holm-corrected per comparison and "
+                    "metric, alpha 0.05; per-query score = mean over seeds)\n\n"
+                    + markdown_table(["comparison", "metric", "tests", "significant +", "significant −",
+                                      "smallest Holm p", "mean difference"], summary))
+        if shown:
+            sig_text += "\n\n" + markdown_table(
+                ["comparison", "training", "p", "baseline", "evaluation set", "metric", "diff", "Holm p"],
+                [[r["comparison"], r["train_domains"], _fmt_p(r["p"]), f"{r['baseline_train_domains']} p="
+                  f"{_fmt_p(r['baseline_p'])}", r["eval_set"], r["metric"], f"{r['diff']:+.3f}", f"{r['p_holm']:.3g}"]
+                 for r in shown])
+    stuck = sorted({(r["train_domains"], _fmt_p(float(r["p"])), r["seed"]) for r in rows
+                    if str(r.get("stuck_on_prior")) == "True"})
+    stuck_text = ("\n\n**Runs whose training ended on the prior** (evaluated, but they learnt no ranking): "
+                  + ", ".join(f"{td} p={p} seed {s}" for td, p, s in stuck)) if stuck else ""
     text = (f"# Code-switching frequency sweep: {title}\n\n" + "\n\n".join(parts)
             + f"\n\n**Correlation of p with the drop** ({n_boot} bootstrap resamples of the (p, seed) cells)\n\n"
-            + corr_table + "\n")
+            + corr_table + sig_text + stuck_text + "\n")
     with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as fh:
         fh.write(text)
     plot = _plot_sweep(rows, tds, sets, ps, metrics, os.path.join(out_dir, "sweep.png"), title)
+    plots = [plot, _plot_drops(rows, tds, sets, ps, reference, metrics[0], os.path.join(out_dir, "drop.png"), title)]
+    multi = _plot_multi(rows, tds, sets, ps, [m for m in ("recall@50", "map") if m in metrics] or list(metrics[:1]),
+                        os.path.join(out_dir, "multi_vs_single.png"), title)
+    if multi:
+        plots.append(multi)
     print("\n" + text, file=file)
     tail = f" in {seconds / 60:.1f} min" if seconds is not None else ""
     print(f"sweep: {len(rows)} rows{tail}; {csv_path}, {os.path.join(out_dir, 'correlations.csv')}, "
-          f"{os.path.join(out_dir, 'table.md')}, {plot}", file=file)
-    return {"rows": len(rows), "csv": csv_path, "table": text, "plot": plot, "correlations": corr_rows,
-            "seconds": seconds}
+          f"{os.path.join(out_dir, 'significance.csv')}, {os.path.join(out_dir, 'table.md')}, {', '.join(plots)}",
+          file=file)
+    return {"rows": len(rows), "csv": csv_path, "table": text, "plot": plot, "plots": plots,
+            "correlations": corr_rows, "significance": sig, "seconds": seconds}
 
 
 def _plot_sweep(rows, tds, sets, ps, metrics, path, title) -> str:
@@ -490,5 +762,82 @@ def _plot_sweep(rows, tds, sets, ps, metrics, path, title) -> str:
     fig.suptitle(f"{title}: metric vs p (mean, min-max over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _mean_spread(rows, td, n, p, key):
+    import numpy as np  # noqa: PLC0415
+
+    y = [float(r[key]) for r in rows if r["train_domains"] == td and r["eval_set"] == n and float(r["p"]) == p]
+    if not y:
+        return np.nan, 0.0, 0.0
+    m = float(np.mean(y))
+    return m, m - min(y), max(y) - m
+
+
+def _plot_drops(rows, tds, sets, ps, reference, metric, path, title) -> str:
+    """One panel per training setting: the drop of ``metric`` from the reference set to each other set vs p."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, len(tds), figsize=(4.6 * len(tds), 3.8), squeeze=False)
+    for ax, td in zip(axes[0], tds):
+        for n in sets:
+            if n == reference:
+                continue
+            stats = [_mean_spread(rows, td, n, p, f"drop_{metric}") for p in ps]
+            ax.errorbar(ps, [s[0] for s in stats], yerr=[[s[1] for s in stats], [s[2] for s in stats]], marker="o",
+                        capsize=2, label=n, alpha=0.8, linestyle="--" if _seen(n, td) else "-")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_title(f"train: {td}", fontsize=9)
+        ax.set_xlabel("code-switching probability p")
+        ax.set_ylabel(f"drop of {metric} ({reference} − set)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(f"{title}: in-domain → shifted drop vs p (mean, min-max over seeds; dashed: a domain the "
+                 "setting trained on)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_multi(rows, tds, sets, ps, metrics, path, title) -> str | None:
+    """One panel per evaluation set unseen by every training setting and metric: each setting's metric vs p."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    if len(tds) < 2:
+        return None
+    unseen = [n for n in sets if not any(_seen(n, td) for td in tds)]
+    if not unseen:
+        return None
+    cols = min(4, len(unseen))
+    nrows = -(-len(unseen) // cols)
+    fig, axes = plt.subplots(nrows * len(metrics), cols, figsize=(3.6 * cols, 2.9 * nrows * len(metrics)),
+                             squeeze=False)
+    for k, (m, n) in enumerate((m, n) for m in metrics for n in unseen):
+        mi, ni = divmod(k, len(unseen))
+        ax = axes[mi * nrows + ni // cols][ni % cols]
+        for td in tds:
+            stats = [_mean_spread(rows, td, n, p, m) for p in ps]
+            ax.errorbar(ps, [s[0] for s in stats], yerr=[[s[1] for s in stats], [s[2] for s in stats]], marker="o",
+                        capsize=2, label=td)
+        ax.set_title(f"{n}: {m}", fontsize=8)
+        ax.set_xlabel("p", fontsize=8)
+        ax.grid(alpha=0.3)
+    for mi in range(len(metrics)):  # the empty panels of each metric's block
+        for ni in range(len(unseen), nrows * cols):
+            axes[mi * nrows + ni // cols][ni % cols].axis("off")
+    axes[0][0].legend(title="training domains", fontsize=6, title_fontsize=7)
+    fig.suptitle(f"{title}: multi- vs single-domain training on unseen domains (mean, min-max over seeds)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

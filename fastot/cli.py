@@ -5,7 +5,7 @@ Commands:
   backends   print which backend can run which op here, and why not
   distill    OT distillation of a student encoder from an English teacher on bitext (fastot.train.distill)
   evaluate   cross-lingual retrieval metrics of an encoder on a bitext split (fastot.retrieval)
-  demo       the main job: distillation -> lexicon -> code-switched reranker -> table (synthetic sample or --bitext)
+  demo       the main job: distillation -> lexicon -> code-switched reranker -> table per domain (embedded TICO-19)
   rerank     train one code-switched cross-encoder reranker (fastot.train.rerank)
   sweep      code-switching frequency x seeds x training domains -> CSV, table, correlations, plot
 """
@@ -268,18 +268,23 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--device", default=None)
     p_eval.add_argument("--metrics", default="mrr@10,recall@1,recall@10,recall@50,map,ndcg@10")
     p_demo = sub.add_parser("demo", help="the main job: OT distillation -> lexicon -> code-switched reranker -> "
-                            "evaluation table, on a built-in SYNTHETIC sample or on --bitext")
-    p_demo.add_argument("--bitext", default=None, help="real bitext folder (MAFAND layout), e.g. "
-                        "../shared/data/mafand/en-swa (default: the built-in synthetic sample)")
-    p_demo.add_argument("--lang", default=None, help="target language of --bitext (e.g. swa)")
+                            "evaluation table per domain, on the embedded TICO-19 health bitext (default), on "
+                            "--bitext or on the built-in --synthetic sample")
+    p_demo.add_argument("--bitext", default=None, help="real bitext folder with train and dev splits (MAFAND "
+                        "layout), e.g. ../shared/data/mafand/en-swa (default: the embedded TICO-19)")
+    p_demo.add_argument("--synthetic", action="store_true", help="the built-in SYNTHETIC sample (a seeded cipher "
+                        "language, not real data; fast, for trying the pipeline)")
+    p_demo.add_argument("--lang", default=None, help="target language: swa (default for TICO-19) or hau; needed "
+                        "with --bitext")
     p_demo.add_argument("--output-dir", default="runs/demo", help="where everything is written (default runs/demo)")
     p_demo.add_argument("--student", default=None, help="an already distilled encoder folder as the first stage "
                         "(skips the distillation)")
     p_demo.add_argument("--rerank-steps", type=int, default=None,
-                        help="optimizer steps per reranker (default 60 synthetic, 400 real)")
+                        help="optimizer steps per reranker (default 120 TICO-19, 60 synthetic, 400 --bitext)")
     p_demo.add_argument("--max-queries", type=int, default=None,
-                        help="evaluation queries (default 100 synthetic, 250 real)")
-    p_demo.add_argument("--depth", type=int, default=100, help="first-stage candidates reranked (default 100)")
+                        help="evaluation queries (default 50 per domain TICO-19, 100 synthetic, 250 --bitext)")
+    p_demo.add_argument("--depth", type=int, default=None,
+                        help="first-stage candidates reranked (default 20 TICO-19, 100 otherwise)")
     p_demo.add_argument("--seed", type=int, default=0)
     p_demo.add_argument("--overwrite", action="store_true", help="train again instead of reusing finished runs in "
                         "--output-dir (needed after changing options)")
@@ -380,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             demo(args.bitext, args.lang, args.output_dir, student=args.student, rerank_steps=args.rerank_steps,
                  max_queries=args.max_queries, depth=args.depth, seed=args.seed, model=args.model,
-                 overwrite=args.overwrite, device=args.device)
+                 overwrite=args.overwrite, device=args.device, synthetic=args.synthetic)
         except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
             parser.exit(2, f"fastot demo: error: {exc}\n")
         return 0

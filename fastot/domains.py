@@ -43,12 +43,15 @@ from collections.abc import Sequence
 
 from .lexicons import _read_lines
 
-__all__ = ["RECIPE", "TICO_DOMAINS", "FLORES_DOMAINS", "QUERY_KINDS", "data_root", "domain_sources",
-           "prepare_domains", "domain_eval_sets"]
+__all__ = ["RECIPE", "TICO_DOMAINS", "FLORES_DOMAINS", "QUERY_KINDS", "TICO19_EMBEDDED", "data_root",
+           "domain_sources", "prepare_domains", "domain_eval_sets", "write_embedded_tico19", "pack_tico19"]
 
 TICO_DOMAINS = ("pubmed", "wikipedia", "wikivoyage", "dialogue", "wikisource", "wikinews")
 FLORES_DOMAINS = ("wikinews", "wikijunior", "wikivoyage")
 QUERY_KINDS = ("keyword", "sentence", "article")
+# TICO-19 (CC0 1.0, public domain) ships inside the package: both languages, all six domains, as the shared
+# data has them (dev + test per domain). Built by pack_tico19 from ../shared/data/tico19.
+TICO19_EMBEDDED = os.path.join(os.path.dirname(__file__), "data", "tico19.json.xz")
 RECIPE = "fastot-domains-1"  # bump when the split or query recipe changes: prepared folders record it
 QUERY_SEED = 12345  # the keyword queries' seed, as in fastot.train.rerank.bitext_eval_set
 
@@ -64,6 +67,50 @@ def data_root(path: str | None = None) -> str:
             return p
     raise FileNotFoundError(f"data: no shared data folder (mafand/, tico19/, flores200/) at {tried}; pass --data "
                             "or set FASTOT_DATA")
+
+
+def pack_tico19(root: str, path: str = TICO19_EMBEDDED) -> dict:
+    """Pack ``root``/tico19 (en-swa, en-hau; the six domains) into the package's xz-compressed JSON
+    ``{lang: {domain: {"en": [...], "tgt": [...]}}}``; returns the line counts."""
+    import lzma  # noqa: PLC0415
+
+    out: dict = {}
+    for lang in ("swa", "hau"):
+        for d in TICO_DOMAINS:
+            base = os.path.join(root, "tico19", f"en-{lang}", d)
+            en, tgt = _read_lines(base + ".en"), _read_lines(f"{base}.{lang}")
+            if len(en) != len(tgt):
+                raise ValueError(f"root: {base} has {len(en)} English and {len(tgt)} {lang} lines")
+            out.setdefault(lang, {})[d] = {"en": en, "tgt": tgt}
+    tmp = path + ".tmp"
+    with lzma.open(tmp, "wt", encoding="utf-8", preset=9) as fh:
+        json.dump(out, fh, ensure_ascii=False, sort_keys=True)
+    os.replace(tmp, path)
+    return {lang: {d: len(v["en"]) for d, v in doms.items()} for lang, doms in out.items()}
+
+
+def write_embedded_tico19(root: str) -> str:
+    """Write the embedded TICO-19 as a shared-data folder (``root``/tico19/en-<lang>/<domain>.{en,<lang>}, the
+    layout :func:`prepare_domains` reads); returns ``root``. Files already there with the same text are kept."""
+    import lzma  # noqa: PLC0415
+
+    with lzma.open(TICO19_EMBEDDED, "rt", encoding="utf-8") as fh:
+        packed = json.load(fh)
+    for lang, doms in packed.items():
+        folder = os.path.join(root, "tico19", f"en-{lang}")
+        os.makedirs(folder, exist_ok=True)
+        for d, sides in doms.items():
+            for ext, lines in (("en", sides["en"]), (lang, sides["tgt"])):
+                path = os.path.join(folder, f"{d}.{ext}")
+                text = "".join(line + "\n" for line in lines)
+                if os.path.isfile(path):
+                    with open(path, encoding="utf-8", newline="\n") as fh:
+                        if fh.read() == text:
+                            continue
+                with open(path + ".tmp", "w", encoding="utf-8", newline="\n") as fh:
+                    fh.write(text)
+                os.replace(path + ".tmp", path)
+    return root
 
 
 def domain_sources(root: str, lang: str) -> dict[str, dict]:
@@ -135,8 +182,9 @@ def prepare_domains(out_dir: str, lang: str, *, data: str | None = None,
         seed: the split's seed (the queries have their own fixed seed).
         max_news_train: keep only the first n MAFAND training lines (smaller runs).
 
-    Splits written: ``news-train``, ``news-eval``, ``<d>-train`` and ``<d>-eval`` for each split domain, and
-    ``<d>-eval`` for every other domain (FLORES with a ``.url`` file).
+    Splits written: ``news-train``, ``news-eval`` (where MAFAND is there), ``<d>-train`` and ``<d>-eval`` for
+    each split domain, ``<d>-eval`` for every other domain (FLORES with a ``.url`` file), and ``all-train``,
+    every training part joined (the bitext of a lexicon or a distillation that must not see an evaluation part).
     """
     if not isinstance(lang, str) or not lang or os.sep in lang:
         raise ValueError(f"lang: expected a language code such as 'swa', got {lang!r}")
@@ -149,8 +197,9 @@ def prepare_domains(out_dir: str, lang: str, *, data: str | None = None,
         raise ValueError(f"max_news_train: expected an integer >= 1 or None, got {max_news_train!r}")
     root = data_root(data)
     sources = domain_sources(root, lang)
-    if "news" not in sources:
-        raise FileNotFoundError(f"data: {root!r} has no mafand/en-{lang} with train and dev splits")
+    if not sources:
+        raise FileNotFoundError(f"data: {root!r} has no domain for {lang!r} (mafand/en-{lang}, tico19/en-{lang}, "
+                                f"flores200/en-{lang})")
     split_domains = [split_domains] if isinstance(split_domains, str) else list(split_domains)
     bad = [d for d in split_domains if d not in sources or sources[d]["source"] != "tico19"]
     if bad:
@@ -160,11 +209,12 @@ def prepare_domains(out_dir: str, lang: str, *, data: str | None = None,
     manifest = {"recipe": RECIPE, "lang": lang, "data": os.path.abspath(root), "seed": seed,
                 "eval_fraction": eval_fraction, "split_domains": split_domains, "max_news_train": max_news_train,
                 "domains": {}}
-    news_tr = _read_aligned(sources["news"]["files"]["train"])[:max_news_train]
-    seen_en, seen_tgt = {_norm(r[0]) for r in news_tr}, {_norm(r[1]) for r in news_tr}
-    news_ev = [r for r in _read_aligned(sources["news"]["files"]["dev"])
-               if _norm(r[0]) not in seen_en and _norm(r[1]) not in seen_tgt]
-    parts = {"news": (news_tr, news_ev)}
+    parts = {}
+    if "news" in sources:
+        news_tr = _read_aligned(sources["news"]["files"]["train"])[:max_news_train]
+        seen_en, seen_tgt = {_norm(r[0]) for r in news_tr}, {_norm(r[1]) for r in news_tr}
+        parts["news"] = (news_tr, [r for r in _read_aligned(sources["news"]["files"]["dev"])
+                                   if _norm(r[0]) not in seen_en and _norm(r[1]) not in seen_tgt])
     for name, src in sources.items():
         if name == "news":
             continue
@@ -178,6 +228,7 @@ def prepare_domains(out_dir: str, lang: str, *, data: str | None = None,
         if name.startswith("flores-"):
             entry["articles"] = len({r[2] for r in ev})
         manifest["domains"][name] = entry
+    _write(out_dir, "all-train", lang, [r[:2] for tr, _ in parts.values() if tr is not None for r in tr])
     with open(os.path.join(out_dir, "domains.json"), "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
     return manifest

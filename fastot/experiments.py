@@ -103,11 +103,15 @@ def compare_switching(bitext: str, lang: str, out_dir: str, *, first_stage_model
 
 
 def demo(bitext: str | None = None, lang: str | None = None, out_dir: str = "runs/demo", *, student: str | None = None,
-         rerank_steps: int | None = None, max_queries: int | None = None, depth: int = 100, seed: int = 0,
-         model: str = "minilm", overwrite: bool = False, device=None, progress: bool = True, file=None) -> dict:
+         rerank_steps: int | None = None, max_queries: int | None = None, depth: int | None = None, seed: int = 0,
+         model: str = "minilm", overwrite: bool = False, device=None, progress: bool = True, file=None,
+         synthetic: bool = False) -> dict:
     """The main job: OT distillation -> lexicon induction -> code-switched reranker training -> evaluation table.
 
-    Without ``bitext``: on a built-in synthetic sample (:mod:`fastot.synthetic`, a seeded cipher language with a
+    Default (no ``bitext``, not ``synthetic``): :func:`tico_demo`, on the TICO-19 health bitext that ships inside
+    the package (``lang`` "swa", the default, or "hau"), evaluated per domain.
+
+    With ``synthetic``: on a built-in synthetic sample (:mod:`fastot.synthetic`, a seeded cipher language with a
     known lexicon, reported as synthetic), a few minutes on a 2-core CPU. With ``bitext`` (e.g.
     ``../shared/data/mafand/en-swa``, ``lang="swa"``): the same on real data (train -> dev); ``student`` skips
     the distillation and uses that encoder as the first stage. ``model``: the teacher, the student's and the
@@ -117,8 +121,14 @@ def demo(bitext: str | None = None, lang: str | None = None, out_dir: str = "run
     file = sys.stdout if file is None else file
     from .train.distill import DistillConfig, distill  # noqa: PLC0415
 
+    if bitext is None and not synthetic:
+        return tico_demo(lang or "swa", out_dir, student=student, rerank_steps=rerank_steps, max_queries=max_queries,
+                         depth=depth, seed=seed, model=model, overwrite=overwrite, device=device, progress=progress,
+                         file=file)
+    if bitext is not None and synthetic:
+        raise ValueError("synthetic: the synthetic sample replaces bitext; give one of them")
+    depth = 100 if depth is None else depth
     t0 = time.perf_counter()
-    synthetic = bitext is None
     if not synthetic and lang is None:
         raise ValueError("lang: give the target language of the bitext, e.g. lang='swa'")
     for name, v in (("rerank_steps", rerank_steps), ("max_queries", max_queries), ("depth", depth)):
@@ -182,6 +192,175 @@ def demo(bitext: str | None = None, lang: str | None = None, out_dir: str = "run
         json.dump(summary, fh, indent=2, default=str)
     label = "SYNTHETIC sample (cipher language, not real data)" if synthetic else f"{bitext} en-{lang}, dev split"
     print(f"\nfastot demo on {label}: {summary['seconds'] / 60:.1f} min; results in {out_dir}", file=file)
+    return summary
+
+
+# --- the main job on the embedded TICO-19 ---------------------------------------------------------------------
+
+TICO_TRAIN = ("tico-pubmed", "tico-wikipedia")
+
+
+def bootstrap_ci(x, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``x`` (queries resampled with replacement)."""
+    import numpy as np  # noqa: PLC0415
+
+    x = np.asarray(x, dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
+    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, 1 - (1 - level) / 2))
+
+
+def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | None = None,
+              rerank_steps: int | None = None, max_queries: int | None = None, depth: int | None = None,
+              seed: int = 0, model: str = "minilm", overwrite: bool = False, device=None, progress: bool = True,
+              distill_epochs: int = 1, switch_p: float = 0.5, file=None) -> dict:
+    """The main job on the TICO-19 bitext embedded in the package (public domain; six health sub-domains).
+
+    1. The domains (:func:`fastot.domains.prepare_domains`): pubmed and wikipedia split into training and
+       evaluation parts (seeded, disjoint), the other four are held out (evaluation only).
+    2. OT distillation of the MiniLM student on the training parts; its dense retrieval (English sentence ->
+       its translation) before and after, on every domain's evaluation part.
+    3. A Dice lexicon induced from the training parts.
+    4. Two rerankers trained on the English side of the training parts: zero-shot (p = 0) and code-switched
+       (p = ``switch_p``, ramped from 0 over the first third of the steps).
+    5. Reranking of the student's top ``depth`` for English keyword queries on every domain: MRR@10 with 95%
+       bootstrap intervals over queries, and a paired randomization test of code-switched vs zero-shot, per
+       domain and pooled over the training domains and over the held-out domains.
+
+    Defaults are sized for about 15 minutes on a 2-core CPU (``rerank_steps`` 120, ``max_queries`` 50 per
+    domain, ``depth`` 20). Writes ``summary.json`` and ``results.md`` to ``out_dir``; finished runs are reused.
+    """
+    file = sys.stdout if file is None else file
+    import numpy as np  # noqa: PLC0415
+
+    from .domains import domain_eval_sets, prepare_domains, write_embedded_tico19  # noqa: PLC0415
+    from .lexicons import read_bitext  # noqa: PLC0415
+    from .retrieval import evaluate_bitext  # noqa: PLC0415
+    from .stats import paired_randomization_test  # noqa: PLC0415
+    from .train.distill import DistillConfig, distill  # noqa: PLC0415
+    from .train.models import load_cross_encoder, load_encoder, load_tokenizer  # noqa: PLC0415
+
+    if lang not in ("swa", "hau"):
+        raise ValueError(f"lang: the embedded TICO-19 has 'swa' and 'hau', got {lang!r}")
+    for name, v in (("rerank_steps", rerank_steps), ("max_queries", max_queries), ("depth", depth),
+                    ("distill_epochs", distill_epochs)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    if isinstance(switch_p, bool) or not isinstance(switch_p, (int, float)) or not 0 < switch_p <= 1:
+        raise ValueError(f"switch_p: expected a probability in (0, 1], got {switch_p!r}")
+    if student is not None and not os.path.isdir(student):
+        raise FileNotFoundError(f"student: {student!r} is not a model folder")
+    rerank_steps, max_queries, depth = rerank_steps or 120, max_queries or 50, depth or 20
+    t0 = time.perf_counter()
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    os.makedirs(out_dir, exist_ok=True)
+    root = write_embedded_tico19(os.path.join(out_dir, "tico19-data"))
+    data = os.path.join(out_dir, "domains")
+    man = prepare_domains(data, lang, data=root, split_domains=TICO_TRAIN, seed=seed)
+    doms = man["domains"]
+    held = [d for d in doms if d not in TICO_TRAIN]
+    n_train = sum(doms[d]["train"] for d in TICO_TRAIN)
+    print(f"[1/5] TICO-19 en-{lang} (embedded, public domain): training domains "
+          + ", ".join(f"{d} ({doms[d]['train']} training / {doms[d]['eval']} evaluation pairs)" for d in TICO_TRAIN)
+          + "; held out: " + ", ".join(f"{d} ({doms[d]['eval']})" for d in held), file=file)
+    summary: dict = {"data": "tico19 (embedded)", "lang": lang, "domains": doms, "training_domains": list(TICO_TRAIN),
+                     "held_out_domains": held}
+    tok = load_tokenizer(model)
+    dense: dict = {}
+
+    def dense_eval(enc) -> dict:
+        out = {}
+        for d in doms:
+            en, tgt = read_bitext(data, lang, f"{d}-eval")
+            out[d] = evaluate_bitext(enc, tok, en, tgt, metrics=("mrr@10", "recall@10"), device=dev)
+        return out
+
+    if student is None:
+        d_out = os.path.join(out_dir, "distill")
+        print(f"[2/5] OT distillation of the MiniLM student on the {n_train} training pairs -> {d_out}", file=file)
+        res = distill(DistillConfig(bitext=data, lang=lang, train_split="all-train", eval_split=None, output_dir=d_out,
+                                    seed=seed, device=str(dev), teacher=model, overwrite=overwrite,
+                                    epochs=distill_epochs, progress=progress))
+        student = os.path.join(d_out, "student")
+        dense["before"] = dense_eval(load_encoder(model).to(dev))
+        summary["distill"] = {"steps": res["steps"], "final_loss": res.get("final_loss")}
+    else:
+        print(f"[2/5] the given student {student} (no distillation)", file=file)
+    dense["after"] = dense_eval(load_encoder(student).to(dev))
+    summary["dense"] = dense
+    for d in doms:
+        b = dense.get("before", {}).get(d, {}).get("mrr@10")
+        print(f"      dense retrieval {d}: MRR@10 " + (f"{b:.3f} -> " if b is not None else "")
+              + f"{dense['after'][d]['mrr@10']:.3f}", file=file)
+    base = RerankConfig(bitext=data, lang=lang, model=model, lexicon_split="all-train", device=str(dev),
+                        progress=progress, save_every=0, max_steps=rerank_steps, seed=seed,
+                        switch_warmup_steps=rerank_steps // 3)
+    lexicon = build_lexicon(base, tok)
+    sets = domain_eval_sets(data, lang, kinds=("keyword",), max_queries=max_queries)
+    cov = lexicon.coverage([q for es in sets for q in es.queries], tok)["covered"]
+    print(f"[3/5] lexicon induced from the training pairs (Dice, top-1): {lexicon.n_keys} English keys, covering "
+          f"{100 * sum(cov.values()):.0f}% of the evaluation queries' words", file=file)
+    print(f"[4/5] rerankers p=0 (zero-shot) and p={_fmt_p(switch_p)} (code-switched), {rerank_steps} steps each "
+          f"on the English side of {' + '.join(TICO_TRAIN)}", file=file)
+    train_split = ",".join(f"{d}-train" for d in TICO_TRAIN)
+    cands = {es.name: first_stage(student, es.queries, es.documents, depth, device=dev) for es in sets}
+    runs: dict = {}
+    for p in (0.0, float(switch_p)):
+        r_out = os.path.join(out_dir, f"rerank-p{_fmt_p(p)}")
+        res = train_reranker(base, lexicon=lexicon, output_dir=r_out, p=p, train_split=train_split,
+                             overwrite=overwrite)
+        if res.get("stuck_on_prior"):
+            print(f"WARNING: p={_fmt_p(p)}: training ended on the prior (loss {res['tail_loss']:.3f} vs "
+                  f"{res['prior_loss']:.3f}); its rows are marked †", file=file)
+        reranker = load_cross_encoder(os.path.join(r_out, "reranker")).to(dev)
+        runs[p] = {"train": res, "eval": {es.name: evaluate_reranking(reranker, tok, es, cands[es.name], device=dev,
+                                                                       per_query=True, progress=progress)
+                                          for es in sets}}
+    p0, p1 = 0.0, float(switch_p)
+    first = {n: e["per_query"]["first_stage"]["mrr@10"] for n, e in runs[p0]["eval"].items()}
+    rows, tests = [], {}
+
+    def row(label, q0, q1, qf):
+        t = paired_randomization_test(q1, q0)
+        lo0, hi0 = bootstrap_ci(q0)
+        lo1, hi1 = bootstrap_ci(q1)
+        rows.append([label, len(q0), f"{np.mean(qf):.3f}", f"{np.mean(q0):.3f} [{lo0:.3f}, {hi0:.3f}]",
+                     f"{np.mean(q1):.3f} [{lo1:.3f}, {hi1:.3f}]", f"{t['diff']:+.3f}", f"{t['p']:.3g}"])
+        tests[label] = t
+
+    per = {n: (runs[p0]["eval"][n]["per_query"]["reranked"]["mrr@10"],
+               runs[p1]["eval"][n]["per_query"]["reranked"]["mrr@10"], first[n]) for n in first}
+    for n, (q0, q1, qf) in per.items():
+        row(n.split("/")[0] + (" (trained on)" if n.split("/")[0] in TICO_TRAIN else " (held out)"), q0, q1, qf)
+    for label, keep in (("pooled: training domains", TICO_TRAIN), ("pooled: held-out domains", held)):
+        pick = [n for n in per if n.split("/")[0] in keep]
+        row(label, *(sum((per[n][k] for n in pick), []) for k in range(3)))
+    stuck = {p: bool(runs[p]["train"].get("stuck_on_prior")) for p in runs}
+    mark = {p: " †" if stuck[p] else "" for p in runs}
+    table = markdown_table(["domain (keyword queries)", "queries", f"first stage (student, top {depth})",
+                            f"zero-shot p=0{mark[p0]} [95% CI]", f"code-switched p={_fmt_p(p1)}{mark[p1]} [95% CI]",
+                            "difference", "paired p"], rows)
+    summary.update({"rerank_steps": rerank_steps, "depth": depth, "max_queries": max_queries, "table": table,
+                    "tests": tests, "stuck_on_prior": {_fmt_p(p): v for p, v in stuck.items()},
+                    "rerank": {_fmt_p(p): {"train": r["train"], "mean": {n: e["reranked"] for n, e in r["eval"].items()}}
+                               for p, r in runs.items()},
+                    "first_stage": {n: e["first_stage"] for n, e in runs[p0]["eval"].items()}})
+    summary["seconds"] = time.perf_counter() - t0
+    better = tests["pooled: held-out domains"]
+    verdict = ("code-switching helped on the held-out domains" if better["diff"] > 0 and better["p"] < 0.05 else
+               "code-switching hurt on the held-out domains" if better["diff"] < 0 and better["p"] < 0.05 else
+               "no significant difference between code-switched and zero-shot on the held-out domains")
+    text = (f"# fastot demo: TICO-19 en-{lang}, MRR@10 per domain\n\n{table}\n\n"
+            f"Paired randomization test of code-switched vs zero-shot per query (two-sided, not corrected for the "
+            f"{len(rows)} rows). {verdict} (difference {better['diff']:+.3f}, p = {better['p']:.3g})."
+            + (" † training ended on the prior: that reranker learnt no ranking." if any(stuck.values()) else "")
+            + f"\n\n{summary['seconds'] / 60:.1f} min on {dev}.\n")
+    for name, content in (("summary.json", json.dumps(summary, indent=2, default=str)), ("results.md", text)):
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as fh:
+            fh.write(content)
+    print("[5/5] reranking the student's candidates on every domain\n\n" + text, file=file)
     return summary
 
 
@@ -285,15 +464,8 @@ def domain_preset(preset: str, data_dir: str, *, data: str | None = None, scale:
         raise ValueError(f"scale: expected one of {sorted(DOMAIN_SCALES)}, got {scale!r}")
     lang, size = DOMAIN_PRESETS[preset], DOMAIN_SCALES[scale]
     man = prepare_domains(data_dir, lang, data=data, max_news_train=max_news_train)
-    train_parts = [f"{d}-train" for d, e in man["domains"].items() if e["train"] is not None]
-    rows = []
-    for split in train_parts:  # the lexicon's bitext: every training part, never an evaluation part
-        with open(os.path.join(data_dir, f"{split}.en"), encoding="utf-8") as a, \
-                open(os.path.join(data_dir, f"{split}.{lang}"), encoding="utf-8") as b:
-            rows += list(zip(a, b))
-    for ext, col in (("en", 0), (lang, 1)):
-        with open(os.path.join(data_dir, f"all-train.{ext}"), "w", encoding="utf-8", newline="\n") as fh:
-            fh.writelines(r[col] for r in rows)
+    if "news" not in man["domains"]:
+        raise FileNotFoundError(f"data: {data!r} has no mafand/en-{lang} (train and dev), the news domain of {preset}")
     kinds = tuple(query_kinds or size["query_kinds"])
     sets = domain_eval_sets(data_dir, lang, kinds=kinds, max_queries=max_queries or size["max_queries"])
     return {"bitext": data_dir, "lang": lang, "train_domains": DOMAIN_TRAIN, "eval_sets": sets,

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastot.domains import RECIPE, domain_eval_sets, domain_sources, prepare_domains
+from fastot.domains import (RECIPE, TICO_DOMAINS, domain_eval_sets, domain_sources, pack_tico19, prepare_domains,
+                            write_embedded_tico19)
 from fastot.lexicons import read_bitext
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -114,7 +115,7 @@ def test_bad_arguments_name_the_argument_and_write_nothing(tmp_path):
     out = tmp_path / "never"
     for kw, match in ((dict(lang="x/y"), "lang"), (dict(eval_fraction=1.0), "eval_fraction"),
                       (dict(seed=-1), "seed"), (dict(split_domains=("flores-wikinews",)), "split_domains"),
-                      (dict(max_news_train=0), "max_news_train"), (dict(lang="yy"), "mafand")):
+                      (dict(max_news_train=0), "max_news_train"), (dict(lang="yy"), "no domain")):
         args = {"lang": "xx", "data": root, **kw}
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             prepare_domains(str(out), **args)
@@ -144,3 +145,32 @@ def test_real_shared_data_has_every_domain_and_disjoint_splits(tmp_path, lang):
         tr_en, _ = read_bitext(str(tmp_path), lang, f"{name}-train")
         ev_en, _ = read_bitext(str(tmp_path), lang, f"{name}-eval")
         assert not {s.lower() for s in tr_en} & {s.lower() for s in ev_en}
+
+
+def test_embedded_tico19_writes_the_shared_layout_and_prepares_without_mafand(tmp_path):
+    root = write_embedded_tico19(str(tmp_path / "root"))
+    for lang in ("swa", "hau"):
+        src = domain_sources(root, lang)
+        assert sorted(src) == sorted(f"tico-{d}" for d in TICO_DOMAINS)
+        en, tgt = read_bitext(os.path.join(root, "tico19", f"en-{lang}"), lang, "pubmed")
+        assert len(en) == len(tgt) == 939
+    mtime = os.path.getmtime(os.path.join(root, "tico19", "en-swa", "dialogue.en"))
+    write_embedded_tico19(root)  # unchanged files are not rewritten
+    assert os.path.getmtime(os.path.join(root, "tico19", "en-swa", "dialogue.en")) == mtime
+    man = prepare_domains(str(tmp_path / "dom"), "hau", data=root)
+    assert "news" not in man["domains"] and man["domains"]["tico-wikipedia"]["train"] > 700
+    all_en, _ = read_bitext(str(tmp_path / "dom"), "hau", "all-train")
+    assert len(all_en) == man["domains"]["tico-pubmed"]["train"] + man["domains"]["tico-wikipedia"]["train"]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "tico19")), reason="../shared/data is absent")
+def test_embedded_tico19_is_the_shared_tico19(tmp_path):
+    packed = tmp_path / "t.json.xz"
+    counts = pack_tico19(SHARED, str(packed))
+    root = write_embedded_tico19(str(tmp_path / "root"))
+    for lang, doms in counts.items():
+        for d, n in doms.items():
+            for ext in ("en", lang):
+                mine = open(os.path.join(root, "tico19", f"en-{lang}", f"{d}.{ext}"), encoding="utf-8").read()
+                theirs = open(os.path.join(SHARED, "tico19", f"en-{lang}", f"{d}.{ext}"), encoding="utf-8").read()
+                assert mine == theirs and mine.count("\n") == n

@@ -332,10 +332,27 @@ def test_domain_preset_sweep_at_a_tiny_size_writes_tests_and_plots(tmp_path, cap
     assert "domains-xx" in capsys.readouterr().out
 
 
+def test_demo_default_runs_on_the_embedded_tico19_per_domain(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "tiny", "--lang", "hau", "--output-dir", str(out), "--rerank-steps", "2",
+                 "--max-queries", "4", "--depth", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "TICO-19 en-hau" in text and "pooled: held-out domains" in text and "paired p" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["training_domains"] == ["tico-pubmed", "tico-wikipedia"]
+    assert set(summary["held_out_domains"]) == {"tico-wikivoyage", "tico-dialogue", "tico-wikisource", "tico-wikinews"}
+    assert set(summary["dense"]["before"]) == set(summary["dense"]["after"]) == set(summary["domains"])
+    assert summary["distill"]["steps"] > 0 and len(summary["tests"]) == 6 + 2
+    assert (out / "results.md").read_text().startswith("# fastot demo: TICO-19 en-hau")
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--lang", "fr", "--output-dir", str(tmp_path / "bad")])
+    assert e.value.code == 2 and "lang" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_demo_command_runs_end_to_end_on_the_synthetic_sample(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--model", "tiny", "--output-dir", str(out), "--rerank-steps", "2", "--max-queries", "8",
-                 "--depth", "20"]) == 0
+    assert main(["demo", "--synthetic", "--model", "tiny", "--output-dir", str(out), "--rerank-steps", "2",
+                 "--max-queries", "8", "--depth", "20"]) == 0
     text = capsys.readouterr().out
     assert "SYNTHETIC" in text and "reranker, code-switched (p=0.5)" in text and "first stage" in text
     summary = json.loads((out / "summary.json").read_text())

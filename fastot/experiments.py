@@ -434,10 +434,8 @@ SYNTHETIC_SWEEP = dict(train_domains=("train-politics", "train-politics,train-sp
 # wikipedia) added for the multi-domain settings, every other domain held out.
 DOMAIN_PRESETS = {"domains-swa": "swa", "domains-hau": "hau"}
 DOMAIN_TRAIN = ("news-train", "news-train,tico-pubmed-train", "news-train,tico-pubmed-train,tico-wikipedia-train")
-# Sizes: "cpu" is what one 2-core machine can finish in a few sessions (the cells resume), "gpu" the size the
-# questions need (about 10x the training of "cpu"; one H100 is expected to run a language in a few hours).
-# Per cell on this project's 2-vCPU machine (2026-12-06): about 2.2 s per optimizer step of 8 x 5 pairs at
-# max_length 96, and 70-100 pairs/s when reranking.
+# Sizes: "cpu" is what one 2-core machine can finish over a few sessions (the cells resume), "gpu" the size the
+# questions need (13x the training steps of "cpu", 7.5x the queries). Measured cost per cell: bench/RESULTS.md.
 DOMAIN_SCALES = {
     "cpu": dict(steps=150, max_queries=40, depth=20, seeds=(0, 1, 2), query_kinds=("keyword", "article"),
                 rerank=dict(max_length=96, max_train_queries=2000, switch_warmup_steps=50)),

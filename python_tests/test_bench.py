@@ -72,6 +72,24 @@ def test_distill_step_benchmark_runs(tmp_path):
     assert int(rows["loss naive"]["loss_peak_bytes"]) > 0  # the naive loss keeps [B,N,M] tensors per iteration
 
 
+def test_distill_domains_benchmark_runs(tmp_path):
+    """Distillation on news, dense retrieval before/after on every domain (tiny model, the fake shared data)."""
+    from test_domains import fake_root
+
+    root = fake_root(tmp_path, lang="swa")
+    res = subprocess.run([sys.executable, "-m", "bench.distill_domains", "--langs", "swa", "--data", root, "--model",
+                          "tiny", "--max-train-pairs", "40", "--runs", str(tmp_path / "runs"), "--out",
+                          str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (csv_path,) = (tmp_path / "out").glob("*-distill-domains.csv")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["domain"] for r in rows] == ["news", "tico-pubmed", "tico-wikipedia", "tico-dialogue", "flores-wikinews"]
+    assert [r["trained_on"] for r in rows] == ["True"] + ["False"] * 4 and rows[0]["distill_pairs"] == "40"
+    for r in rows:
+        assert 0 <= float(r["before_mrr@10"]) <= 1 and 0 <= float(r["after_mrr@10"]) <= 1
+    assert "| swa | news (trained on) |" in csv_path.with_suffix(".md").read_text()
+
+
 # ------------------------------------------------------------------------------------- python -m bench.run (issue 8)
 
 PEERS = {"POT ot.batch log_sinkhorn", "geomloss tensorized", "ott-jax (jit, vmap)"}

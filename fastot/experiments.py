@@ -215,7 +215,7 @@ def bootstrap_ci(x, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -
 def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | None = None,
               rerank_steps: int | None = None, max_queries: int | None = None, depth: int | None = None,
               seed: int = 0, model: str = "minilm", overwrite: bool = False, device=None, progress: bool = True,
-              distill_epochs: int = 1, switch_p: float = 0.5, file=None) -> dict:
+              distill_epochs: int = 3, switch_p: float = 0.5, file=None) -> dict:
     """The main job on the TICO-19 bitext embedded in the package (public domain; six health sub-domains).
 
     1. The domains (:func:`fastot.domains.prepare_domains`): pubmed and wikipedia split into training and
@@ -280,8 +280,9 @@ def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | N
     if student is None:
         d_out = os.path.join(out_dir, "distill")
         print(f"[2/5] OT distillation of the MiniLM student on the {n_train} training pairs -> {d_out}", file=file)
+        # 39 steps of 32 pairs per epoch: 10 warm-up steps, not the 50 of a MAFAND-sized run
         res = distill(DistillConfig(bitext=data, lang=lang, train_split="all-train", eval_split=None, output_dir=d_out,
-                                    seed=seed, device=str(dev), teacher=model, overwrite=overwrite,
+                                    seed=seed, device=str(dev), teacher=model, overwrite=overwrite, warmup_steps=10,
                                     epochs=distill_epochs, progress=progress))
         student = os.path.join(d_out, "student")
         dense["before"] = dense_eval(load_encoder(model).to(dev))
@@ -295,7 +296,7 @@ def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | N
         print(f"      dense retrieval {d}: MRR@10 " + (f"{b:.3f} -> " if b is not None else "")
               + f"{dense['after'][d]['mrr@10']:.3f}", file=file)
     base = RerankConfig(bitext=data, lang=lang, model=model, lexicon_split="all-train", device=str(dev),
-                        progress=progress, save_every=0, max_steps=rerank_steps, seed=seed,
+                        progress=progress, save_every=0, max_steps=rerank_steps, seed=seed, max_length=96,
                         switch_warmup_steps=rerank_steps // 3)
     lexicon = build_lexicon(base, tok)
     sets = domain_eval_sets(data, lang, kinds=("keyword",), max_queries=max_queries)
@@ -452,7 +453,7 @@ def domain_preset(preset: str, data_dir: str, *, data: str | None = None, scale:
     """The sweep arguments of a real-data preset (``"domains-swa"`` or ``"domains-hau"``): the domains of
     :func:`fastot.domains.prepare_domains` written to ``data_dir`` (from ``data``, the shared data folder),
     training settings news, news + pubmed, news + pubmed + wikipedia, evaluation sets of every domain
-    (``query_kinds``), the drops measured from ``news/keyword``, the lexicon induced from the union of the
+    (``query_kinds``), the drops measured from news (``news/keyword`` by default), the lexicon induced from the union of the
     training parts (split ``all-train``), and the ``scale``'s sizes (:data:`DOMAIN_SCALES`)."""
     from .domains import domain_eval_sets, prepare_domains  # noqa: PLC0415
 
@@ -461,22 +462,17 @@ def domain_preset(preset: str, data_dir: str, *, data: str | None = None, scale:
     if scale not in DOMAIN_SCALES:
         raise ValueError(f"scale: expected one of {sorted(DOMAIN_SCALES)}, got {scale!r}")
     lang, size = DOMAIN_PRESETS[preset], DOMAIN_SCALES[scale]
+    kinds = tuple(query_kinds or size["query_kinds"])
+    sentence_kinds = [k for k in kinds if k != "article"]
+    if not sentence_kinds:
+        raise ValueError(f"query_kinds: the drops are measured from news, which has no articles; add keyword or "
+                         f"sentence to {list(kinds)}")
     man = prepare_domains(data_dir, lang, data=data, max_news_train=max_news_train)
     if "news" not in man["domains"]:
         raise FileNotFoundError(f"data: {data!r} has no mafand/en-{lang} (train and dev), the news domain of {preset}")
-    kinds = tuple(query_kinds or size["query_kinds"])
     sets = domain_eval_sets(data_dir, lang, kinds=kinds, max_queries=max_queries or size["max_queries"])
     return {"bitext": data_dir, "lang": lang, "train_domains": DOMAIN_TRAIN, "eval_sets": sets,
-            "reference": "news/keyword", "lexicon_split": "all-train", "manifest": man, "size": size}
-
-
-def _parse_list(value, cast, name):
-    if value is None or not isinstance(value, str):
-        return value
-    try:
-        return [cast(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{name}: expected comma-separated values, got {value!r}") from None
+            "reference": f"news/{sentence_kinds[0]}", "lexicon_split": "all-train", "manifest": man, "size": size}
 
 
 def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "runs/sweep", *,
@@ -559,7 +555,7 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
         steps, depth = steps or size["steps"], depth or size["depth"]
         max_queries, seeds = max_queries or size["max_queries"], seeds or size["seeds"]
         rerank_options = {**size["rerank"], "lexicon_split": "all-train", **rerank_options}
-        dataclasses.replace(RerankConfig(lang=lang, **rerank_options)).check(need_examples=False, need_lexicon=False)
+        RerankConfig(lang=lang, **rerank_options).check(need_examples=False, need_lexicon=False)
         pre = domain_preset(preset, data_dir or os.path.join("runs", f"domains-{lang}"), data=data, scale=scale,
                             query_kinds=query_kinds, max_queries=max_queries)
         bitext, eval_sets = pre["bitext"], pre["eval_sets"]

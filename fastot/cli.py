@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                         "--output-dir (needed after changing options)")
     p_demo.add_argument("--model", default="minilm", help="teacher / student / reranker initialisation: 'minilm' "
                         "(default, the embedded pretrained encoder) or 'tiny' (random, for tests)")
+    p_demo.add_argument("--reranker-init", default="model", choices=("model", "student"),
+                        help="TICO-19 demo: the rerankers start from --model (default) or from the distilled student")
     p_demo.add_argument("--device", default=None)
     from .train.rerank import RerankConfig  # noqa: PLC0415
 
@@ -426,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             demo(args.bitext, args.lang, args.output_dir, student=args.student, rerank_steps=args.rerank_steps,
                  max_queries=args.max_queries, depth=args.depth, seed=args.seed, model=args.model,
-                 overwrite=args.overwrite, device=args.device, synthetic=args.synthetic)
+                 overwrite=args.overwrite, device=args.device, synthetic=args.synthetic,
+                 reranker_init=args.reranker_init)
         except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
             parser.exit(2, f"fastot demo: error: {exc}\n")
         return 0

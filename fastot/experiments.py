@@ -105,7 +105,7 @@ def compare_switching(bitext: str, lang: str, out_dir: str, *, first_stage_model
 def demo(bitext: str | None = None, lang: str | None = None, out_dir: str = "runs/demo", *, student: str | None = None,
          rerank_steps: int | None = None, max_queries: int | None = None, depth: int | None = None, seed: int = 0,
          model: str = "minilm", overwrite: bool = False, device=None, progress: bool = True, file=None,
-         synthetic: bool = False) -> dict:
+         synthetic: bool = False, reranker_init: str = "model") -> dict:
     """The main job: OT distillation -> lexicon induction -> code-switched reranker training -> evaluation table.
 
     Default (no ``bitext``, not ``synthetic``): :func:`tico_demo`, on the TICO-19 health bitext that ships inside
@@ -124,7 +124,9 @@ def demo(bitext: str | None = None, lang: str | None = None, out_dir: str = "run
     if bitext is None and not synthetic:
         return tico_demo(lang or "swa", out_dir, student=student, rerank_steps=rerank_steps, max_queries=max_queries,
                          depth=depth, seed=seed, model=model, overwrite=overwrite, device=device, progress=progress,
-                         file=file)
+                         reranker_init=reranker_init, file=file)
+    if reranker_init != "model":
+        raise ValueError("reranker_init: 'student' is an option of the TICO-19 demo (no --bitext, no --synthetic)")
     if bitext is not None and synthetic:
         raise ValueError("synthetic: the synthetic sample replaces bitext; give one of them")
     depth = 100 if depth is None else depth
@@ -215,7 +217,7 @@ def bootstrap_ci(x, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -
 def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | None = None,
               rerank_steps: int | None = None, max_queries: int | None = None, depth: int | None = None,
               seed: int = 0, model: str = "minilm", overwrite: bool = False, device=None, progress: bool = True,
-              distill_epochs: int = 3, switch_p: float = 0.5, file=None) -> dict:
+              distill_epochs: int = 3, switch_p: float = 0.5, reranker_init: str = "model", file=None) -> dict:
     """The main job on the TICO-19 bitext embedded in the package (public domain; six health sub-domains).
 
     1. The domains (:func:`fastot.domains.prepare_domains`): pubmed and wikipedia split into training and
@@ -228,6 +230,9 @@ def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | N
     5. Reranking of the student's top ``depth`` for English keyword queries on every domain: MRR@10 with 95%
        bootstrap intervals over queries, and a paired randomization test of code-switched vs zero-shot, per
        domain and pooled over the training domains and over the held-out domains.
+
+    ``reranker_init``: the rerankers start from ``model`` (the English MiniLM, default) or from the distilled
+    ``student`` (which has seen the target language), each with a new head.
 
     Defaults are sized for about 15 minutes on a 2-core CPU (``rerank_steps`` 120, ``max_queries`` 50 per
     domain, ``depth`` 20). Writes ``summary.json`` and ``results.md`` to ``out_dir``; finished runs are reused.
@@ -244,6 +249,8 @@ def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | N
 
     if lang not in ("swa", "hau"):
         raise ValueError(f"lang: the embedded TICO-19 has 'swa' and 'hau', got {lang!r}")
+    if reranker_init not in ("model", "student"):
+        raise ValueError(f"reranker_init: expected 'model' or 'student', got {reranker_init!r}")
     for name, v in (("rerank_steps", rerank_steps), ("max_queries", max_queries), ("depth", depth),
                     ("distill_epochs", distill_epochs)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -295,7 +302,8 @@ def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | N
         b = dense.get("before", {}).get(d, {}).get("mrr@10")
         print(f"      dense retrieval {d}: MRR@10 " + (f"{b:.3f} -> " if b is not None else "")
               + f"{dense['after'][d]['mrr@10']:.3f}", file=file)
-    base = RerankConfig(bitext=data, lang=lang, model=model, lexicon_split="all-train", device=str(dev),
+    base = RerankConfig(bitext=data, lang=lang, model=model if reranker_init == "model" else student,
+                        lexicon_split="all-train", device=str(dev),
                         progress=progress, save_every=0, max_steps=rerank_steps, seed=seed, max_length=96,
                         switch_warmup_steps=rerank_steps // 3)
     lexicon = build_lexicon(base, tok)
@@ -303,8 +311,9 @@ def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | N
     cov = lexicon.coverage([q for es in sets for q in es.queries], tok)["covered"]
     print(f"[3/5] lexicon induced from the training pairs (Dice, top-1): {lexicon.n_keys} English keys, covering "
           f"{100 * sum(cov.values()):.0f}% of the evaluation queries' words", file=file)
-    print(f"[4/5] rerankers p=0 (zero-shot) and p={_fmt_p(switch_p)} (code-switched), {rerank_steps} steps each "
-          f"on the English side of {' + '.join(TICO_TRAIN)}", file=file)
+    print(f"[4/5] rerankers p=0 (zero-shot) and p={_fmt_p(switch_p)} (code-switched) from "
+          f"{'the distilled student' if reranker_init == 'student' else model}, {rerank_steps} steps each on the "
+          f"English side of {' + '.join(TICO_TRAIN)}", file=file)
     train_split = ",".join(f"{d}-train" for d in TICO_TRAIN)
     cands = {es.name: first_stage(student, es.queries, es.documents, depth, device=dev) for es in sets}
     runs: dict = {}
@@ -343,7 +352,7 @@ def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | N
     table = markdown_table(["domain (keyword queries)", "queries", f"first stage (student, top {depth})",
                             f"zero-shot p=0{mark[p0]} [95% CI]", f"code-switched p={_fmt_p(p1)}{mark[p1]} [95% CI]",
                             "difference", "paired p"], rows)
-    summary.update({"rerank_steps": rerank_steps, "depth": depth, "max_queries": max_queries, "table": table,
+    summary.update({"rerank_steps": rerank_steps, "reranker_init": reranker_init, "depth": depth, "max_queries": max_queries, "table": table,
                     "tests": tests, "stuck_on_prior": {_fmt_p(p): v for p, v in stuck.items()},
                     "rerank": {_fmt_p(p): {"train": r["train"], "mean": {n: e["reranked"] for n, e in r["eval"].items()}}
                                for p, r in runs.items()},

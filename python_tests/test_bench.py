@@ -3,6 +3,7 @@
 import contextlib
 import csv
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,25 @@ def test_distill_domains_benchmark_runs(tmp_path):
     for r in rows:
         assert 0 <= float(r["before_mrr@10"]) <= 1 and 0 <= float(r["after_mrr@10"]) <= 1
     assert "| swa | news (trained on) |" in csv_path.with_suffix(".md").read_text()
+
+
+def test_rerank_plateau_benchmark_runs(tmp_path):
+    """Loss curves, the lexical-cue diagnostic and paired tests (tiny model, the fake shared data)."""
+    from test_domains import fake_root
+
+    root = fake_root(tmp_path, lang="swa")
+    res = subprocess.run([sys.executable, "-m", "bench.rerank_plateau", "--data", root, "--model", "tiny", "--steps",
+                          "2", "--queries", "4", "--max-train-queries", "16", "--configs", "p0,p0.5,p1", "--runs",
+                          str(tmp_path / "runs"), "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (csv_path,) = (tmp_path / "out").glob("*-rerank-plateau.csv")
+    rows = {r["run"]: r for r in csv.DictReader(csv_path.open())}
+    assert set(rows) == {"p0", "p0.5", "p1"} and float(rows["p0.5"]["diff_vs_p0.5"]) == 0.0
+    cue = json.loads(next((tmp_path / "out").glob("*-cue.json")).read_text())["cue"]
+    assert [c["p"] for c in cue] == [0.0, 0.25, 0.5, 0.75, 1.0] and cue[0]["groups"] == 16
+    curves = list(csv.DictReader(next((tmp_path / "out").glob("*-curves.csv")).open()))
+    assert len(curves) == 3 * 2
 
 
 # ------------------------------------------------------------------------------------- python -m bench.run (issue 8)

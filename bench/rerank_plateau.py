@@ -5,7 +5,8 @@ the reranking quality of rerankers that differ in one setting each, on MAFAND en
 
 Every reranker: the embedded MiniLM with a new head, 150 steps of 8 queries (1 positive + 4 BM25 negatives) from
 the first 2,000 training queries of MAFAND train, lr 5e-5, 30 warm-up steps, seed 0, pairs cut to 128 tokens,
-the Dice lexicon of MAFAND train; only the named setting differs. Evaluation: 150 English keyword queries of
+the Dice lexicon of MAFAND train, the output bias as loaded (``head_bias="keep"``, the default before issue 20);
+only the named setting differs. Evaluation: 150 English keyword queries of
 news' evaluation part (MAFAND dev, ``fastot.domains``) against its 1,782 Swahili sentences, BM25 top 30
 reranked; per-query MRR@10, paired randomization tests against plain p = 0.5.
 
@@ -36,11 +37,12 @@ from fastot.train.rerank import (RerankConfig, build_lexicon, evaluate_reranking
                                  train_reranker, training_examples)
 
 CONFIGS = {
-    "p0": {"p": 0.0},
-    "p0.5": {"p": 0.5},
-    "p0.5 ramp50": {"p": 0.5, "switch_warmup_steps": 50},
+    "p0": {"p": 0.0, "head_bias": "keep"},
+    "p0.5": {"p": 0.5, "head_bias": "keep"},
+    "p0.5 ramp50": {"p": 0.5, "switch_warmup_steps": 50, "head_bias": "keep"},
     "p0.5 prior-bias": {"p": 0.5, "head_bias": "prior"},
-    "p1": {"p": 1.0},
+    "p0.5 prior-bias ramp50": {"p": 0.5, "head_bias": "prior", "switch_warmup_steps": 50},
+    "p1": {"p": 1.0, "head_bias": "keep"},
 }
 
 

@@ -174,8 +174,9 @@ _RERANK_HELP = {
     "model": "'minilm' (embedded pretrained encoder + a new head), 'tiny' (random, tests) or a model folder",
     "p": "code-switching probability per word (0: zero-shot English training)",
     "switch_warmup_steps": "p ramps linearly from 0 to --p over these optimizer steps (0: --p from the start)",
-    "head_bias": "'prior': a new run starts the output bias at the log-odds of the positive share (the loss starts "
-                 "at the prior's); 'keep': as loaded",
+    "head_bias": "'prior': a new run starts the output bias at the log-odds of the positive share, so the loss "
+                 "starts at the prior's and the first steps go to ranking (a bias never changes a ranking); 'keep': "
+                 "as loaded",
     "query_words": "min,max content words per built query",
     "max_train_queries": "use only the first n training queries",
     "batch_size": "queries per micro-batch (each with 1 + n_negatives passages)",

@@ -105,7 +105,7 @@ def test_head_bias_prior_starts_the_loss_at_the_prior(sample, tmp_path):
     res = train_reranker(cfg(sample, tmp_path / "b", head_bias="prior", lr=1e-12, max_steps=2, save_every=0))
     first = json.loads(open(tmp_path / "b" / "log.jsonl").readline())["loss"]
     assert first == pytest.approx(res["prior_loss"], abs=0.03)  # the random head's logits are near 0 otherwise
-    keep = train_reranker(cfg(sample, tmp_path / "k", lr=1e-12, max_steps=2, save_every=0))
+    keep = train_reranker(cfg(sample, tmp_path / "k", head_bias="keep", lr=1e-12, max_steps=2, save_every=0))
     assert json.loads(open(tmp_path / "k" / "log.jsonl").readline())["loss"] > 0.6 > keep["prior_loss"]
     with pytest.raises(ValueError, match="head_bias"):
         train_reranker(cfg(sample, tmp_path / "bad", head_bias="zero"))

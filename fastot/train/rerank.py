@@ -79,7 +79,7 @@ class RerankConfig:
     model: str = MINILM  # "minilm" (embedded pretrained encoder + new head), "tiny" (random, tests) or a folder
     p: float = 0.5  # code-switching probability per word (0 = zero-shot English training)
     switch_warmup_steps: int = 0  # p ramps linearly from 0 to ``p`` over these optimizer steps (0 = ``p`` from the start)
-    head_bias: str = "keep"  # "prior": a new run sets the output bias to the log-odds of the positive share
+    head_bias: str = "prior"  # a new run sets the output bias to the log-odds of the positive share; "keep": as loaded
     n_negatives: int = 4
     negatives: str = "bm25"  # hard negatives of the bitext builder: "bm25" or "random"
     query_words: tuple[int, int] = (3, 6)  # content words per built query (min, max)

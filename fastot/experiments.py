@@ -359,9 +359,9 @@ def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | N
                     "first_stage": {n: e["first_stage"] for n, e in runs[p0]["eval"].items()}})
     summary["seconds"] = time.perf_counter() - t0
     better = tests["pooled: held-out domains"]
-    verdict = ("code-switching helped on the held-out domains" if better["diff"] > 0 and better["p"] < 0.05 else
-               "code-switching hurt on the held-out domains" if better["diff"] < 0 and better["p"] < 0.05 else
-               "no significant difference between code-switched and zero-shot on the held-out domains")
+    verdict = ("Code-switching helped on the held-out domains" if better["diff"] > 0 and better["p"] < 0.05 else
+               "Code-switching hurt on the held-out domains" if better["diff"] < 0 and better["p"] < 0.05 else
+               "No significant difference between code-switched and zero-shot on the held-out domains at 0.05")
     text = (f"# fastot demo: TICO-19 en-{lang}, MRR@10 per domain\n\n{table}\n\n"
             f"Paired randomization test of code-switched vs zero-shot per query (two-sided, not corrected for the "
             f"{len(rows)} rows). {verdict} (difference {better['diff']:+.3f}, p = {better['p']:.3g})."

@@ -34,7 +34,7 @@ from fastot.domains import data_root, domain_eval_sets, prepare_domains  # noqa:
 from fastot.stats import paired_randomization_test  # noqa: E402
 from fastot.train.models import load_cross_encoder, load_tokenizer  # noqa: E402
 from fastot.train.rerank import (RerankConfig, build_lexicon, evaluate_reranking, first_stage,  # noqa: E402
-                                 train_reranker, training_examples)
+                                 prior_plateau, train_reranker, training_examples)
 
 CONFIGS = {
     "p0": {"p": 0.0, "head_bias": "keep"},
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         losses = [json.loads(line)["loss"] for line in open(os.path.join(out, "log.jsonl"))]
         curves += [{"run": name, "step": i + 1, "loss": v} for i, v in enumerate(losses)]
         ev = evaluate_reranking(load_cross_encoder(os.path.join(out, "reranker")), tok, es, cand, per_query=True)
-        results[name] = {"res": res, "ev": ev, "train_s": None if done else train_s,
+        results[name] = {"res": res, "ev": ev, "train_s": None if done else train_s, "losses": losses,
                          "windows": [sum(losses[i:i + 10]) / len(losses[i:i + 10]) for i in range(0, len(losses), 10)]}
         print(f"{name}: loss by 10 steps {' '.join(f'{w:.2f}' for w in results[name]['windows'])}; "
               f"MRR@10 {ev['reranked']['mrr@10']:.3f} (BM25 {ev['first_stage']['mrr@10']:.3f})", flush=True)
@@ -121,8 +121,9 @@ def main(argv=None) -> int:
         q = r["ev"]["per_query"]["reranked"]["mrr@10"]
         vs = paired_randomization_test(q, ref["ev"]["per_query"]["reranked"]["mrr@10"]) if ref else None
         vs_bm25 = paired_randomization_test(q, r["ev"]["per_query"]["first_stage"]["mrr@10"])
-        rows.append({"run": name, **{k: v for k, v in CONFIGS[name].items()}, "tail_loss": r["res"].get("tail_loss"),
-                     "stuck_on_prior": r["res"].get("stuck_on_prior"),
+        verdict = prior_plateau(r["losses"], 1 / 5)  # from the log: runs trained before the verdict existed too
+        rows.append({"run": name, **{k: v for k, v in CONFIGS[name].items()}, "tail_loss": verdict["tail_loss"],
+                     "stuck_on_prior": verdict["stuck_on_prior"],
                      "first_step_below_0.45": next((10 * i for i, w in enumerate(r["windows"]) if w < 0.45), None),
                      "mrr@10": r["ev"]["reranked"]["mrr@10"], "bm25_mrr@10": r["ev"]["first_stage"]["mrr@10"],
                      "diff_vs_p0.5": vs["diff"] if vs else None, "p_vs_p0.5": vs["p"] if vs else None,

@@ -64,3 +64,14 @@ def test_bad_input_names_the_argument(args, match):
         paired_randomization_test([1, 2], [2, 1], n_resamples=0)
     with pytest.raises(ValueError, match="pvalues"):
         holm([0.5, 1.5])
+
+
+def test_bootstrap_interval_agrees_with_scipys_percentile_bootstrap():
+    from fastot.experiments import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    x = (rng.random(80) < 0.3) / rng.integers(1, 11, 80)  # MRR-like: 0 or 1/rank
+    lo, hi = bootstrap_ci(x, n_boot=20_000)
+    ref = scipy_stats.bootstrap((x,), np.mean, n_resamples=20_000, method="percentile", rng=1).confidence_interval
+    assert abs(lo - ref.low) < 0.01 and abs(hi - ref.high) < 0.01 and lo < x.mean() < hi
+    assert np.isnan(bootstrap_ci([])).all()

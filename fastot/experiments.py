@@ -447,7 +447,8 @@ DOMAIN_TRAIN = ("news-train", "news-train,tico-pubmed-train", "news-train,tico-p
 # Sizes: "cpu" is what one 2-core machine can finish over a few sessions (the cells resume), "gpu" the size the
 # questions need (13x the training steps of "cpu", 7.5x the queries). Measured cost per cell: bench/RESULTS.md.
 DOMAIN_SCALES = {
-    "cpu": dict(steps=150, max_queries=40, depth=20, seeds=(0, 1, 2), query_kinds=("keyword", "article"),
+    # depth above 50, so that Recall@50 can tell rerankers apart (at depth <= 50 they all keep the first stage's set)
+    "cpu": dict(steps=150, max_queries=30, depth=60, seeds=(0, 1, 2), query_kinds=("keyword", "article"),
                 rerank=dict(max_length=96, max_train_queries=2000, switch_warmup_steps=50)),
     "gpu": dict(steps=2000, max_queries=300, depth=100, seeds=(0, 1, 2, 3, 4),
                 query_kinds=("keyword", "sentence", "article"),
@@ -722,19 +723,24 @@ SIGNIFICANCE_METRICS = ("recall@50", "map", "mrr@10")
 
 
 def sweep_significance(out_dir: str, rows: Sequence[dict], *, metrics: Sequence[str] = SIGNIFICANCE_METRICS,
-                       n_resamples: int = 10_000, alpha: float = 0.05) -> list[dict]:
+                       n_resamples: int = 10_000, alpha: float = 0.05, depth: int | None = None) -> list[dict]:
     """Paired per-query randomization tests over a sweep's evaluation sets that a training setting has not seen:
     each p > 0 against p = 0 (same training domains), and each multi-domain setting against the single-domain
     one (same p). A system's per-query score is its mean over the seeds both sides have; Holm's correction
-    runs over each family (one comparison kind and metric). Reads ``runs/<cell>/perquery.json``; writes
-    ``significance.csv``; returns its rows."""
+    runs over each family (one comparison kind and metric). A cut-off metric (recall@k, precision@k) with k at
+    or above the reranking ``depth`` is left out: every reranker then has the first stage's set, so the test
+    could only say "equal". Reads ``runs/<cell>/perquery.json``; writes ``significance.csv``; returns its rows."""
     import csv  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
 
     from .stats import holm, paired_randomization_test  # noqa: PLC0415
 
-    metrics = [m for m in metrics if rows and m in rows[0]]
+    def uninformative(m):
+        kind, _, k = m.partition("@")
+        return depth is not None and kind in ("recall", "precision") and k.isdigit() and int(k) >= depth
+
+    metrics = [m for m in metrics if rows and m in rows[0] and not uninformative(m)]
     cells = {(r["train_domains"], float(r["p"]), int(r["seed"])) for r in rows}
     stuck = {(r["train_domains"], float(r["p"]), int(r["seed"])) for r in rows
              if str(r.get("stuck_on_prior")) == "True"}
@@ -864,7 +870,12 @@ def summarise_sweep(csv_path: str, out_dir: str, *, reference: str, metrics: Seq
                                 [[c["train_domains"], c["shifted_set"], c["metric"], c["n"], c["bootstrap_used"],
                                   ci(c["spearman"], c["spearman_ci_low"], c["spearman_ci_high"]),
                                   ci(c["pearson"], c["pearson_ci_low"], c["pearson_ci_high"])] for c in corr_rows])
-    sig = sweep_significance(out_dir, rows, n_resamples=n_resamples)
+    depth = None
+    if os.path.exists(os.path.join(out_dir, "sweep.json")):
+        with open(os.path.join(out_dir, "sweep.json"), encoding="utf-8") as fh:
+            depth = json.load(fh).get("depth")
+    sig = sweep_significance(out_dir, rows, n_resamples=n_resamples, depth=depth)
+    left_out = [m for m in SIGNIFICANCE_METRICS if m in metrics and m not in {r["metric"] for r in sig}]
     sig_text = ""
     if sig:
         summary = []
@@ -881,6 +892,9 @@ def summarise_sweep(csv_path: str, out_dir: str, *, reference: str, metrics: Seq
                     "metric, alpha 0.05; per-query score = mean over seeds)\n\n"
                     + markdown_table(["comparison", "metric", "tests", "significant +", "significant −",
                                       "smallest Holm p", "mean difference"], summary))
+        if left_out:
+            sig_text += (f"\n\nNot tested: {', '.join(left_out)}, whose cut-off is at or above the reranking depth "
+                         f"({depth}): every reranker keeps the first stage's candidates, so it cannot differ.")
         if shown:
             sig_text += "\n\n" + markdown_table(
                 ["comparison", "training", "p", "baseline", "evaluation set", "metric", "diff", "Holm p"],

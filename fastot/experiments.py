@@ -722,6 +722,12 @@ def _seen(eval_set: str, train_domains: str) -> bool:
 SIGNIFICANCE_METRICS = ("recall@50", "map", "mrr@10")
 
 
+def _cannot_differ(metric: str, depth: int | None) -> bool:
+    """A cut-off metric at or beyond the reranking depth: every reranker of the same candidates scores alike."""
+    kind, _, k = metric.partition("@")
+    return depth is not None and kind in ("recall", "precision") and k.isdigit() and int(k) >= depth
+
+
 def sweep_significance(out_dir: str, rows: Sequence[dict], *, metrics: Sequence[str] = SIGNIFICANCE_METRICS,
                        n_resamples: int = 10_000, alpha: float = 0.05, depth: int | None = None) -> list[dict]:
     """Paired per-query randomization tests over a sweep's evaluation sets that a training setting has not seen:
@@ -736,11 +742,7 @@ def sweep_significance(out_dir: str, rows: Sequence[dict], *, metrics: Sequence[
 
     from .stats import holm, paired_randomization_test  # noqa: PLC0415
 
-    def uninformative(m):
-        kind, _, k = m.partition("@")
-        return depth is not None and kind in ("recall", "precision") and k.isdigit() and int(k) >= depth
-
-    metrics = [m for m in metrics if rows and m in rows[0] and not uninformative(m)]
+    metrics = [m for m in metrics if rows and m in rows[0] and not _cannot_differ(m, depth)]
     cells = {(r["train_domains"], float(r["p"]), int(r["seed"])) for r in rows}
     stuck = {(r["train_domains"], float(r["p"]), int(r["seed"])) for r in rows
              if str(r.get("stuck_on_prior")) == "True"}
@@ -875,7 +877,7 @@ def summarise_sweep(csv_path: str, out_dir: str, *, reference: str, metrics: Seq
         with open(os.path.join(out_dir, "sweep.json"), encoding="utf-8") as fh:
             depth = json.load(fh).get("depth")
     sig = sweep_significance(out_dir, rows, n_resamples=n_resamples, depth=depth)
-    left_out = [m for m in SIGNIFICANCE_METRICS if m in metrics and m not in {r["metric"] for r in sig}]
+    left_out = [m for m in metrics if _cannot_differ(m, depth)]
     sig_text = ""
     if sig:
         summary = []
@@ -912,7 +914,8 @@ def summarise_sweep(csv_path: str, out_dir: str, *, reference: str, metrics: Seq
         fh.write(text)
     plot = _plot_sweep(rows, tds, sets, ps, metrics, os.path.join(out_dir, "sweep.png"), title)
     plots = [plot, _plot_drops(rows, tds, sets, ps, reference, metrics[0], os.path.join(out_dir, "drop.png"), title)]
-    multi = _plot_multi(rows, tds, sets, ps, [m for m in ("recall@50", "map") if m in metrics] or list(metrics[:1]),
+    shown_metrics = [m for m in ("recall@50", "map") if m in metrics and m not in left_out] or list(metrics[:1])
+    multi = _plot_multi(rows, tds, sets, ps, shown_metrics,
                         os.path.join(out_dir, "multi_vs_single.png"), title)
     if multi:
         plots.append(multi)

@@ -38,6 +38,7 @@ from fastot.train.rerank import (RerankConfig, build_lexicon, evaluate_reranking
 
 CONFIGS = {
     "p0": {"p": 0.0, "head_bias": "keep"},
+    "p0 prior-bias": {"p": 0.0, "head_bias": "prior"},
     "p0.5": {"p": 0.5, "head_bias": "keep"},
     "p0.5 ramp50": {"p": 0.5, "switch_warmup_steps": 50, "head_bias": "keep"},
     "p0.5 prior-bias": {"p": 0.5, "head_bias": "prior"},

@@ -21,6 +21,13 @@ def _fmt_p(p: float) -> str:
     return f"{p:g}"
 
 
+def _stuck_warning(label: str, res: dict) -> str:
+    """The one line printed for a reranker whose training ended on the prior (``train_reranker``'s verdict)."""
+    return (f"WARNING: {label}: training ended on the prior (mean loss {res['tail_loss']:.3f} over the last "
+            f"{res['tail_steps']} steps; always predicting the positive share gives {res['prior_loss']:.3f}): it "
+            "learnt no ranking; its results are marked †")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     def cell(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -81,9 +88,7 @@ def compare_switching(bitext: str, lang: str, out_dir: str, *, first_stage_model
               f"{res['switched_ratio']:.2f}); " + ", ".join(f"{k} {v:.3f}" for k, v in m["reranked"].items()),
               file=file)
         if res.get("stuck_on_prior"):
-            print(f"WARNING: p={_fmt_p(p)}: training ended on the prior (mean loss {res['tail_loss']:.3f} over the last "
-                  f"{res['tail_steps']} steps; always predicting the positive share gives {res['prior_loss']:.3f}): "
-                  "this reranker learnt no ranking, and its row is marked †", file=file)
+            print(_stuck_warning(f"p={_fmt_p(p)}", res), file=file)
     rows.append([f"first stage ({fs_name}, top {cand.shape[1]})"] + [first[k] for k in RERANK_METRICS])
     for p in ps:
         label = "reranker, zero-shot (p=0)" if p == 0 else f"reranker, code-switched (p={_fmt_p(p)})"
@@ -322,8 +327,7 @@ def tico_demo(lang: str = "swa", out_dir: str = "runs/demo", *, student: str | N
         res = train_reranker(base, lexicon=lexicon, output_dir=r_out, p=p, train_split=train_split,
                              overwrite=overwrite)
         if res.get("stuck_on_prior"):
-            print(f"WARNING: p={_fmt_p(p)}: training ended on the prior (loss {res['tail_loss']:.3f} vs "
-                  f"{res['prior_loss']:.3f}); its rows are marked †", file=file)
+            print(_stuck_warning(f"p={_fmt_p(p)}", res), file=file)
         reranker = load_cross_encoder(os.path.join(r_out, "reranker")).to(dev)
         runs[p] = {"train": res, "eval": {es.name: evaluate_reranking(reranker, tok, es, cands[es.name], device=dev,
                                                                        per_query=True, progress=progress)
@@ -671,9 +675,7 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
                              seed=seed, train_split=td, overwrite=True)
         t_train = time.perf_counter() - t1
         if res.get("stuck_on_prior"):
-            print(f"WARNING: train={td} p={_fmt_p(p)} seed={seed} ended on the prior (loss {res['tail_loss']:.3f} vs "
-                  f"{res['prior_loss']:.3f}): evaluated, and flagged 'stuck_on_prior' in sweep.csv and the table",
-                  file=file)
+            print(_stuck_warning(f"train={td} p={_fmt_p(p)} seed={seed}", res), file=file)
         ev = {n: evaluate_reranking(model, tok, sets[n], cands[n], metrics=metrics, device=dev, per_query=True)
               for n in names}
         per_set = {n: ev[n]["reranked"] for n in names}

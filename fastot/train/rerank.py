@@ -264,8 +264,8 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
     if not examples:
         raise ValueError("training data: no training queries (check bitext/train_split or triples)")
     lexicon = lexicon if lexicon is not None else build_lexicon(cfg, tok)
+    share = len(examples) / sum(1 + len(ex.negatives) for ex in examples)  # positives among all pairs
     if ckpt is None and cfg.head_bias == "prior":
-        share = len(examples) / sum(1 + len(ex.negatives) for ex in examples)
         _set_output_bias(model, math.log(share / (1 - share)))
     switcher = CodeSwitcher(lexicon, p=cfg.p, seed=cfg.seed, languages=cfg.languages, backend=cfg.backend)
     collator = CodeSwitchCollator(tok, switcher, max_length=cfg.max_length, device=device)
@@ -358,7 +358,6 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
     words, switched = int(run_stats["words"]), int(run_stats["switched"])
     result["switched_counts"] = {"words": words, "switched": switched}
     result["switched_ratio"] = switched / words if words else 0.0
-    share = len(examples) / sum(1 + len(ex.negatives) for ex in examples)
     result.update(prior_plateau(_logged_losses(out), share))
     if result["stuck_on_prior"]:
         warnings.warn(f"rerank p={cfg.p:g} seed={cfg.seed}: the training loss ended on the prior (mean "

@@ -44,6 +44,11 @@ CONFIGS = {
     "p0.5 prior-bias": {"p": 0.5, "head_bias": "prior"},
     "p0.5 prior-bias ramp50": {"p": 0.5, "head_bias": "prior", "switch_warmup_steps": 50},
     "p1": {"p": 1.0, "head_bias": "keep"},
+    # the same reranker started from the OT-distilled student (--student) instead of MiniLM
+    "student p0": {"init": "student", "p": 0.0, "head_bias": "keep"},
+    "student p0.5": {"init": "student", "p": 0.5, "head_bias": "keep"},
+    "student p0 prior-bias": {"init": "student", "p": 0.0, "head_bias": "prior"},
+    "student p0.5 prior-bias": {"init": "student", "p": 0.5, "head_bias": "prior"},
 }
 
 
@@ -79,6 +84,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--queries", type=int, default=150)
     ap.add_argument("--model", default="minilm")
+    ap.add_argument("--student", default=None,
+                    help="the OT-distilled student folder, the initialisation of the 'student ...' configs (e.g. "
+                         "runs/distill-domains-swa/student from bench.distill_domains)")
+    ap.add_argument("--tag", default="rerank-plateau", help="output name: bench/results/vm-DATE-TAG.csv")
     ap.add_argument("--max-train-queries", type=int, default=2000)
     ap.add_argument("--runs", default="runs/plateau")
     ap.add_argument("--out", default="bench/results")
@@ -87,6 +96,9 @@ def main(argv=None) -> int:
     bad = [c for c in names if c not in CONFIGS]
     if bad:
         ap.error(f"--configs: unknown {bad}; choose from {list(CONFIGS)}")
+    if any(CONFIGS[c].get("init") == "student" for c in names) and not (
+            args.student and os.path.isfile(os.path.join(args.student, "config.json"))):
+        ap.error(f"--student: the 'student ...' configs need the distilled student's folder; got {args.student!r}")
     root = data_root(args.data)
     bitext = os.path.join(root, "mafand", "en-swa")
     tok = load_tokenizer(args.model)
@@ -106,8 +118,11 @@ def main(argv=None) -> int:
         out = os.path.join(args.runs, name.replace(" ", "-"))
         t0 = time.perf_counter()
         done = os.path.exists(os.path.join(out, "metrics.json"))
+        settings = {k: v for k, v in CONFIGS[name].items() if k != "init"}
+        if CONFIGS[name].get("init") == "student":
+            settings["model"] = args.student
         res = (json.load(open(os.path.join(out, "metrics.json"))) if done else
-               train_reranker(base, lexicon=lex, output_dir=out, overwrite=True, **CONFIGS[name]))
+               train_reranker(base, lexicon=lex, output_dir=out, overwrite=True, **settings))
         train_s = time.perf_counter() - t0
         losses = [json.loads(line)["loss"] for line in open(os.path.join(out, "log.jsonl"))]
         curves += [{"run": name, "step": i + 1, "loss": v} for i, v in enumerate(losses)]
@@ -123,14 +138,20 @@ def main(argv=None) -> int:
         vs = paired_randomization_test(q, ref["ev"]["per_query"]["reranked"]["mrr@10"]) if ref else None
         vs_bm25 = paired_randomization_test(q, r["ev"]["per_query"]["first_stage"]["mrr@10"])
         verdict = prior_plateau(r["losses"], 1 / 5)  # from the log: runs trained before the verdict existed too
-        rows.append({"run": name, **{k: v for k, v in CONFIGS[name].items()}, "tail_loss": verdict["tail_loss"],
+        twin = results.get(name.removeprefix("student ")) if name.startswith("student ") else None
+        vs_twin = (paired_randomization_test(q, twin["ev"]["per_query"]["reranked"]["mrr@10"])
+                   if twin is not None else None)
+        rows.append({"run": name, "init": CONFIGS[name].get("init", "minilm"),
+                     **{k: v for k, v in CONFIGS[name].items() if k != "init"}, "tail_loss": verdict["tail_loss"],
                      "stuck_on_prior": verdict["stuck_on_prior"],
                      "first_step_below_0.45": next((10 * i for i, w in enumerate(r["windows"]) if w < 0.45), None),
                      "mrr@10": r["ev"]["reranked"]["mrr@10"], "bm25_mrr@10": r["ev"]["first_stage"]["mrr@10"],
                      "diff_vs_p0.5": vs["diff"] if vs else None, "p_vs_p0.5": vs["p"] if vs else None,
-                     "diff_vs_bm25": vs_bm25["diff"], "p_vs_bm25": vs_bm25["p"], "train_s": r["train_s"]})
+                     "diff_vs_bm25": vs_bm25["diff"], "p_vs_bm25": vs_bm25["p"],
+                     "diff_vs_minilm_init": vs_twin["diff"] if vs_twin else None,
+                     "p_vs_minilm_init": vs_twin["p"] if vs_twin else None, "train_s": r["train_s"]})
     stamp = f"{datetime.date.today():%Y-%m-%d}"
-    base_out = os.path.join(args.out, f"vm-{stamp}-rerank-plateau")
+    base_out = os.path.join(args.out, f"vm-{stamp}-{args.tag}")
     os.makedirs(args.out, exist_ok=True)
     fields = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
     with open(base_out + ".csv", "w", newline="", encoding="utf-8") as fh:

@@ -95,19 +95,53 @@ def test_rerank_plateau_benchmark_runs(tmp_path):
     """Loss curves, the lexical-cue diagnostic and paired tests (tiny model, the fake shared data)."""
     from test_domains import fake_root
 
+    from fastot.train.models import load_encoder, load_tokenizer
+
     root = fake_root(tmp_path, lang="swa")
-    res = subprocess.run([sys.executable, "-m", "bench.rerank_plateau", "--data", root, "--model", "tiny", "--steps",
-                          "2", "--queries", "4", "--max-train-queries", "16", "--configs", "p0,p0.5,p1", "--runs",
-                          str(tmp_path / "runs"), "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+    load_encoder("tiny", seed=5).save_pretrained(tmp_path / "student")  # stands in for a distilled student
+    load_tokenizer("tiny").save_pretrained(tmp_path / "student")
+    cmd = [sys.executable, "-m", "bench.rerank_plateau", "--data", root, "--model", "tiny", "--steps", "2",
+           "--queries", "4", "--max-train-queries", "16", "--runs", str(tmp_path / "runs"), "--out",
+           str(tmp_path / "out")]
+    bad = subprocess.run(cmd + ["--configs", "p0,student p0.5"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--student: the 'student ...' configs need" in bad.stderr
+    assert not (tmp_path / "out").exists()
+    res = subprocess.run(cmd + ["--configs", "p0,p0.5,p1,student p0.5", "--student", str(tmp_path / "student"),
+                                "--tag", "init"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    (csv_path,) = (tmp_path / "out").glob("*-rerank-plateau.csv")
+    (csv_path,) = (tmp_path / "out").glob("*-init.csv")
     rows = {r["run"]: r for r in csv.DictReader(csv_path.open())}
-    assert set(rows) == {"p0", "p0.5", "p1"} and float(rows["p0.5"]["diff_vs_p0.5"]) == 0.0
+    assert set(rows) == {"p0", "p0.5", "p1", "student p0.5"} and float(rows["p0.5"]["diff_vs_p0.5"]) == 0.0
+    assert [rows[k]["init"] for k in ("p0.5", "student p0.5")] == ["minilm", "student"]
+    assert rows["p0.5"]["diff_vs_minilm_init"] == "" and 0 < float(rows["student p0.5"]["p_vs_minilm_init"]) <= 1
+    cfg = json.loads((tmp_path / "runs" / "student-p0.5" / "config.json").read_text())
+    assert cfg["model"] == str(tmp_path / "student") and cfg["p"] == 0.5
     cue = json.loads(next((tmp_path / "out").glob("*-cue.json")).read_text())["cue"]
     assert [c["p"] for c in cue] == [0.0, 0.25, 0.5, 0.75, 1.0] and cue[0]["groups"] == 16
     curves = list(csv.DictReader(next((tmp_path / "out").glob("*-curves.csv")).open()))
-    assert len(curves) == 3 * 2
+    assert len(curves) == 4 * 2
+
+
+def test_rerank_step_benchmark_runs(tmp_path):
+    """Padding to max_length vs to the longest row (tiny model, the fake shared data): both timed, the narrower
+    batch no wider, the logits the same."""
+    from test_domains import fake_root
+
+    root = fake_root(tmp_path, lang="swa")
+    out = tmp_path / "step.csv"
+    res = subprocess.run([sys.executable, "-m", "bench.rerank_step", "--data", root, "--model", "tiny", "--rounds",
+                          "2", "--max-lengths", "16,64", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["max_length"], r["padding"]) for r in rows] == [
+        ("16", "max_length"), ("16", "longest"), ("64", "max_length"), ("64", "longest")]
+    for full, short in (rows[0:2], rows[2:4]):
+        assert float(full["median_width"]) == float(full["max_length"])
+        assert float(short["median_width"]) <= float(full["median_width"])
+        assert float(short["median_ms"]) > 0 and float(full["speedup_vs_max_length"]) == 1.0
+        assert float(short["max_abs_logit_diff"]) < 1e-4
+    assert float(rows[3]["median_width"]) < 64  # the fake pairs are short
 
 
 # ------------------------------------------------------------------------------------- python -m bench.run (issue 8)

@@ -8,6 +8,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import fastot
@@ -274,6 +276,9 @@ def test_constructor_rejects_bad_arguments(minilm_tokenizer, lex_sw):
         (dict(device="gpu0"), ValueError, "device must name a torch device, got 'gpu0'"),
         (dict(device=0.5), TypeError, "device must be None, a str or a torch.device, got 0.5"),
         (dict(label_dtype="float"), TypeError, "label_dtype must be a torch.dtype, got 'float'"),
+        (dict(padding="dynamic"), ValueError, "padding must be 'max_length' or 'longest', got 'dynamic'"),
+        (dict(padding=True), ValueError, "padding must be 'max_length' or 'longest', got True"),
+        (dict(padding="longest", pad_to_multiple_of=0), ValueError, "pad_to_multiple_of must be an integer > 0, got 0"),
     ]
     for kw, exc, msg in cases:
         args = {"tokenizer": tok, "switcher": cs, **kw}
@@ -325,6 +330,46 @@ def test_call_rejects_bad_input_and_changes_nothing(minilm_tokenizer, lex_sw):
     _assert_batches_equal(col([good], step=np.int32(3)), col([good], step=3))  # numpy integers are integers
     fresh = CodeSwitchCollator(minilm_tokenizer, col.switcher, max_length=32)
     _assert_batches_equal(col([good]), fresh([good], step=0))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 12), start=st.integers(0, 40), max_length=st.integers(4, 96),
+       multiple=st.sampled_from([None, 1, 8, 64]), p=st.sampled_from([0.0, 0.5, 1.0]), step=st.integers(0, 5))
+def test_longest_padding_drops_only_padding_columns(minilm_tokenizer, lex_sw, n, start, max_length, multiple, p,
+                                                    step):
+    """padding="longest": the max_length batch of the same step without its trailing all-padding columns,
+    kept to the longest row rounded up to pad_to_multiple_of (at most max_length); same statistics."""
+    pairs = _pairs(60)[start:start + n]
+    sw = fastot.CodeSwitcher(lex_sw, p=p, seed=3)
+    full = CodeSwitchCollator(minilm_tokenizer, sw, max_length=max_length)(pairs, step=step)
+    short = CodeSwitchCollator(minilm_tokenizer, sw, max_length=max_length, padding="longest",
+                               pad_to_multiple_of=multiple)(pairs, step=step)
+    longest = int(full["attention_mask"].sum(1).max())
+    width = min(max_length, -(-longest // multiple) * multiple if multiple else longest)
+    assert short["input_ids"].shape == (n, width)
+    for k in ("input_ids", "attention_mask", "token_type_ids"):
+        assert torch.equal(short[k], full[k][:, :width]), k
+        assert short[k].is_contiguous()
+    rest = slice(width, None)
+    assert not full["attention_mask"][:, rest].any() and not full["token_type_ids"][:, rest].any()
+    assert (full["input_ids"][:, rest] == minilm_tokenizer.pad_token_id).all()
+    _assert_batches_equal(short["cs_stats"], full["cs_stats"])
+
+
+def test_longest_padding_gives_a_cross_encoder_the_same_logits(minilm_tokenizer, lex_sw):
+    """What the option is for: a BERT cross-encoder (tiny, random) scores the narrower batch as the full one."""
+    from fastot.train.models import load_cross_encoder
+
+    model = load_cross_encoder("tiny", seed=0).eval()
+    pairs = _pairs(16)
+    sw = fastot.CodeSwitcher(lex_sw, p=0.5, seed=1)
+    full = CodeSwitchCollator(minilm_tokenizer, sw, max_length=128)(pairs, step=2)
+    short = CodeSwitchCollator(minilm_tokenizer, sw, max_length=128, padding="longest")(pairs, step=2)
+    assert short["input_ids"].shape[1] < 128
+    with torch.no_grad():
+        a, b = (model(input_ids=x["input_ids"], attention_mask=x["attention_mask"],
+                      token_type_ids=x["token_type_ids"]).logits for x in (full, short))
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -240,7 +240,7 @@ def domain_eval_sets(folder: str, lang: str, *, domains: Sequence[str] | None = 
     """The evaluation sets of a folder written by :func:`prepare_domains`, one per (domain, kind), named
     ``"<domain>/<kind>"`` (:class:`fastot.train.rerank.EvalSet`); ``article`` only where the domain has
     ``.url`` (FLORES). ``domains``: which (default: every ``<d>-eval`` split of the manifest, in its order)."""
-    from .train.pairs import sample_query  # noqa: PLC0415
+    from .train.pairs import spread_queries  # noqa: PLC0415
     from .train.rerank import EvalSet  # noqa: PLC0415
 
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
@@ -266,10 +266,7 @@ def domain_eval_sets(folder: str, lang: str, *, domains: Sequence[str] | None = 
         base = os.path.join(folder, f"{d}-eval")
         en, tgt = _read_lines(base + ".en"), _read_lines(f"{base}.{lang}")
         urls = _read_lines(base + ".url") if os.path.isfile(base + ".url") else None
-        lines = [(i, q) for i in range(len(en))
-                 if (q := sample_query(en[i], i, seed=QUERY_SEED, query_words=query_words)) is not None]
-        if max_queries is not None and len(lines) > max_queries:
-            lines = [lines[round(k * len(lines) / max_queries)] for k in range(max_queries)]
+        lines = spread_queries(en, seed=QUERY_SEED, query_words=query_words, max_queries=max_queries)
         if not lines:
             raise ValueError(f"{base!r}: no sentence with enough content words for a query")
         for kind in kinds:

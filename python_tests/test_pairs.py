@@ -3,9 +3,12 @@
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastot.bm25 import tokenize
 from fastot.train import build_training_examples, content_words
+from fastot.train.pairs import spread_queries
 
 MAFAND = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")
 SENTS = ["The government said the river water is safe for children.",
@@ -65,3 +68,27 @@ def test_bm25_negatives_are_harder_than_random():
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         build_training_examples(SENTS, **kw)
+
+
+@settings(max_examples=60, deadline=None)
+@given(picks=st.lists(st.integers(0, len(SENTS) - 1), max_size=40), cap=st.none() | st.integers(1, 12),
+       seed=st.integers(0, 3), shift=st.integers(0, 100))
+def test_spread_queries_keeps_an_even_ordered_subset(picks, cap, seed, shift):
+    """The evaluation queries: every sentence with enough content words has one (the same with and without a cap);
+    a cap keeps that many, in order, starting with the first; ``ids`` change the draws, not which sentences."""
+    sents = [SENTS[i] for i in picks]
+    full = spread_queries(sents, seed=seed)
+    assert [j for j, _ in full] == [j for j, s in enumerate(sents) if len(content_words(s)) >= 3]
+    for j, q in full:
+        assert set(q.split()) <= set(content_words(sents[j])) and 3 <= len(q.split()) <= 6
+    capped = spread_queries(sents, seed=seed, max_queries=cap)
+    assert len(capped) == (len(full) if cap is None else min(cap, len(full)))
+    assert set(capped) <= set(full) and [j for j, _ in capped] == sorted({j for j, _ in capped})
+    assert capped[:1] == full[:1]
+    moved = spread_queries(sents, ids=[j + shift for j in range(len(sents))], seed=seed)
+    assert [j for j, _ in moved] == [j for j, _ in full]
+
+
+def test_spread_queries_rejects_ids_of_another_length():
+    with pytest.raises(ValueError, match=r"ids: expected one per sentence \(2\), got 1"):
+        spread_queries(SENTS[:2], ids=[0])

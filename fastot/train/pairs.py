@@ -46,6 +46,21 @@ def sample_query(sentence: str, index: int, *, seed: int = 0, query_words: tuple
     return " ".join(words[j] for j in sorted(rng.sample(range(len(words)), k)))
 
 
+def spread_queries(sentences: Sequence[str], *, ids: Sequence[int] | None = None, seed: int = 0,
+                   query_words: tuple[int, int] = (3, 6), max_queries: int | None = None) -> list[tuple[int, str]]:
+    """The keyword queries of an evaluation set: ``(position, query)`` for each of ``sentences`` that has one
+    (:func:`sample_query` with index ``ids[position]``, default the position), at most ``max_queries`` of them
+    spread evenly over the list (the k-th of n kept is the ``round(k * n / max_queries)``-th), in order."""
+    ids = range(len(sentences)) if ids is None else ids
+    if len(ids) != len(sentences):
+        raise ValueError(f"ids: expected one per sentence ({len(sentences)}), got {len(ids)}")
+    out = [(j, q) for j, (s, i) in enumerate(zip(sentences, ids))
+           if (q := sample_query(s, i, seed=seed, query_words=query_words)) is not None]
+    if max_queries is not None and len(out) > max_queries:
+        out = [out[round(k * len(out) / max_queries)] for k in range(max_queries)]
+    return out
+
+
 def build_training_examples(sentences: Sequence[str], *, n_negatives: int = 4, query_words: tuple[int, int] = (3, 6),
                             negatives: str = "bm25", bm25_depth: int = 30, seed: int = 0,
                             stopwords: Iterable[str] = ENGLISH_STOPWORDS, min_word_len: int = 3,

@@ -50,7 +50,7 @@ from ._run import (apply_step, check_common, check_output, finish_run, init_outp
                    load_trainer_state, load_weights, log, partial_accumulation, precision_of, save_checkpoint)
 from .distill import epoch_batches
 from .models import MINILM, load_cross_encoder, load_tokenizer
-from .pairs import TrainingExample, build_training_examples, sample_query
+from .pairs import TrainingExample, build_training_examples, spread_queries
 
 RERANK_METRICS = ("mrr@10", "recall@50", "map", "ndcg@10")
 _MARKER = ".fastot-rerank"
@@ -428,10 +428,8 @@ def bitext_eval_set(path: str, lang: str, split: str = "dev", *, name: str | Non
     en, tgt = read_bitext(path, lang, split)
     keep = [i for i in range(len(en)) if en[i].strip() and tgt[i].strip()][:max_documents]
     docs = [tgt[i] for i in keep]
-    cand = [(j, q) for j, i in enumerate(keep)
-            if (q := sample_query(en[i], i, seed=seed, query_words=query_words)) is not None]
-    if max_queries is not None and len(cand) > max_queries:
-        cand = [cand[round(k * len(cand) / max_queries)] for k in range(max_queries)]
+    cand = spread_queries([en[i] for i in keep], ids=keep, seed=seed, query_words=query_words,
+                          max_queries=max_queries)
     if not cand:
         raise ValueError(f"{path!r} {split}: no sentence with enough content words for a query")
     return EvalSet(name or f"{os.path.basename(os.path.normpath(path))}-{split}", [q for _, q in cand], docs,

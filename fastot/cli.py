@@ -346,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                       "news+pubmed+wikipedia; evaluate on every MAFAND / TICO-19 / FLORES-200 domain")
     p_sw.add_argument("--scale", default="cpu", choices=("cpu", "gpu"),
                       help="a preset's sizes: cpu (150 steps, 30 queries per set reranked to depth 60, 3 seeds; "
-                      "an estimated 7-9 h on 2 cores) or gpu (2000 steps of 16 queries, 300 queries per set, depth 100, 5 "
-                      "seeds); explicit flags win (default cpu)")
+                      "an estimated 7-9 h on 2 cores) or gpu (2000 steps of 16 queries, 300 queries per set, "
+                      "depth 100, 5 seeds); explicit flags win (default cpu)")
     p_sw.add_argument("--data", default=None, help="the shared data folder (default ../shared/data or $FASTOT_DATA)")
     p_sw.add_argument("--data-dir", default=None, help="where a preset writes its domain splits (default "
                       "runs/domains-<lang>, outside --output-dir)")

@@ -1,5 +1,5 @@
-"""A reranker training step with the batch padded to max_length vs to its longest row (``CodeSwitchCollator``'s
-``padding``), side by side.
+"""A reranker training step with the batch padded to max_length, to its longest row (``CodeSwitchCollator``'s
+``padding``), or split into length-sorted chunks each padded to its own longest row, side by side.
 
     python -m bench.rerank_step                          # CPU, the embedded MiniLM, MAFAND en-swa groups
     python -m bench.rerank_step --model tiny --rounds 2  # smoke test
@@ -8,8 +8,10 @@ Workload: the training groups of ``fastot rerank`` on MAFAND en-swa (8 queries x
 negatives) = 40 pairs a step; built from the first 400 training queries), code-switched at p = 0.5 by the
 Dice lexicon of those pairs, cut to ``max_length`` (96, the sweep's cpu scale, and 128, the default). One step:
 the cross-encoder's forward, BCE, backward and an AdamW step, fp32 on the CPU (bf16 autocast on CUDA, as
-``train_reranker`` runs it). Rounds interleave the contenders on the same batches; medians with the 20-80%
-spread. ``max_abs_logit_diff``: the largest |logit| difference between the two paddings of a batch, before any
+``train_reranker`` runs it); the chunked step (``RerankConfig.length_chunks``) runs one forward + backward per chunk (the per-pair BCE summed and
+divided by the batch's pairs: the same gradient up to rounding and dropout's draws) and one AdamW step. Rounds
+interleave the contenders on the same batches; medians with the 20-80% spread; ``median_tokens``: rows x width
+fed to the model per step. ``max_abs_logit_diff``: the largest |logit| difference between the two paddings of a batch, before any
 step (the narrower batch only drops padding columns, so it should be rounding noise).
 """
 
@@ -31,7 +33,7 @@ from fastot.codeswitch import CodeSwitcher  # noqa: E402
 from fastot.collate import CodeSwitchCollator  # noqa: E402
 from fastot.domains import data_root  # noqa: E402
 from fastot.train.models import load_cross_encoder, load_tokenizer  # noqa: E402
-from fastot.train.rerank import RerankConfig, build_lexicon, training_examples  # noqa: E402
+from fastot.train.rerank import RerankConfig, _length_chunks, build_lexicon, training_examples  # noqa: E402
 
 
 def _quantiles(xs: list[float]) -> tuple[float, float, float]:
@@ -47,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-lengths", default="96,128")
     ap.add_argument("--rounds", type=int, default=10, help="batches timed per contender (default 10)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--chunks", type=int, default=4, help="length-sorted chunks of the third contender (default 4)")
     ap.add_argument("--out", default=None, help="CSV path (default bench/results/vm-DATE-rerank-step.csv)")
     args = ap.parse_args(argv)
     try:
@@ -57,6 +60,8 @@ def main(argv=None) -> int:
         ap.error(f"--max-lengths: integers >= 8, got {args.max_lengths!r}")
     if args.rounds < 1:
         ap.error(f"--rounds: at least 1, got {args.rounds}")
+    if args.chunks < 2:
+        ap.error(f"--chunks: at least 2, got {args.chunks}")
     device = torch.device(args.device)
     cfg = RerankConfig(bitext=os.path.join(data_root(args.data), "mafand", "en-swa"), lang="swa", model=args.model,
                        max_train_queries=max(400, 8 * args.rounds), progress=False)
@@ -75,12 +80,17 @@ def main(argv=None) -> int:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             return model(**kw).logits[:, 0].float()
 
-    def step(b) -> float:
+    def step(b, chunks: int = 1) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = loss_fn(logits(b), b["labels"].to(device))
-        loss.backward()
+        if chunks == 1:
+            loss_fn(logits(b), b["labels"].to(device)).backward()
+        else:  # train_reranker's length_chunks: the per-pair BCE summed over the chunks, / pairs
+            n = b["labels"].shape[0]
+            for part in _length_chunks(b, chunks):
+                (torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits(part), part["labels"].to(device), reduction="sum") / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
@@ -99,21 +109,27 @@ def main(argv=None) -> int:
                        for a, b in zip(collated["max_length"], collated["longest"]))
         model.train()
         step(collated["max_length"][0])  # warm-up (allocator, first-call costs)
-        times = {pad: [] for pad in cols}
+        contenders = {"max_length": ("max_length", 1), "longest": ("longest", 1),
+                      f"longest, {args.chunks} length-sorted chunks": ("longest", args.chunks)}
+        times = {name: [] for name in contenders}
         for r in range(args.rounds):
-            for pad in cols:
-                times[pad].append(step(collated[pad][r]))
+            for name, (pad, chunks) in contenders.items():
+                times[name].append(step(collated[pad][r], chunks))
         base = statistics.median(times["max_length"])
-        for pad, ts in times.items():
+        for name, ts in times.items():
             lo, med, hi = _quantiles(ts)
+            pad, chunks = contenders[name]
+            # tokens a step feeds the model (rows x width, summed over its chunks)
+            tokens = [sum(part["input_ids"].numel() for part in _length_chunks(b, chunks)) for b in collated[pad]]
             widths = [b["input_ids"].shape[1] for b in collated[pad]]
-            rows.append({"max_length": max_length, "padding": pad, "median_width": statistics.median(widths),
+            rows.append({"max_length": max_length, "padding": name, "median_width": statistics.median(widths),
+                         "median_tokens": statistics.median(tokens),
                          "median_ms": 1e3 * med, "p20_ms": 1e3 * lo, "p80_ms": 1e3 * hi,
                          "speedup_vs_max_length": base / med, "max_abs_logit_diff": diff, "rounds": args.rounds,
                          "pairs_per_step": len(batches[0]), "model": args.model, "device": str(device),
                          "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                          "fastot_sha": git_sha()})
-            print(f"max_length {max_length}, padding {pad}: width {rows[-1]['median_width']:g}, "
+            print(f"max_length {max_length}, padding {name}: width {rows[-1]['median_width']:g}, "
                   f"{1e3 * med:.0f} ms/step [{1e3 * lo:.0f}, {1e3 * hi:.0f}], x{base / med:.2f}; "
                   f"max |logit diff| {diff:.1e}", flush=True)
     out = args.out or os.path.join("bench", "results", f"vm-{datetime.date.today():%Y-%m-%d}-rerank-step.csv")

@@ -180,6 +180,8 @@ _RERANK_HELP = {
     "query_words": "min,max content words per built query",
     "max_train_queries": "use only the first n training queries",
     "batch_size": "queries per micro-batch (each with 1 + n_negatives passages)",
+    "length_chunks": "forward each micro-batch as this many length-sorted chunks, each padded to its own longest "
+                     "row: the same loss up to rounding and dropout draws, less padding (4: 1.7-2.1x faster on a CPU)",
     "backend": "code-switch backend (default: the fastest for the device)",
 }
 
@@ -376,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     p_sw.add_argument("--switch-warmup-steps", type=int, default=None,
                       help="p ramps from 0 over these steps (default 0; a preset's: its scale's)")
     p_sw.add_argument("--model", default="minilm", help="reranker initialisation: minilm (default), tiny or a folder")
+    p_sw.add_argument("--length-chunks", type=int, default=None,
+                      help="forward each training batch as this many length-sorted chunks (default 1; 4 trains "
+                      "1.7-2.1x faster on a CPU, with other dropout draws than 1)")
     p_sw.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p_sw.add_argument("--n-resamples", type=int, default=10000,
                       help="sign flips of the paired randomization tests (default 10000)")
@@ -414,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"ps, seeds: expected comma-separated numbers, got {args.ps!r}, {args.seeds!r}") from None
             kinds = None if args.query_kinds is None else [k.strip() for k in args.query_kinds.split(",") if k.strip()]
             extra = {k: v for k, v in (("lexicon_split", args.lexicon_split),
-                                       ("switch_warmup_steps", args.switch_warmup_steps)) if v is not None}
+                                       ("switch_warmup_steps", args.switch_warmup_steps),
+                                       ("length_chunks", args.length_chunks)) if v is not None}
             sweep(args.bitext, args.lang, args.output_dir, preset=args.preset, data=args.data, data_dir=args.data_dir,
                   scale=args.scale, query_kinds=kinds, ps=ps, seeds=seeds, train_domains=args.train_domains,
                   eval_sets=args.eval_set, reference=args.reference, first_stage_model=args.first_stage,

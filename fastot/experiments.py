@@ -635,7 +635,8 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
         "reference": reference, "first_stage": str(first_stage_model), "depth": depth, "max_queries": max_queries,
         "max_documents": None if given else max_documents, "metrics": list(metrics),
         "rerank": {k: v for k, v in dataclasses.asdict(base).items()
-                   if k not in ("device", "progress", "output_dir", "bitext")},
+                   if k not in ("device", "progress", "output_dir", "bitext")
+                   and not (k == "length_chunks" and v == 1)},  # sweeps from before the option stay resumable
     }, default=list))
     settings_path = os.path.join(out_dir, "sweep.json")
     if overwrite:

@@ -123,8 +123,8 @@ def test_rerank_plateau_benchmark_runs(tmp_path):
 
 
 def test_rerank_step_benchmark_runs(tmp_path):
-    """Padding to max_length vs to the longest row (tiny model, the fake shared data): both timed, the narrower
-    batch no wider, the logits the same."""
+    """Padding to max_length, to the longest row, or length-sorted chunks (tiny model, the fake shared data):
+    all timed, each feeding the model no more tokens than the one before, the logits the same."""
     from test_domains import fake_root
 
     root = fake_root(tmp_path, lang="swa")
@@ -134,14 +134,16 @@ def test_rerank_step_benchmark_runs(tmp_path):
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
+    chunked = "longest, 4 length-sorted chunks"
     assert [(r["max_length"], r["padding"]) for r in rows] == [
-        ("16", "max_length"), ("16", "longest"), ("64", "max_length"), ("64", "longest")]
-    for full, short in (rows[0:2], rows[2:4]):
+        (L, pad) for L in ("16", "64") for pad in ("max_length", "longest", chunked)]
+    for full, short, parts in (rows[0:3], rows[3:6]):
         assert float(full["median_width"]) == float(full["max_length"])
         assert float(short["median_width"]) <= float(full["median_width"])
+        assert float(parts["median_tokens"]) <= float(short["median_tokens"]) <= float(full["median_tokens"])
         assert float(short["median_ms"]) > 0 and float(full["speedup_vs_max_length"]) == 1.0
         assert float(short["max_abs_logit_diff"]) < 1e-4
-    assert float(rows[3]["median_width"]) < 64  # the fake pairs are short
+    assert float(rows[4]["median_width"]) < 64 and float(rows[5]["median_tokens"]) < float(rows[4]["median_tokens"])
 
 
 # ------------------------------------------------------------------------------------- python -m bench.run (issue 8)

@@ -165,6 +165,61 @@ def test_same_seed_same_model_and_resume_matches_an_uninterrupted_run(sample, tm
         train_reranker(cfg(sample, tmp_path / "cut", p=0.25))
 
 
+def test_length_chunks_train_the_same_model_as_one_forward(sample, tmp_path):
+    """length_chunks: the micro-batch forwarded as length-sorted chunks, each cut to its own longest row, gives
+    the same losses and weights as one forward of the padded batch (dropout off, so both draw nothing)."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = load_tokenizer("tiny")
+
+    def model():
+        torch.manual_seed(0)
+        return BertForSequenceClassification(BertConfig(
+            vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            num_labels=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+    runs = {}
+    for chunks in (1, 3, 50):  # 50: more chunks than the 20 rows of a micro-batch (one row each)
+        out = tmp_path / f"c{chunks}"
+        train_reranker(cfg(sample, out, max_steps=4, length_chunks=chunks, p=0.5), reranker=model(), tokenizer=tok)
+        runs[chunks] = ([json.loads(line)["loss"] for line in open(out / "log.jsonl")],
+                        load_file(str(out / "reranker" / "model.safetensors")))
+    for chunks in (3, 50):
+        np.testing.assert_allclose(runs[chunks][0], runs[1][0], rtol=1e-5)
+        for k, v in runs[1][1].items():
+            torch.testing.assert_close(runs[chunks][1][k], v, rtol=1e-3, atol=2e-5, msg=k)
+    with pytest.raises(ValueError, match="length_chunks"):
+        train_reranker(cfg(sample, tmp_path / "bad", length_chunks=0))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_length_chunk_split_keeps_every_row_once_and_only_cuts_padding():
+    from fastot.train.rerank import _length_chunks
+
+    g = torch.Generator().manual_seed(1)
+    for trial in range(30):
+        n, width, chunks = int(torch.randint(1, 12, (1,), generator=g)), 16, 2 + trial % 5
+        lengths = torch.randint(1, width + 1, (n,), generator=g)
+        mask = (torch.arange(width) < lengths[:, None]).long()
+        batch = {"input_ids": torch.randint(1, 99, (n, width), generator=g) * mask, "attention_mask": mask,
+                 "token_type_ids": mask * torch.randint(0, 2, (n, width), generator=g),
+                 "labels": torch.rand(n, generator=g), "cs_stats": {}}
+        parts = _length_chunks(batch, chunks)
+        assert len(parts) == min(chunks, n) and sum(len(p["labels"]) for p in parts) == n
+        seen = []
+        for p in parts:
+            w = p["input_ids"].shape[1]
+            assert w == int(p["attention_mask"].sum(1).max())  # cut to its own longest row
+            for r in range(len(p["labels"])):
+                (i,) = [i for i in range(n) if i not in seen and float(batch["labels"][i]) == float(p["labels"][r])]
+                seen.append(i)
+                for k in ("input_ids", "attention_mask", "token_type_ids"):
+                    assert torch.equal(p[k][r], batch[k][i, :w]) and not batch[k][i, w:].any()
+        assert sorted(seen) == list(range(n))
+    assert _length_chunks(batch, 1) == [batch]
+
+
 def test_bad_options_name_the_argument_and_write_nothing(sample, tmp_path):
     for kw, match in ((dict(p=1.5), "p:"), (dict(lang="syn,syn"), "lang"), (dict(batch_size=0), "batch_size"),
                       (dict(negatives="dense"), "negatives"), (dict(lexicon_bitext=("hau",)), "lexicon_bitext"),

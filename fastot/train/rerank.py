@@ -87,8 +87,8 @@ class RerankConfig:
     max_length: int = 128  # tokens per (query, passage) pair after switching
     batch_size: int = 8  # queries per micro-batch (each with 1 + n_negatives passages)
     # Forward each micro-batch as this many length-sorted chunks, each padded to its own longest row: the same
-    # loss and gradient up to rounding (dropout draws differ), less padding: 4 made a CPU step 1.7x faster at
-    # max_length 96 and 2.1x at 128 (bench.rerank_step). 1: one forward per micro-batch (earlier runs' numerics).
+    # loss and gradient up to rounding (dropout draws differ), less padding: 4 made a CPU step 1.64x faster at
+    # max_length 96 and 2.15x at 128 (bench.rerank_step). 1: one forward per micro-batch (earlier runs' numerics).
     length_chunks: int = 1
     grad_accum: int = 1
     lr: float = 5e-5

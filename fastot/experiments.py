@@ -404,7 +404,9 @@ def _pearson(x, y) -> float:
 
 def correlation(x, y, *, method: str = "spearman", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Pearson or Spearman correlation of ``x`` and ``y`` with a percentile bootstrap confidence interval
-    (pairs resampled with replacement; resamples where a side is constant are left out and counted)."""
+    (pairs resampled with replacement). Undefined (NaN) where a side is constant or there are fewer than 3
+    distinct (x, y) points, through which a line always passes (±1 by construction, not a measurement);
+    resamples like that are left out, and ``boot_used`` counts the others."""
     import numpy as np  # noqa: PLC0415
 
     if method not in ("spearman", "pearson"):
@@ -414,14 +416,16 @@ def correlation(x, y, *, method: str = "spearman", n_boot: int = 1000, seed: int
         raise ValueError(f"x, y: expected two 1-d sequences of one length, got {x.shape} and {y.shape}")
 
     def corr(a, b):
+        if len(set(zip(a.tolist(), b.tolist()))) < 3:
+            return float("nan")
         return _pearson(_ranks(a), _ranks(b)) if method == "spearman" else _pearson(a, b)
 
-    r = corr(x, y) if len(x) >= 2 else float("nan")
+    r = corr(x, y)
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
         i = rng.integers(0, len(x), len(x))
-        v = corr(x[i], y[i]) if len(x) >= 2 else float("nan")
+        v = corr(x[i], y[i])
         if not np.isnan(v):
             boots.append(v)
     lo, hi = ((float(np.quantile(boots, (1 - level) / 2)), float(np.quantile(boots, 1 - (1 - level) / 2)))
@@ -868,7 +872,7 @@ def summarise_sweep(csv_path: str, out_dir: str, *, reference: str, metrics: Seq
         w.writerows(corr_rows)
 
     def ci(r, lo, hi):
-        return f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not np.isnan(r) else "n/a (constant)"
+        return f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not np.isnan(r) else "n/a (constant, or < 3 points)"
 
     corr_table = markdown_table(["training domains", "shifted set", "metric", "cells", "resamples used",
                                  "Spearman [95% CI]", "Pearson [95% CI]"],

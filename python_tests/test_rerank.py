@@ -323,6 +323,16 @@ def test_correlation_against_numpy_and_hand_values():
     assert sp["r"] == pytest.approx(np.corrcoef(rx, ry)[0, 1])
     assert correlation([1, 2, 3], [3, 2, 1], method="spearman", n_boot=10)["r"] == pytest.approx(-1)
     assert math.isnan(correlation([1, 1, 1], [1, 2, 3], n_boot=10)["r"])
+    # two points (or two distinct ones) always lie on a line: no correlation is measured, for either method
+    for method in ("spearman", "pearson"):
+        for xs, ys in (([0, 0.5], [0.3, 0.1]), ([0, 0, 0.5, 0.5], [0.3, 0.3, 0.1, 0.1])):
+            c = correlation(xs, ys, method=method, n_boot=50)
+            assert math.isnan(c["r"]) and c["boot_used"] == 0 and math.isnan(c["ci_low"])
+    # a resample with fewer than 3 distinct points is left out: with 3 points, only those drawing all three count
+    c = correlation([0, 0.5, 1], [0.1, 0.3, 0.2], method="pearson", n_boot=2000)
+    assert 2000 * 6 / 27 * 0.8 < c["boot_used"] < 2000 * 6 / 27 * 1.2 and c["r"] == pytest.approx(
+        np.corrcoef([0, 0.5, 1], [0.1, 0.3, 0.2])[0, 1])
+    assert c["ci_low"] == pytest.approx(c["r"]) and c["ci_high"] == pytest.approx(c["r"])
     with pytest.raises(ValueError, match="method"):
         correlation(x, y, method="kendall")
 

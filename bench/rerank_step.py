@@ -36,10 +36,19 @@ from fastot.train.models import load_cross_encoder, load_tokenizer  # noqa: E402
 from fastot.train.rerank import RerankConfig, _length_chunks, build_lexicon, training_examples  # noqa: E402
 
 
-def _quantiles(xs: list[float]) -> tuple[float, float, float]:
-    xs = sorted(xs)
-    at = lambda q: xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]  # noqa: E731
-    return at(0.2), statistics.median(xs), at(0.8)
+def length_stats(tok, lex, examples, max_length: int, p: float, batches: int) -> dict:
+    """Row lengths of ``batches`` switched 40-row training batches cut to ``max_length``: the mean row, the
+    median longest row, and the share of batches whose longest row reaches the cut (trimming saves nothing)."""
+    col = CodeSwitchCollator(tok, CodeSwitcher(lex, p=p, seed=0), max_length=max_length)
+    rows, longest = [], []
+    for k in range(min(batches, len(examples) // 8)):
+        b = col([(e.query, t) for e in examples[8 * k:8 * k + 8] for t in (e.positive,) + e.negatives], step=k)
+        lengths = b["attention_mask"].sum(1).tolist()
+        rows += lengths
+        longest.append(max(lengths))
+    return {"p": p, "max_length": max_length, "batches": len(longest), "mean_row": statistics.mean(rows),
+            "median_longest_row": statistics.median(longest),
+            "share_at_cap": sum(w == max_length for w in longest) / len(longest)}
 
 
 def main(argv=None) -> int:
@@ -50,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=10, help="batches timed per contender (default 10)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--chunks", type=int, default=4, help="length-sorted chunks of the third contender (default 4)")
+    ap.add_argument("--stats-batches", type=int, default=50,
+                    help="training batches whose row lengths are reported, at p = 0 and 0.5 (default 50)")
     ap.add_argument("--out", default=None, help="CSV path (default bench/results/vm-DATE-rerank-step.csv)")
     args = ap.parse_args(argv)
     try:
@@ -64,7 +75,7 @@ def main(argv=None) -> int:
         ap.error(f"--chunks: at least 2, got {args.chunks}")
     device = torch.device(args.device)
     cfg = RerankConfig(bitext=os.path.join(data_root(args.data), "mafand", "en-swa"), lang="swa", model=args.model,
-                       max_train_queries=max(400, 8 * args.rounds), progress=False)
+                       max_train_queries=max(400, 8 * args.rounds, 8 * args.stats_batches), progress=False)
     tok = load_tokenizer(args.model)
     examples = training_examples(cfg)
     lex = build_lexicon(cfg, tok)
@@ -97,6 +108,13 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
+    stats = []
+    for max_length in lengths:
+        for p in (0.0, 0.5):
+            stats.append(st := length_stats(tok, lex, examples, max_length, p, args.stats_batches))
+            print(f"max_length {max_length}, p {p:g}: rows {st['mean_row']:.1f} tokens on average, the longest of "
+                  f"a batch {st['median_longest_row']:g} (median of {st['batches']} batches), at the cut in "
+                  f"{st['share_at_cap']:.0%} of them", flush=True)
     rows = []
     for max_length in lengths:
         cols = {pad: CodeSwitchCollator(tok, CodeSwitcher(lex, p=0.5, seed=0), max_length=max_length, padding=pad,
@@ -117,7 +135,8 @@ def main(argv=None) -> int:
                 times[name].append(step(collated[pad][r], chunks))
         base = statistics.median(times["max_length"])
         for name, ts in times.items():
-            lo, med, hi = _quantiles(ts)
+            med = statistics.median(ts)
+            lo, *_, hi = statistics.quantiles(ts, n=5, method="inclusive") if len(ts) > 1 else [med] * 4
             pad, chunks = contenders[name]
             # tokens a step feeds the model (rows x width, summed over its chunks)
             tokens = [sum(part["input_ids"].numel() for part in _length_chunks(b, chunks)) for b in collated[pad]]
@@ -138,7 +157,11 @@ def main(argv=None) -> int:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"wrote {out}")
+    with open(out[:-4] + "-lengths.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(stats[0]))
+        w.writeheader()
+        w.writerows(stats)
+    print(f"wrote {out} and its -lengths.csv")
     return 0
 
 

@@ -181,7 +181,7 @@ _RERANK_HELP = {
     "max_train_queries": "use only the first n training queries",
     "batch_size": "queries per micro-batch (each with 1 + n_negatives passages)",
     "length_chunks": "forward each micro-batch as this many length-sorted chunks, each padded to its own longest "
-                     "row: the same loss up to rounding and dropout draws, less padding (4: 1.6-2.2x faster on a CPU)",
+                     "row: the same loss up to rounding and dropout draws, less padding (4: 1.6-2.0x faster on a CPU)",
     "backend": "code-switch backend (default: the fastest for the device)",
 }
 
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     p_sw.add_argument("--model", default="minilm", help="reranker initialisation: minilm (default), tiny or a folder")
     p_sw.add_argument("--length-chunks", type=int, default=None,
                       help="forward each training batch as this many length-sorted chunks (default 1; 4 trains "
-                      "1.6-2.2x faster on a CPU, with other dropout draws than 1)")
+                      "1.6-2.0x faster on a CPU, with other dropout draws than 1)")
     p_sw.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p_sw.add_argument("--n-resamples", type=int, default=10000,
                       help="sign flips of the paired randomization tests (default 10000)")

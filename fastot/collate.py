@@ -70,9 +70,9 @@ class CodeSwitchCollator:
             padding, so a model that masks padding computes the same outputs from fewer tokens (with dropout
             on, not the same random masks as the wider batch). It pays when most batches' longest row is well
             under ``max_length``: on MAFAND en-swa training groups (40 rows), the longest row has a median of 78
-            tokens at p = 0 but 106 at p = 0.5 (switched words are longer in WordPiece), so at
-            ``max_length=128`` it saved 7% of a training step and 4% at 96 (``python -m bench.rerank_step``; for
-            training, ``RerankConfig.length_chunks`` saves more).
+            tokens at p = 0 but 104 at p = 0.5 (switched rows are longer), so at ``max_length=128`` it saved 5% of
+            a training step and 3% at 96 (``python -m bench.rerank_step``; for training,
+            ``RerankConfig.length_chunks`` saves more).
         pad_to_multiple_of: with ``padding="longest"``, round the width up to a multiple of this (8 suits
             tensor cores); default: no rounding.
         device: where the switch runs and the batch is returned (e.g. ``"cuda"`` in the main process);

@@ -144,6 +144,11 @@ def test_rerank_step_benchmark_runs(tmp_path):
         assert float(short["median_ms"]) > 0 and float(full["speedup_vs_max_length"]) == 1.0
         assert float(short["max_abs_logit_diff"]) < 1e-4
     assert float(rows[4]["median_width"]) < 64 and float(rows[5]["median_tokens"]) < float(rows[4]["median_tokens"])
+    stats = list(csv.DictReader((tmp_path / "step-lengths.csv").open()))
+    assert [(r["max_length"], r["p"]) for r in stats] == [("16", "0.0"), ("16", "0.5"), ("64", "0.0"), ("64", "0.5")]
+    for r in stats:
+        assert float(r["mean_row"]) <= float(r["median_longest_row"]) <= int(r["max_length"])
+        assert 0 <= float(r["share_at_cap"]) <= 1 and int(r["batches"]) >= 2
 
 
 # ------------------------------------------------------------------------------------- python -m bench.run (issue 8)

@@ -87,8 +87,8 @@ class RerankConfig:
     max_length: int = 128  # tokens per (query, passage) pair after switching
     batch_size: int = 8  # queries per micro-batch (each with 1 + n_negatives passages)
     # Forward each micro-batch as this many length-sorted chunks, each padded to its own longest row: the same
-    # loss and gradient up to rounding (dropout draws differ), less padding: 4 made a CPU step 1.64x faster at
-    # max_length 96 and 2.15x at 128 (bench.rerank_step). 1: one forward per micro-batch (earlier runs' numerics).
+    # loss and gradient up to rounding (dropout draws differ), less padding: 4 made a CPU step 1.65x faster at
+    # max_length 96 and 2.03x at 128 (bench.rerank_step). 1: one forward per micro-batch (earlier runs' numerics).
     length_chunks: int = 1
     grad_accum: int = 1
     lr: float = 5e-5
@@ -377,16 +377,18 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
 
 def _length_chunks(batch: dict, chunks: int) -> list[dict]:
     """``batch`` as ``chunks`` parts of rows of similar length (sorted by length), each cut to its own longest
-    row; the batch itself when ``chunks`` is 1. The model sees fewer padding tokens: code-switched MAFAND pairs
-    average 47 tokens while the longest of 40 is ~106 (``python -m bench.rerank_step``)."""
+    row; the batch itself when ``chunks`` is 1. The model sees fewer padding tokens: a code-switched batch's
+    rows are far shorter on average than its longest (``python -m bench.rerank_step`` prints both)."""
     if chunks <= 1:
         return [batch]
     mask = batch["attention_mask"]
     used = mask.cumsum(1).argmax(1) + 1  # last real column of each row (rows need not be left-aligned)
-    parts = []
-    for idx in used.argsort(stable=True).tensor_split(min(chunks, mask.shape[0])):
-        width = int(used[idx].max())  # a host sync per chunk
-        parts.append({k: (v[idx, :width] if v.dim() == 2 else v[idx]) for k, v in batch.items()
+    order = used.argsort(stable=True)
+    widths = used[order].tolist()  # the one host sync; sorted, so a chunk's width is its last row's
+    parts, start = [], 0
+    for idx in order.tensor_split(min(chunks, mask.shape[0])):
+        start += len(idx)
+        parts.append({k: (v[idx, :widths[start - 1]] if v.dim() == 2 else v[idx]) for k, v in batch.items()
                       if k in ("input_ids", "attention_mask", "token_type_ids", "labels")})
     return parts
 

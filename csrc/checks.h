@@ -2,7 +2,10 @@
 // reject bad input with the same messages. Torch headers: glue only, never kernel files.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/_assert_async.h>
 #include <c10/util/Exception.h>
+
+#include <string>
 
 namespace fastot {
 
@@ -67,6 +70,38 @@ inline void check_codeswitch_inputs(const at::Tensor& input_ids, const at::Tenso
   TORCH_CHECK(trans_offsets.numel() >= 1, "codeswitch: trans_offsets must have T+1 entries");
   for (const at::Tensor* t : {&key_hash, &key_offsets, &key_ids, &entry_offsets, &trans_offsets, &trans_ids})
     TORCH_CHECK(t->scalar_type() == at::kLong, "codeswitch: lexicon tensors must be int64");
+}
+
+// A condition on tensor values ([] bool, true = fine): raised here on CPU; on an accelerator checked on the device
+// (torch._assert_async: the stream fails with the message, no host synchronisation).
+inline void check_on_device(const at::Tensor& ok, const std::string& msg) {
+  if (ok.device().is_cpu()) {
+    TORCH_CHECK(ok.item<bool>(), msg);
+  } else {
+    at::_assert_async(ok, msg);
+  }
+}
+
+// The values the kernels index with: input ids in [0, V) (word_start/special), 0/1 attention masks, active languages
+// in [0, n_lang) (entry_offsets). Direct torch.ops.fastot.codeswitch calls get an error instead of a read out of bounds.
+inline void check_codeswitch_values(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                    const at::Tensor& word_start, const at::Tensor& key_hash,
+                                    const at::Tensor& entry_offsets, const at::Tensor& lang_ids,
+                                    int64_t max_key_words) {
+  const int64_t V = word_start.numel(), n_lang = (entry_offsets.numel() - 1) / key_hash.numel();
+  TORCH_CHECK(max_key_words >= 1 && max_key_words <= 8, "codeswitch: max_key_words must be in [1, 8], got ",
+              max_key_words);
+  TORCH_CHECK(lang_ids.device() == input_ids.device() && word_start.device() == input_ids.device() &&
+                  key_hash.device() == input_ids.device(),
+              "codeswitch: input_ids, the lexicon tensors and lang_ids must be on one device");
+  check_on_device(lang_ids.ge(0).logical_and(lang_ids.lt(n_lang)).all(),
+                  "codeswitch: lang_ids must be in [0, " + std::to_string(n_lang) + ") (the lexicon's languages)");
+  if (input_ids.numel() == 0) return;
+  check_on_device(input_ids.ge(0).logical_and(input_ids.lt(V)).all(),
+                  "codeswitch: input_ids must be in [0, " + std::to_string(V) +
+                      ") (the lexicon's vocabulary: was it built for another tokenizer?)");
+  check_on_device(attention_mask.eq(0).logical_or(attention_mask.eq(1)).all(),
+                  "codeswitch: attention_mask must be 0 or 1");
 }
 
 }  // namespace fastot

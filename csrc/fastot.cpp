@@ -20,6 +20,9 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(fastot, m) {
+  // The fake (meta) implementations live in Python: torch imports this module when one is needed, also when the
+  // library was loaded alone (torch.ops.load_library) rather than through `import fastot`.
+  m.set_python_module("fastot._fakes");
   // Log-domain Sinkhorn solve. cost [B,N,M] (fp32/fp64; fp16/bf16 are solved in fp32), a [B,N], b [B,M]
   // nonnegative weights (0 = padded point). Returns potentials f [B,N], g [B,M] in the compute dtype,
   // iterations applied n_iter [B] (int32) and the final L1 marginal violation err [B].

@@ -1,7 +1,8 @@
 """fastot: batched log-domain Sinkhorn and code-switch token substitution as compiled kernels.
 
-``import fastot`` never fails because the compiled extension is missing: it warns once and the ops
-run on the pure-PyTorch reference (``backend="torch"``).
+``import fastot`` does not fail because the compiled extension is missing: it warns once and the ops
+run on the pure-PyTorch reference (``backend="torch"``), unless ``FASTOT_REQUIRE`` names the missing part
+(``FASTOT_REQUIRE=cpp,triton``; ``make test`` sets it): then it raises ImportError saying why.
 """
 
 from __future__ import annotations
@@ -24,17 +25,15 @@ else:
     _backend._set_extension_error(None)
 
 from . import triton as _triton  # noqa: E402,F401  (tells _backend which ops have Triton kernels)
+
+_backend.enforce_required()  # FASTOT_REQUIRE: a missing part is an ImportError, not a warning
 from .codeswitch import CodeSwitcher, CodeSwitchOutput, Lexicon  # noqa: E402
 from .collate import CodeSwitchCollator  # noqa: E402
 from .losses import OTDistillationLoss, content_mask, ot_distillation_loss  # noqa: E402
 from .sinkhorn import SinkhornResult, pairwise_cost, sinkhorn, sinkhorn_embeddings  # noqa: E402
 
 if _backend._EXT_ERROR is None:
-    from .codeswitch import _register_fakes as _cs_fakes  # noqa: E402
-    from .sinkhorn import _register_fakes as _sk_fakes  # noqa: E402
-
-    _sk_fakes()
-    _cs_fakes()
+    from . import _fakes  # noqa: E402,F401  (the compiled ops' fake implementations, registered once)
 
 BackendUnavailable = _backend.BackendUnavailable
 show_backends = _backend.show_backends

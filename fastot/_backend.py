@@ -103,13 +103,19 @@ def why_unavailable(backend: str, op: str, device_type: str) -> str | None:
     return f"triton runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got a {device_type} tensor"
 
 
-def resolve(op: str, device: torch.device, backend: str | None, auto_order: dict | None = None) -> str:
-    """The backend that will run ``op`` for tensors on ``device`` (``auto_order`` replaces the auto preference)."""
-    source = "backend="
+def requested(backend: str | None) -> tuple[str, str]:
+    """(the backend asked for, where it came from: "backend=" or "FASTOT_BACKEND="). The argument wins unless it
+    is None or "auto"; then a FASTOT_BACKEND other than "auto" does."""
     if backend is None or backend == "auto":
         env = os.environ.get("FASTOT_BACKEND", "auto").strip().lower() or "auto"
         if backend is None or env != "auto":
-            backend, source = env, "FASTOT_BACKEND="
+            return env, "FASTOT_BACKEND="
+    return backend, "backend="
+
+
+def resolve(op: str, device: torch.device, backend: str | None, auto_order: dict | None = None) -> str:
+    """The backend that will run ``op`` for tensors on ``device`` (``auto_order`` replaces the auto preference)."""
+    backend, source = requested(backend)
     if backend == "auto":
         for cand in (auto_order or _AUTO_ORDER).get(device.type, ("torch",)):
             if why_unavailable(cand, op, device.type) is None:
@@ -119,6 +125,29 @@ def resolve(op: str, device: torch.device, backend: str | None, auto_order: dict
     if reason is not None:
         raise BackendUnavailable(f"{op}: {source}{backend!r} is unavailable: {reason}")
     return backend
+
+
+REQUIRE_PARTS = ("cpp", "cuda", "triton")
+
+
+def enforce_required() -> None:
+    """``FASTOT_REQUIRE=cpp,triton`` (any of cpp, cuda, triton): raise ImportError from ``import fastot`` when a
+    named part is missing, instead of the warning and the silent fallback to the reference. cpp: the extension
+    loads and has a CPU kernel for every op; cuda: the same with CUDA kernels and a visible device; triton:
+    Triton is installed and fastot's Triton kernels registered for every op (where they can run is decided
+    per call: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``). ``make test`` sets
+    ``cpp,triton``, so a missing or broken extension fails the suite."""
+    raw = os.environ.get("FASTOT_REQUIRE", "")
+    parts = [p.strip().lower() for p in raw.split(",") if p.strip()]
+    for part in parts:
+        if part not in REQUIRE_PARTS:
+            raise ImportError(f"fastot: FASTOT_REQUIRE={raw!r} names {part!r}; expected a comma list of {REQUIRE_PARTS}")
+        device = "cpu" if part == "cpp" else "cuda"  # triton on "cuda": installed and registered, any device
+        for op in OPS:
+            reason = why_unavailable(part, op, device)
+            if reason is not None:
+                raise ImportError(f"fastot: FASTOT_REQUIRE={raw!r} but the {part} backend cannot run {op} on {device} "
+                                  f"tensors: {reason}")
 
 
 def show_backends(file=None) -> dict[str, dict[str, str | None]]:

@@ -587,12 +587,17 @@ class CodeSwitcher:
             raise ValueError(f"codeswitch: max_length must be None or an integer >= 0, got {max_length!r}")
         V = self.lexicon.vocab_size
         bad = (input_ids < 0) | (input_ids >= V)
+        bad_mask = None if attention_mask is None else (attention_mask != 0) & (attention_mask != 1)
         if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
             if input_ids.numel() and bool(bad.any()):
-                raise ValueError(f"codeswitch: input_ids must be in [0, {V}) (the lexicon's vocabulary); found "
-                                 f"{input_ids[bad][:3].tolist()}")
+                raise ValueError(f"codeswitch: input_ids must be in [0, {V}) (the lexicon's vocabulary: was it built "
+                                 f"for another tokenizer?); found {input_ids[bad][:3].tolist()}")
+            if bad_mask is not None and bool(bad_mask.any()):
+                raise ValueError(f"codeswitch: attention_mask must be 0 or 1; found {attention_mask[bad_mask][:3].tolist()}")
         else:  # raised on the device (or by the compiled graph), without a host synchronisation
             torch._assert_async(~bad.any(), f"codeswitch: input_ids must be in [0, {V})")
+            if bad_mask is not None:
+                torch._assert_async(~bad_mask.any(), "codeswitch: attention_mask must be 0 or 1")
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None, *, step: int = 0,
@@ -620,7 +625,7 @@ class CodeSwitcher:
         dev = input_ids.device
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        elif attention_mask.dtype.is_floating_point:  # 0 is padding, any other value a token (0.5 is not cut to 0)
+        elif attention_mask.dtype.is_floating_point:  # 0.0 / 1.0 (checked above)
             attention_mask = attention_mask != 0
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -635,13 +640,7 @@ class CodeSwitcher:
             else:  # checked on the device, without a host synchronisation
                 torch._assert_async(n_special <= max_length, msg)
         be = _backend.resolve("codeswitch", dev, self.backend)
-        args = (
-            input_ids.long(), attention_mask.long(), token_type_ids.long(), lex["word_start"], lex["special"],
-            *(lex[k] for k in _PACKED), self._lang_ids_for(dev), self._lex.max_key_len, self._lex.max_key_words,
-            ref.rand_prefix(self.seed, step, ref.SALT_SWITCH), ref.rand_prefix(self.seed, step, ref.SALT_LANG),
-            ref.rand_prefix(self.seed, step, ref.SALT_TRANS), threshold,
-            -1 if max_length is None else max_length, self.lexicon.pad_id,
-        )
+        args = self._op_args(input_ids, attention_mask, token_type_ids, step, max_length, threshold)
         if be == "torch":
             out = ref.codeswitch(*args)
         elif be in ("cpp", "cuda"):
@@ -654,6 +653,21 @@ class CodeSwitcher:
         return CodeSwitchOutput(ids_, mask_, tt_, src_, per_lang.sum(1), n_words, per_lang)
 
 
+    def _op_args(self, input_ids, attention_mask, token_type_ids, step: int, max_length: int | None,
+                 threshold: int | None = None) -> tuple:
+        """The arguments of the registered op (``torch.ops.fastot.codeswitch``, the Triton op and the reference
+        share them) for this switcher's lexicon and languages; no checks beyond the op's own."""
+        dev = input_ids.device
+        lex = self._lex.tensors(dev)
+        return (
+            input_ids.long(), attention_mask.long(), token_type_ids.long(), lex["word_start"], lex["special"],
+            *(lex[k] for k in _PACKED), self._lang_ids_for(dev), self._lex.max_key_len, self._lex.max_key_words,
+            ref.rand_prefix(self.seed, step, ref.SALT_SWITCH), ref.rand_prefix(self.seed, step, ref.SALT_LANG),
+            ref.rand_prefix(self.seed, step, ref.SALT_TRANS), self._threshold if threshold is None else threshold,
+            -1 if max_length is None else max_length, self.lexicon.pad_id,
+        )
+
+
 def codeswitch_fake(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
                     entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch,
                     prefix_lang, prefix_trans, threshold, max_length, pad_id):
@@ -663,8 +677,3 @@ def codeswitch_fake(input_ids, attention_mask, token_type_ids, word_start, speci
     mk = lambda: input_ids.new_empty((B, width), dtype=torch.long)  # noqa: E731
     return (mk(), mk(), mk(), mk(), input_ids.new_empty((B, lang_ids.shape[0]), dtype=torch.long),
             input_ids.new_empty((B,), dtype=torch.long))
-
-
-def _register_fakes() -> None:
-    """Fake of the C++ code-switch op."""
-    torch.library.register_fake("fastot::codeswitch")(codeswitch_fake)

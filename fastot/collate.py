@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.utils.data import get_worker_info
 
-from .codeswitch import CodeSwitcher, _is_integer
+from .codeswitch import CodeSwitcher, _is_integer, vocab_tables
 
 __all__ = ["CodeSwitchCollator"]
 
@@ -101,6 +101,12 @@ class CodeSwitchCollator:
         if len(tokenizer) != switcher.lexicon.vocab_size:
             raise ValueError(f"{_NAME}: the tokenizer's vocabulary ({len(tokenizer)} tokens) must be the one "
                              f"switcher.lexicon was built with ({switcher.lexicon.vocab_size} tokens)")
+        lex_t = switcher.lexicon.tensors()
+        # same size, another tokenizer: its tables differ (a tokenizer without get_vocab cannot be compared)
+        tables = vocab_tables(tokenizer) if hasattr(tokenizer, "get_vocab") else (lex_t["word_start"], lex_t["special"])
+        if not (torch.equal(tables[0], lex_t["word_start"]) and torch.equal(tables[1], lex_t["special"])):
+            raise ValueError(f"{_NAME}: the tokenizer's word starts or special tokens differ from those "
+                             f"switcher.lexicon was built with: build the lexicon with this tokenizer")
         max_length = _positive_int("max_length", max_length)
         if pre_max_length is None:  # odd budget after the pair's special tokens (see the class docstring)
             pre_max_length = 2 * max_length + (2 * max_length - tokenizer.num_special_tokens_to_add(pair=True) + 1) % 2

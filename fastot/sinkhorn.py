@@ -16,9 +16,24 @@ import torch
 from . import _backend
 from .reference import sinkhorn as ref
 
-__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_embeddings", "pairwise_cost", "COSTS"]
+__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_embeddings", "pairwise_cost", "COSTS", "STATUS"]
 
 COSTS = ("cosine", "sqeuclidean", "dot")
+
+# SinkhornResult.status codes. A problem with a nonzero status is flagged, never solved: its f, g, value,
+# transport_cost and err are NaN, n_iter is 0, and every gradient that flows through it is NaN. Other problems of
+# the batch are unaffected. The checks are tensor ops on the inputs' device (no host synchronisation), identical
+# on every backend, eager or compiled; ``SinkhornResult.check()`` raises on them (one synchronisation).
+STATUS = {
+    0: "ok",
+    1: "bad weights: a NaN, infinite or negative entry in a or b",
+    2: "bad cost: NaN or -inf between two real points (sinkhorn_embeddings: a non-finite entry in a real token)",
+    3: "cost / eps overflows the compute dtype (max |C| / eps must be below its largest value / 16)",
+    4: "infeasible: a real point of a balanced side has every pair forbidden (+inf cost)",
+    5: "unequal total masses of a and b in a balanced problem (relative difference above 1e-4, or above the "
+       "weights' dtype eps for half-precision weights)",
+}
+MASS_RTOL = 1e-4
 
 
 class _Kernels(NamedTuple):
@@ -67,14 +82,115 @@ def _weight_grads(a, b, f, g, eps, tau_a, tau_b):
     return torch.where(a_ > 0, ga, torch.zeros_like(ga)), torch.where(b_ > 0, gb, torch.zeros_like(gb))
 
 
-def _weight_vjp(ctx, a, b, f, g, g_value, i_a: int, i_b: int, eps, tau_a, tau_b):
-    """(d_a, d_b) of the backward: g_value times d value/da, d value/db, each only where its input needs it."""
+def _weight_vjp(ctx, a, b, f, g, g_value, i_a: int, i_b: int, eps, tau_a, tau_b, status):
+    """(d_a, d_b) of the backward: g_value times d value/da, d value/db, each only where its input needs it
+    (NaN throughout a flagged problem)."""
     need_a, need_b = ctx.needs_input_grad[i_a], ctx.needs_input_grad[i_b]
     if not (need_a or need_b):
         return None, None
-    ga, gb = _weight_grads(a, b, f, g, eps, tau_a, tau_b)
+    ga, gb = _flag(status, *_weight_grads(a, b, f, g, eps, tau_a, tau_b))
     return ((ga * g_value[:, None]).to(a.dtype) if need_a else None,
             (gb * g_value[:, None]).to(b.dtype) if need_b else None)
+
+
+def _weight_status(a: torch.Tensor, b: torch.Tensor, tau_a, tau_b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(status from the weights alone [B] int8, real rows [B,N], real columns [B,M]).
+
+    Codes 1 (bad weights) and 5 (balanced with unequal masses); a problem with an empty side (total mass 0 on
+    either side, N = 0 or M = 0) is not flagged: it is solved as empty (potentials 0, value 0)."""
+    bad = ((a < 0) | ~torch.isfinite(a)).any(1) | ((b < 0) | ~torch.isfinite(b)).any(1)
+    status = torch.where(bad, 1, 0).to(torch.int8)
+    va, vb = a > 0, b > 0
+    if tau_a is None and tau_b is None:
+        sa, sb = a.double().sum(1), b.double().sum(1)
+        # half-precision weights are rounded to their own eps (bf16: 2^-7), so their masses may differ by that much
+        rtol = max(MASS_RTOL, torch.finfo(a.dtype).eps, torch.finfo(b.dtype).eps)
+        uneq = (sa > 0) & (sb > 0) & ((sa - sb).abs() > rtol * torch.maximum(sa, sb))
+        status = torch.where((status == 0) & uneq, 5, status).to(torch.int8)
+    return status, va, vb
+
+
+def _can_sync(t: torch.Tensor) -> bool:
+    """Whether reading a value on the host is free here (CPU, eager): then the status checks take a fast path
+    when the whole input is clean. Its outcome is the same as the full, sync-free path's."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _cost_status(cost, a, b, eps, tau_a, tau_b) -> torch.Tensor:
+    """[B] int8 status of sinkhorn problems (see STATUS): one pass over the cost's real entries."""
+    status, va, vb = _weight_status(a, b, tau_a, tau_b)
+    B, N, M = cost.shape
+    if B == 0 or N == 0 or M == 0:
+        return status
+    limit = torch.finfo(ref.compute_dtype(cost.dtype)).max / 16 * eps
+    if _can_sync(cost) and float(cost.amin()) > -limit and float(cost.amax()) < limit:
+        return status  # every entry finite and small (NaN compares False): codes 2, 3 and 4 cannot occur
+    real = va[:, :, None] & vb[:, None, :]
+    inf = torch.tensor(float("inf"), dtype=cost.dtype, device=cost.device)
+    t = torch.where(real, cost, inf)  # padded entries may hold anything: they are never read
+    usable = t < inf  # a real, finite pair (NaN compares False)
+    bad_cost = ~(t.amin((1, 2)) > -inf)  # NaN or -inf on a real pair (amin propagates NaN)
+    top = torch.where(usable, t, -inf).amax((1, 2)).abs()
+    low = torch.where(usable, t, inf).amin((1, 2)).abs()
+    big = torch.where(usable.any((1, 2)), torch.maximum(top, low), torch.zeros_like(top))
+    overflow = big.double() / eps > torch.finfo(ref.compute_dtype(cost.dtype)).max / 16
+    blocked = torch.zeros_like(bad_cost)
+    has_mass = va.any(1) & vb.any(1)
+    if tau_a is None:
+        blocked = blocked | (va & ~usable.any(2)).any(1)
+    if tau_b is None:
+        blocked = blocked | (vb & ~usable.any(1)).any(1)
+    for code, cond in ((2, bad_cost), (3, overflow), (4, blocked & has_mass)):  # the first that applies wins
+        status = torch.where(((status == 0) | (status == 5)) & cond, code, status)
+    return status.to(torch.int8)
+
+
+def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b) -> torch.Tensor:
+    """[B] int8 status of sinkhorn_embeddings problems: non-finite real tokens (2) and a cost bound that
+    overflows (3): cosine <= 2, sqeuclidean <= (|x| + |y|)^2, dot <= |x| |y|, with |v| <= sqrt(d) max |v_k|."""
+    status, va, vb = _weight_status(a, b, tau_a, tau_b)
+    B, N, M, d = x.shape[0], x.shape[1], y.shape[1], x.shape[2]
+    if B == 0 or N == 0 or M == 0 or d == 0:
+        return status
+    if _can_sync(x):  # every entry finite and the bound small (NaN compares False): codes 2 and 3 cannot occur
+        ends = [abs(float(v)) for t in (x, y) for v in torch.aminmax(t)]  # no |x| temporary
+        big = max(ends) * d ** 0.5
+        if all(e < float("inf") for e in ends) and (4 * big * big if kind != 0 else 2.0) / eps < torch.finfo(ref.compute_dtype(x.dtype)).max / 16:
+            return status
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    xr = torch.where(va[:, :, None], x, zero).abs().amax((1, 2)).double()  # NaN propagates
+    yr = torch.where(vb[:, :, None], y, zero).abs().amax((1, 2)).double()
+    bad = ~(torch.isfinite(xr) & torch.isfinite(yr))
+    nx, ny = xr * d ** 0.5, yr * d ** 0.5
+    bound = {0: torch.full_like(nx, 2.0), 1: (nx + ny) ** 2, 2: nx * ny}[kind]
+    overflow = bound / eps > torch.finfo(ref.compute_dtype(x.dtype)).max / 16
+    for code, cond in ((2, bad), (3, overflow)):  # the first that applies wins
+        status = torch.where(((status == 0) | (status == 5)) & cond, code, status)
+    return status.to(torch.int8)
+
+
+def _flag(status: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """NaN in every entry of a flagged problem (status != 0); leading dim B."""
+    out = []
+    for t in tensors:
+        bad = (status != 0).view((-1,) + (1,) * (t.dim() - 1))
+        out.append(torch.where(bad, torch.full_like(t, float("nan")), t))
+    return out
+
+
+class _FlagGrad(torch.autograd.Function):
+    """Identity whose gradient is NaN in every entry of a flagged problem (the unrolled path's counterpart of
+    the envelope backward's _flag)."""
+
+    @staticmethod
+    def forward(ctx, t, status):
+        ctx.save_for_backward(status)
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (status,) = ctx.saved_tensors
+        return _flag(status, grad)[0], None
 
 
 class _SinkhornEnvelope(torch.autograd.Function):
@@ -86,12 +202,15 @@ class _SinkhornEnvelope(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, cost, a, b, backend, eps, max_iter, tol, tau_a, tau_b):
+    def forward(ctx, cost, a, b, status, backend, eps, max_iter, tol, tau_a, tau_b):
         k = _kernels(backend)
         f, g, n_iter, err = k.fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
+        f, g, err = _flag(status, f, g, err)
+        n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
         tc, mass = k.plan_sums(cost, a, b, f, g, eps)
         value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
-        ctx.save_for_backward(cost, a, b, f, g)
+        value, tc = _flag(status, value, tc)
+        ctx.save_for_backward(cost, a, b, f, g, status)
         ctx.cfg = (backend, eps, tau_a, tau_b)
         ctx.mark_non_differentiable(f, g, n_iter, err)
         return f, g, value, tc, n_iter, err
@@ -99,14 +218,15 @@ class _SinkhornEnvelope(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
-        cost, a, b, f, g = ctx.saved_tensors
+        cost, a, b, f, g, status = ctx.saved_tensors
         backend, eps, tau_a, tau_b = ctx.cfg
         d_cost = None
         if ctx.needs_input_grad[0]:
             plan = _kernels(backend).plan(cost, a, b, f, g, eps)
             d_cost = (plan * (g_value + g_tc).to(plan.dtype)[:, None, None]).to(cost.dtype)
-        d_a, d_b = _weight_vjp(ctx, a, b, f, g, g_value, 1, 2, eps, tau_a, tau_b)
-        return d_cost, d_a, d_b, None, None, None, None, None, None
+            (d_cost,) = _flag(status, d_cost)
+        d_a, d_b = _weight_vjp(ctx, a, b, f, g, g_value, 1, 2, eps, tau_a, tau_b, status)
+        return d_cost, d_a, d_b, None, None, None, None, None, None, None
 
 
 _COST_KIND = {"cosine": 0, "sqeuclidean": 1, "dot": 2}
@@ -128,12 +248,14 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
     from the kernel as <P*, dC/dx> with P* recomputed from the potentials."""
 
     @staticmethod
-    def forward(ctx, x, y, a, b, backend, cost, eps, max_iter, tol, tau_a, tau_b):
+    def forward(ctx, x, y, a, b, status, backend, cost, eps, max_iter, tol, tau_a, tau_b):
         kind = _COST_KIND[cost]
         fwd, _ = _embedding_kernels(backend)
         f, g, n_iter, err, tc, mass = fwd(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b)
         value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
-        ctx.save_for_backward(x, y, a, b, f, g)
+        f, g, err, value, tc = _flag(status, f, g, err, value, tc)
+        n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
+        ctx.save_for_backward(x, y, a, b, f, g, status)
         ctx.cfg = (backend, kind, eps, tau_a, tau_b)
         ctx.mark_non_differentiable(f, g, n_iter, err)
         return f, g, value, tc, n_iter, err
@@ -141,21 +263,26 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
-        x, y, a, b, f, g = ctx.saved_tensors
+        x, y, a, b, f, g, status = ctx.saved_tensors
         backend, kind, eps, tau_a, tau_b = ctx.cfg
         dx = dy = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             _, bwd = _embedding_kernels(backend)
             dx, dy = bwd(x, y, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps)
+            dx, dy = _flag(status, dx, dy)
             dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
             dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None
-        da, db = _weight_vjp(ctx, a, b, f, g, g_value, 2, 3, eps, tau_a, tau_b)
-        return dx, dy, da, db, None, None, None, None, None, None, None
+        da, db = _weight_vjp(ctx, a, b, f, g, g_value, 2, 3, eps, tau_a, tau_b, status)
+        return dx, dy, da, db, None, None, None, None, None, None, None, None
 
 
 @dataclass
 class SinkhornResult:
-    """Result of :func:`sinkhorn`. Shapes: f [B,N], g [B,M], value/transport_cost/n_iter/err [B].
+    """Result of :func:`sinkhorn`. Shapes: f [B,N], g [B,M], value/transport_cost/n_iter/err/status [B].
+
+    ``status`` [B] int8 is 0 for a problem that was solved and one of the :data:`STATUS` codes for a problem
+    whose input is unusable (NaN weights, a NaN cost, unequal masses, ...): such a problem's outputs are NaN.
+    :meth:`check` raises a ValueError naming the flagged problems.
 
     ``value`` is the entropic OT value (the dual objective at (f, g)); with ``grad="envelope"`` its
     gradient is the envelope-theorem one (d/dC = P*). ``transport_cost`` is <P*, C>; with
@@ -170,11 +297,27 @@ class SinkhornResult:
     transport_cost: torch.Tensor
     n_iter: torch.Tensor
     err: torch.Tensor
+    status: torch.Tensor
     backend: str
     eps: float
     _cost: torch.Tensor | Callable[[], torch.Tensor] = field(repr=False)
     _a: torch.Tensor = field(repr=False)
     _b: torch.Tensor = field(repr=False)
+
+    def check(self) -> "SinkhornResult":
+        """Raise ValueError if any problem was flagged (``status != 0``), naming them and why; else return self.
+
+        Reads ``status`` on the host: one synchronisation on an accelerator."""
+        st = self.status.detach().cpu()
+        bad = torch.nonzero(st).flatten().tolist()
+        if bad:
+            parts = []
+            for code in sorted(set(st[bad].tolist())):
+                idx = [i for i in bad if int(st[i]) == code]
+                parts.append(f"{STATUS[code]} in problem{'s' if len(idx) > 1 else ''} "
+                             f"{idx[:8]}{' ...' if len(idx) > 8 else ''}")
+            raise ValueError(f"sinkhorn: {len(bad)} of {st.numel()} problems flagged: " + "; ".join(parts))
+        return self
 
     def plan(self) -> torch.Tensor:
         with torch.no_grad():
@@ -184,19 +327,27 @@ class SinkhornResult:
                           self.eps)
 
 
-def _check_positive(name: str, value, allow_none: bool = True) -> None:
+def _check_positive(name: str, value, allow_none: bool = True, finite: bool = True) -> None:
     if value is None and allow_none:
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value != value:
-        raise ValueError(f"sinkhorn: {name} must be a positive number{' or None' if allow_none else ''}, got {value!r}")
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value != value
+            or (finite and value == float("inf"))):
+        raise ValueError(f"sinkhorn: {name} must be a positive{' finite' if finite else ''} number"
+                         f"{' or None' if allow_none else ''}, got {value!r}")
 
 
-def _solver_args(eps, max_iter, tol, tau_a, tau_b, grad):
-    """Checks the scalar arguments shared by sinkhorn and sinkhorn_embeddings; returns them as floats."""
+def _solver_args(eps, max_iter, tol, tau_a, tau_b, grad, dtype: torch.dtype | None = None):
+    """Checks the scalar arguments shared by sinkhorn and sinkhorn_embeddings; returns them as floats.
+
+    ``dtype``: the compute dtype; eps must be a normal number of it (a subnormal eps loses its digits and
+    1/eps overflows)."""
     _check_positive("eps", eps, allow_none=False)
-    _check_positive("tol", tol)
+    _check_positive("tol", tol, finite=False)
     _check_positive("tau_a", tau_a)
     _check_positive("tau_b", tau_b)
+    if dtype is not None and eps < torch.finfo(dtype).tiny:
+        raise ValueError(f"sinkhorn: eps={eps!r} is below the smallest normal {dtype} number "
+                         f"({torch.finfo(dtype).tiny:.3g}); rescale the cost instead (C / s with eps / s)")
     if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
         raise ValueError(f"sinkhorn: max_iter must be an integer >= 0, got {max_iter!r}")
     if grad not in ("envelope", "unrolled"):
@@ -216,11 +367,7 @@ def _weights(w, like: torch.Tensor, n: int, name: str, shape: tuple[int, int]) -
         raise TypeError(f"sinkhorn: {name} must be floating point, got {w.dtype}")
     if w.device != like.device:
         raise ValueError(f"sinkhorn: {name} is on {w.device} but cost is on {like.device}")
-    # A value check needs the data on the host: free on CPU, skipped on accelerators (no sync).
-    if w.device.type == "cpu" and not torch.compiler.is_compiling():
-        bad = (w < 0) | ~torch.isfinite(w)
-        if bool(bad.any()):
-            raise ValueError(f"sinkhorn: {name} must be finite and nonnegative; found {w[bad].flatten()[:3].tolist()}")
+    # Values (NaN, inf, negative) are checked on the device, per problem: see STATUS and _weight_status.
     return w
 
 
@@ -256,28 +403,52 @@ def sinkhorn(
         :class:`SinkhornResult` with f [B,N], g [B,M], value [B], transport_cost [B], n_iter [B] int32,
         err [B], and ``plan()`` -> [B,N,M].
     """
+    return _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend)
+
+
+def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status=None) -> SinkhornResult:
+    """:func:`sinkhorn`; ``status`` [B] replaces the one computed from the cost (sinkhorn_embeddings passes the
+    status of its x and y, so every backend flags the same problems)."""
     if not isinstance(cost, torch.Tensor):
         raise TypeError(f"sinkhorn: cost must be a tensor, got {type(cost).__name__}")
     if cost.dim() != 3:
         raise ValueError(f"sinkhorn: cost must be [B, N, M], got shape {list(cost.shape)}")
     if not cost.is_floating_point():
         raise TypeError(f"sinkhorn: cost must be floating point, got {cost.dtype}")
-    eps, tol, tau_a, tau_b = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad)
+    eps, tol, tau_a, tau_b = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad, ref.compute_dtype(cost.dtype))
     B, N, M = cost.shape
     a = _weights(a, cost, N, "a", (B, N))
     b = _weights(b, cost, M, "b", (B, M))
+    if status is None:
+        with torch.no_grad():
+            status = _cost_status(cost.detach(), a.detach(), b.detach(), eps, tau_a, tau_b)
 
     if grad == "unrolled":
-        if backend not in (None, "auto", "torch"):
-            raise _backend.BackendUnavailable(f"sinkhorn: grad='unrolled' runs on the torch backend only, got backend={backend!r}")
+        _unrolled_backend(backend)
+        cost, a, b = (_FlagGrad.apply(t, status) if t.requires_grad else t for t in (cost, a, b))
         f, g, n_iter, err = ref.sinkhorn_fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
         tc, mass = ref.sinkhorn_plan_sums(cost, a, b, f, g, eps)
         value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
-        return SinkhornResult(f, g, value, tc, n_iter, err.detach(), "torch", eps, cost, a, b)
+        # NaN times the outputs: a flagged problem's gradients are NaN too, as on the envelope path
+        nan1 = torch.where(status != 0, float("nan"), 1.0).to(f.dtype)
+        f, g, value, tc = f * nan1[:, None], g * nan1[:, None], value * nan1, tc * nan1
+        n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
+        return SinkhornResult(f, g, value, tc, n_iter, (err * nan1).detach(), status, "torch", eps, cost, a, b)
 
     be = _backend.resolve("sinkhorn", cost.device, backend)
-    f, g, value, tc, n_iter, err = _SinkhornEnvelope.apply(cost, a, b, be, eps, max_iter, tol, tau_a, tau_b)
-    return SinkhornResult(f, g, value, tc, n_iter, err, be, eps, cost, a, b)
+    f, g, value, tc, n_iter, err = _SinkhornEnvelope.apply(cost, a, b, status, be, eps, max_iter, tol, tau_a, tau_b)
+    return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps, cost, a, b)
+
+
+def _unrolled_backend(backend: str | None) -> None:
+    """grad="unrolled" autograds through the torch reference: another backend, named by argument or by
+    FASTOT_BACKEND (the same rule as ``_backend.resolve``), is an error rather than silently ignored."""
+    requested, source = _backend.requested(backend)
+    if requested not in ("auto", "torch"):
+        if requested not in _backend.BACKENDS:
+            raise _backend.BackendUnavailable(f"sinkhorn: {source}{requested!r} is unavailable: unknown backend")
+        raise _backend.BackendUnavailable(f"sinkhorn: grad='unrolled' runs on the torch backend only, got "
+                                          f"{source}{requested!r}")
 
 
 def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> torch.Tensor:
@@ -300,14 +471,21 @@ def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> tor
     return sq.clamp_min(0)
 
 
-def _mask_weights(mask, w, n, like, name, shape):
+def _mask_weights(mask, w, n, like, name, w_name, shape):
+    if w is not None:  # the weights' own checks first, so w * mask never broadcasts a wrong shape
+        w = _weights(w, like, n, w_name, shape)
     if mask is None:
         return w
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"sinkhorn_embeddings: {name} must be a tensor or None, got {type(mask).__name__}")
     if tuple(mask.shape) != shape:
         raise ValueError(f"sinkhorn_embeddings: {name} must have shape {list(shape)}, got {list(mask.shape)}")
-    m = mask.to(device=like.device, dtype=ref.compute_dtype(like.dtype))
+    if mask.device != like.device:
+        raise ValueError(f"sinkhorn_embeddings: {name} is on {mask.device} but x is on {like.device}")
+    if mask.is_complex():
+        raise TypeError(f"sinkhorn_embeddings: {name} must be bool or real, got {mask.dtype}")
+    # A mask is 0/1: any nonzero entry is a real token (a float mask of 0.5 is not a half weight; use a=/b=).
+    m = (mask != 0).to(ref.compute_dtype(like.dtype))
     if w is None:
         return m / m.sum(1, keepdim=True).clamp_min(1)
     return w * m
@@ -361,48 +539,19 @@ def sinkhorn_embeddings(
         raise ValueError(f"sinkhorn_embeddings: cost must be one of {COSTS}, got {cost!r}")
     B, N, M = x.shape[0], x.shape[1], y.shape[1]
     like = x.new_empty(0, dtype=ref.compute_dtype(x.dtype))
-    a = _mask_weights(x_mask, a, N, like, "x_mask", (B, N))
-    b = _mask_weights(y_mask, b, M, like, "y_mask", (B, M))
+    a = _mask_weights(x_mask, a, N, like, "x_mask", "a", (B, N))
+    b = _mask_weights(y_mask, b, M, like, "y_mask", "b", (B, M))
     be = None if grad == "unrolled" else _backend.resolve("sinkhorn", x.device, backend, _backend.AUTO_ORDER_FUSED)
+    eps_, tol_, tau_a_, tau_b_ = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad, like.dtype)
+    a = _weights(a, like, N, "a", (B, N))
+    b = _weights(b, like, M, "b", (B, M))
+    with torch.no_grad():  # from x and y, so that every backend (fused or not) flags the same problems
+        status = _embeddings_status(x.detach(), y.detach(), a.detach(), b.detach(), _COST_KIND[cost], eps_,
+                                    tau_a_, tau_b_)
     if be in _FUSED:  # the cost is built per problem inside the kernel
-        eps, tol, tau_a, tau_b = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad)
-        a = _weights(a, like, N, "a", (B, N))
-        b = _weights(b, like, M, "b", (B, M))
-        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, be, cost, eps, max_iter, tol,
-                                                                         tau_a, tau_b)
-        return SinkhornResult(f, g, value, tc, n_iter, err, be, eps,
+        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, status, be, cost, eps_,
+                                                                         max_iter, tol_, tau_a_, tau_b_)
+        return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps_,
                               lambda: pairwise_cost(x.detach(), y.detach(), cost), a, b)
     C = pairwise_cost(x, y, cost)
-    return sinkhorn(C, a, b, eps=eps, max_iter=max_iter, tol=tol, tau_a=tau_a, tau_b=tau_b, grad=grad, backend=backend)
-
-
-def _register_fakes() -> None:
-    """Meta implementations of the C++ Sinkhorn ops, so they trace under torch.compile."""
-
-    @torch.library.register_fake("fastot::sinkhorn_fwd")
-    def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b):
-        B, N, M = cost.shape
-        dt = ref.compute_dtype(cost.dtype)
-        return (cost.new_empty((B, N), dtype=dt), cost.new_empty((B, M), dtype=dt),
-                cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=dt))
-
-    @torch.library.register_fake("fastot::sinkhorn_plan")
-    def _(cost, a, b, f, g, eps):
-        return cost.new_empty(cost.shape, dtype=ref.compute_dtype(cost.dtype))
-
-    @torch.library.register_fake("fastot::sinkhorn_plan_sums")
-    def _(cost, a, b, f, g, eps):
-        dt = ref.compute_dtype(cost.dtype)
-        return cost.new_empty((cost.shape[0],), dtype=dt), cost.new_empty((cost.shape[0],), dtype=dt)
-
-    @torch.library.register_fake("fastot::sinkhorn_embeddings_fwd")
-    def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b):
-        B, N, M = x.shape[0], x.shape[1], y.shape[1]
-        dt = ref.compute_dtype(x.dtype)
-        e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731
-        return e(B, N), e(B, M), x.new_empty((B,), dtype=torch.int32), e(B), e(B), e(B)
-
-    @torch.library.register_fake("fastot::sinkhorn_embeddings_bwd")
-    def _(x, y, a, b, f, g, scale, cost, eps):
-        dt = ref.compute_dtype(x.dtype)
-        return x.new_empty(x.shape, dtype=dt), y.new_empty(y.shape, dtype=dt)
+    return _sinkhorn(C, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status)

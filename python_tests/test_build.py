@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import fastot
+
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = sorted((ROOT / "csrc" / "cuda").glob("*_kernel.cu"))
 NVCC = shutil.which("nvcc") or (shutil.which("nvcc", path="/usr/local/cuda/bin") if os.path.isdir("/usr/local/cuda/bin") else None)
@@ -82,5 +84,67 @@ else:
     raise SystemExit("cpp should be unavailable")
 print("ok")
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "FASTOT_REQUIRE"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+    # With FASTOT_REQUIRE naming it (as `make test` does), the same missing extension is an ImportError.
+    for require, match in (("cpp,triton", "FASTOT_REQUIRE='cpp,triton' but the cpp backend cannot run sinkhorn"),
+                           ("cpp", "extension is not loaded (ImportError: blocked for the test)")):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                             env={**env, "FASTOT_REQUIRE": require})
+        assert res.returncode != 0 and "ImportError" in res.stderr and match in res.stderr, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("require,match", [("cuda", "the cuda backend cannot run sinkhorn on cuda tensors"),
+                                           ("cpp,gpu", "names 'gpu'")])
+def test_fastot_require_names_what_is_missing(require, match):
+    """Requiring the cuda kernels on a machine without them (or without a device) fails; so does an unknown part.
+    Triton missing: the blocked-import test above does the same for the extension."""
+    if require == "cuda" and "cuda" in fastot.available_backends("sinkhorn", "cuda"):
+        pytest.skip("the cuda backend is available here")
+    env = {**os.environ, "FASTOT_REQUIRE": require}
+    res = subprocess.run([sys.executable, "-c", "import fastot"], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode != 0 and match in res.stderr, res.stderr[-3000:]
+
+
+def test_fastot_require_triton_fails_without_triton():
+    code = r"""
+import sys
+sys.modules["triton"] = None  # as if not installed: find_spec says None, import raises
+import fastot
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "FASTOT_REQUIRE": "cpp,triton"})
+    assert res.returncode != 0 and "the triton backend cannot run" in res.stderr, res.stderr[-3000:]
+
+
+def test_extension_loaded_alone_finds_its_fakes():
+    """torch.ops.load_library on fastot._C without `import fastot`: the library names fastot._fakes, so a fake
+    tensor call says which module to import instead of failing blindly, and importing it is enough."""
+    if "cpp" not in fastot.available_backends("sinkhorn"):
+        pytest.skip("the compiled extension is not loaded")
+    code = r"""
+import sys, torch
+torch.ops.load_library(sys.argv[1])
+assert "fastot" not in sys.modules
+from torch._subclasses.fake_tensor import FakeTensorMode
+def call():
+    with FakeTensorMode():
+        return torch.ops.fastot.sinkhorn_fwd(torch.empty(2, 3, 4), torch.empty(2, 3), torch.empty(2, 4), 0.1, 5,
+                                             None, None, None)
+import traceback
+try:
+    call()
+except Exception:
+    assert "import the 'fastot._fakes' Python module" in traceback.format_exc()
+else:
+    raise SystemExit("expected the missing-fake error")
+import fastot._fakes
+f, g, n, err = call()
+assert f.shape == (2, 3) and g.shape == (2, 4) and n.dtype == torch.int32
+print("ok")
+"""
+    so = fastot._C.__file__
+    res = subprocess.run([sys.executable, "-c", code, so], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]

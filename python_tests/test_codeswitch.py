@@ -434,8 +434,9 @@ def test_numpy_scalars_and_float_masks(minilm_tokenizer, lexicon):
     b = fastot.CodeSwitcher(lexicon, p=np.float32(0.5), seed=np.uint64(3))(ids, mask, tt, step=np.int64(2),
                                                                             max_length=np.int32(20))
     _assert_same(a, b)
-    soft = mask.float() * 0.5  # any nonzero value is a token, as the integer masks say (no cut to 0)
-    _assert_same(a, fastot.CodeSwitcher(lexicon, p=0.5, seed=3)(ids, soft, tt, step=2, max_length=20))
+    _assert_same(a, fastot.CodeSwitcher(lexicon, p=0.5, seed=3)(ids, mask.float(), tt, step=2, max_length=20))
+    with pytest.raises(ValueError, match=r"attention_mask must be 0 or 1; found \[0.5"):  # not a half token
+        fastot.CodeSwitcher(lexicon, p=0.5, seed=3)(ids, mask.float() * 0.5, tt, step=2, max_length=20)
     with pytest.raises(TypeError, match="token_type_ids must be integer or bool, got torch.float32"):
         fastot.CodeSwitcher(lexicon)(ids, mask, tt.float())
     for bad in (np.bool_(True), "0.5", np.float64("nan")):

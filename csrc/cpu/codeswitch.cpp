@@ -29,6 +29,7 @@ Outputs codeswitch_cpu(const at::Tensor& input_ids, const at::Tensor& attention_
                        int64_t max_length, int64_t pad_id) {
   check_codeswitch_inputs(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
                           entry_offsets, trans_offsets, trans_ids, lang_ids);
+  check_codeswitch_values(input_ids, attention_mask, word_start, key_hash, entry_offsets, lang_ids, max_key_words);
   const at::Tensor ids = input_ids.to(at::kLong).contiguous();
   const at::Tensor mask = attention_mask.to(at::kLong).contiguous();
   const at::Tensor tt = token_type_ids.to(at::kLong).contiguous();

@@ -119,6 +119,29 @@ def _unit_starts(starts: torch.Tensor, span_words: torch.Tensor, max_key_words: 
     return starts & (before == 0)
 
 
+def check_values(input_ids, attention_mask, word_start, key_hash, entry_offsets, lang_ids, max_key_words) -> None:
+    """The values the kernels index with (the checks of csrc/checks.h ``check_codeswitch_values``, same messages):
+    input ids in [0, V), attention masks 0/1, active languages in [0, n_lang). Raised on CPU in eager mode; on an
+    accelerator or under torch.compile checked on the device (``torch._assert_async``, no host synchronisation)."""
+    V, n_lang = word_start.numel(), (entry_offsets.numel() - 1) // max(key_hash.numel(), 1)
+    if not 1 <= max_key_words <= 8:
+        raise ValueError(f"codeswitch: max_key_words must be in [1, 8], got {max_key_words}")
+    checks = [(((lang_ids >= 0) & (lang_ids < n_lang)).all(),
+               f"codeswitch: lang_ids must be in [0, {n_lang}) (the lexicon's languages)")]
+    if input_ids.numel():
+        checks.append((((input_ids >= 0) & (input_ids < V)).all(),
+                       f"codeswitch: input_ids must be in [0, {V}) (the lexicon's vocabulary: was it built for "
+                       f"another tokenizer?)"))
+        checks.append((((attention_mask == 0) | (attention_mask == 1)).all(), "codeswitch: attention_mask must be 0 or 1"))
+    eager_cpu = input_ids.device.type == "cpu" and not torch.compiler.is_compiling()
+    for ok, msg in checks:
+        if eager_cpu:
+            if not bool(ok):
+                raise ValueError(msg)
+        else:
+            torch._assert_async(ok, msg)
+
+
 def codeswitch(
     input_ids: torch.Tensor,  # [B, L] int
     attention_mask: torch.Tensor,  # [B, L] 0/1
@@ -144,6 +167,7 @@ def codeswitch(
     """Returns (input_ids, attention_mask, token_type_ids, source_index) [B, L'] int64, n_switched
     [B, n_active] int64 (switched words per active language) and n_words [B] int64. See the module
     docstring for the contract."""
+    check_values(input_ids, attention_mask, word_start, key_hash_, entry_offsets, lang_ids, max_key_words)
     dev = input_ids.device
     ids = input_ids.long()
     att = attention_mask.long() != 0

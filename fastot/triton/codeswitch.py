@@ -14,6 +14,7 @@ import torch
 import triton
 
 from ..codeswitch import codeswitch_fake
+from ..reference.codeswitch import check_values
 from . import _codeswitch_kernels as K
 
 __all__ = ["codeswitch"]
@@ -35,6 +36,7 @@ def _triton_codeswitch(
     max_key_len: int, max_key_words: int, prefix_switch: int, prefix_lang: int, prefix_trans: int, threshold: int,
     max_length: int, pad_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_values(input_ids, attention_mask, word_start, key_hash, entry_offsets, lang_ids, max_key_words)
     ids = input_ids.long().contiguous()
     att = attention_mask.long().contiguous()
     tt = token_type_ids.long().contiguous()

@@ -1,0 +1,55 @@
+"""Fake (meta) implementations of the compiled ops, so they trace under torch.compile and FakeTensorMode.
+
+Imported by ``fastot/__init__.py`` once the extension is loaded. The library names this module
+(``set_python_module`` in csrc/fastot.cpp), so with ``fastot._C`` loaded alone (``torch.ops.load_library``) a fake
+tensor call says to import it, and importing it is enough. A module runs once, so each fake is registered once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .codeswitch import codeswitch_fake
+from .reference import sinkhorn as ref
+
+
+@torch.library.register_fake("fastot::sinkhorn_fwd")
+def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b):
+    B, N, M = cost.shape
+    dt = ref.compute_dtype(cost.dtype)
+    return (cost.new_empty((B, N), dtype=dt), cost.new_empty((B, M), dtype=dt),
+            cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=dt))
+
+
+@torch.library.register_fake("fastot::sinkhorn_plan")
+def _(cost, a, b, f, g, eps):
+    return cost.new_empty(cost.shape, dtype=ref.compute_dtype(cost.dtype))
+
+
+@torch.library.register_fake("fastot::sinkhorn_plan_sums")
+def _(cost, a, b, f, g, eps):
+    dt = ref.compute_dtype(cost.dtype)
+    return cost.new_empty((cost.shape[0],), dtype=dt), cost.new_empty((cost.shape[0],), dtype=dt)
+
+
+@torch.library.register_fake("fastot::sinkhorn_embeddings_fwd")
+def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b):
+    B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    dt = ref.compute_dtype(x.dtype)
+    e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731
+    return e(B, N), e(B, M), x.new_empty((B,), dtype=torch.int32), e(B), e(B), e(B)
+
+
+@torch.library.register_fake("fastot::sinkhorn_embeddings_bwd")
+def _(x, y, a, b, f, g, scale, cost, eps):
+    dt = ref.compute_dtype(x.dtype)
+    return x.new_empty(x.shape, dtype=dt), y.new_empty(y.shape, dtype=dt)
+
+
+@torch.library.register_fake("fastot::codeswitch")
+def _(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids, entry_offsets,
+      trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch, prefix_lang, prefix_trans,
+      threshold, max_length, pad_id):
+    return codeswitch_fake(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets,
+                           key_ids, entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words,
+                           prefix_switch, prefix_lang, prefix_trans, threshold, max_length, pad_id)

@@ -36,6 +36,24 @@ SIZES = st.one_of(st.sampled_from([1, 2, 3, 5, 7, 13, 17, 31, 33, 63, 65, 97, 12
 SMALL_SIZES = st.one_of(st.sampled_from([1, 2, 3, 5, 7, 13, 17]), st.integers(1, 24))
 
 
+COUNTS: dict[str, int] = {}  # examples run per (property, backend); written to $FASTOT_HYPOTHESIS_COUNTS at the end
+
+
+def _count(name: str) -> None:
+    COUNTS[name] = COUNTS.get(name, 0) + 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_counts():
+    yield
+    path = os.environ.get("FASTOT_HYPOTHESIS_COUNTS")
+    if path:
+        import json  # noqa: PLC0415
+
+        with open(path, "w") as fh:
+            json.dump({"profile": PROFILE, "examples": COUNTS}, fh, indent=1, sort_keys=True)
+
+
 def _settings(ci: int, backend: str | None = None):
     n = ci if not LONG else (TRITON_LONG if backend == "triton" else max(5000, ci))
     return settings(max_examples=n, deadline=None, derandomize=not LONG, print_blob=True,
@@ -86,6 +104,7 @@ def _tol(dtype, k, scale, eps, N, M):
 
 # --------------------------------------------------------------------------- Sinkhorn properties
 def _agrees_with_float64(backend, device, data):
+    _count(f"agrees_with_float64[{backend}]")
     C, a, b, eps, scale = _problem(data, backend)
     k = _iters(backend)
     r = fastot.sinkhorn(C, a, b, eps=eps, max_iter=k, backend=backend)
@@ -103,6 +122,7 @@ def test_every_backend_agrees_with_float64_reference(backend, device, run):
 
 def _shift_invariance(backend, device, data):
     """C + c: f shifts by c, g and the plan are unchanged, value shifts by c (probability weights, balanced)."""
+    _count(f"shift_invariance[{backend}]")
     C, a, b, eps, scale = _problem(data, backend, dtype=torch.float64)
     c = data.draw(st.floats(-5, 5), label="c") * scale
     k = _iters(backend)
@@ -121,6 +141,7 @@ def test_adding_a_constant_to_the_cost(backend, device, run):
 
 
 def _permutation(backend, device, data):
+    _count(f"permutation[{backend}]")
     C, a, b, eps, scale = _problem(data, backend)
     B, N, M = C.shape
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2 ** 31 - 1), label="perm seed"))
@@ -139,6 +160,7 @@ def test_permuting_points_permutes_potentials(backend, device, run):
 
 def _padding(backend, device, data):
     """Extra zero-weight rows/columns holding garbage (NaN, +-inf) change nothing; their potentials are 0."""
+    _count(f"padding[{backend}]")
     C, a, b, eps, scale = _problem(data, backend, allow_ragged=False)
     B, N, M = C.shape
     pn, pm = data.draw(st.integers(0, 9), label="pad N"), data.draw(st.integers(0, 9), label="pad M")
@@ -166,6 +188,7 @@ def test_a_padded_problem_equals_the_sliced_one(backend, device, run):
 
 def _scaling(backend, device, data):
     """(k C, k eps): the same plan, potentials times k."""
+    _count(f"scaling[{backend}]")
     C, a, b, eps, scale = _problem(data, backend, dtype=torch.float64)
     s = 10 ** data.draw(st.floats(-1, 1), label="log10 k")
     it = _iters(backend)
@@ -183,6 +206,7 @@ def test_scaling_cost_and_eps_together(backend, device, run):
 
 def _marginals(backend, device, data):
     """err is the plan's L1 row-marginal violation; after a g-update the column marginals hold (balanced)."""
+    _count(f"marginals[{backend}]")
     C, a, b, eps, scale = _problem(data, backend)
     k = data.draw(st.integers(1, _iters(backend)), label="iters")
     r = fastot.sinkhorn(C, a, b, eps=eps, max_iter=k, backend=backend)
@@ -227,6 +251,7 @@ def _cs_batch(data, vocab, tok):
 @given(data=st.data())
 def test_codeswitch_properties_and_bit_identical_backends(cs_setup, data):
     lex, vocab, tok = cs_setup
+    _count("codeswitch")
     ids, mask, tt = _cs_batch(data, vocab, tok)
     p = data.draw(st.sampled_from([0.0, 0.3, 1.0]), label="p")
     max_length = data.draw(st.one_of(st.none(), st.integers(0, 48)), label="max_length")
@@ -234,8 +259,10 @@ def test_codeswitch_properties_and_bit_identical_backends(cs_setup, data):
     langs = data.draw(st.sampled_from([["sw"], ["ha"], ["sw", "ha"]]), label="languages")
     outs = {}
     for be, _dev in (p_.values for p_ in CS_BACKENDS):
-        if be == "triton" and not LONG and data.draw(st.booleans(), label="run triton") is False:
-            continue  # the interpreter is slow: about half the CI examples also run Triton
+        if be == "triton" and data.draw(st.booleans(), label="run triton") is False:
+            continue  # the interpreter is slow: about half the examples also run Triton
+        if be == "triton":
+            _count("codeswitch[triton]")
         cs = fastot.CodeSwitcher(lex, p=p, seed=7, languages=langs, backend=be)
         outs[be] = cs(ids, mask, tt, step=step, max_length=max_length)
     out = outs["torch"]
@@ -275,6 +302,7 @@ def test_reference_matches_pot_and_stays_within_the_lp_bound(data):
     log-domain Sinkhorn plan on each problem, and the exact LP (ot.emd2): EMD <= <P*, C> and the entropic value
     lies in [EMD, EMD + eps min(H(a), H(b))] (the KL term of the LP plan is a mutual information)."""
     ot = pytest.importorskip("ot")
+    _count("reference_vs_pot_and_lp")
     C, a, b, eps, scale = _problem(data, "triton", dtype=torch.float64)  # small sizes: POT runs per problem
     eps = max(eps, 0.1 * scale)  # converged within 1,500 iterations (the reference loop runs them all)
     r = fastot.sinkhorn(C, a, b, eps=eps, max_iter=1500, tol=1e-12, backend="torch")

@@ -41,10 +41,11 @@ TORCH_LIBRARY(fastot, m) {
       "sinkhorn_embeddings_fwd(Tensor x, Tensor y, Tensor a, Tensor b, int cost, float eps, int max_iter, float? tol, "
       "float? tau_a, float? tau_b) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, Tensor transport_cost, "
       "Tensor mass)");
-  // Envelope backward: dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* recomputed from the potentials.
+  // Envelope backward: dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* recomputed from the potentials. A side
+  // whose gradient is not needed (need_dx/need_dy false, e.g. the frozen teacher) is returned as zeros, not computed.
   m.def(
       "sinkhorn_embeddings_bwd(Tensor x, Tensor y, Tensor a, Tensor b, Tensor f, Tensor g, Tensor scale, int cost, "
-      "float eps) -> (Tensor dx, Tensor dy)");
+      "float eps, bool need_dx=True, bool need_dy=True) -> (Tensor dx, Tensor dy)");
   // The instruction set the CPU kernels were chosen for at run time ("base", "avx2", "avx512").
   m.def("cpu_isa() -> str", &fastot::cpu::cpu_isa);
   // Code-switch token substitution on a tokenized batch; see fastot/reference/codeswitch.py for the contract.

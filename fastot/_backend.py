@@ -1,8 +1,8 @@
 """The one place that chooses a backend.
 
 ``backend="auto" | "torch" | "cpp" | "cuda" | "triton"`` on every op; ``FASTOT_BACKEND`` sets the
-default. ``auto`` picks per call from the tensor's device (CUDA: cuda -> triton -> torch, except
-``sinkhorn_embeddings``: triton -> cuda -> torch; CPU: cpp -> torch) and silently skips
+default. ``auto`` picks per call from the tensor's device (CUDA: triton -> cuda -> torch, for every op until a
+GPU run of ``bench/gpu.sh`` has passed; CPU: cpp -> torch) and silently skips
 what is unavailable. A backend named explicitly, by argument or by
 ``FASTOT_BACKEND``, that cannot run the op on that device raises :class:`BackendUnavailable`.
 """
@@ -17,11 +17,12 @@ import torch
 
 BACKENDS = ("torch", "cpp", "cuda", "triton")
 OPS = ("sinkhorn", "codeswitch")
-_AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
-# sinkhorn_embeddings: on CUDA both cuda and triton build the cost inside the kernel. Triton comes first because
-# its kernels' logic runs in CI (the interpreter) while the CUDA kernels have only been compiled so far; the first
-# GPU run of bench/gpu.sh is to decide the order from measurements.
-AUTO_ORDER_FUSED = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
+# On CUDA tensors auto tries triton before cuda for every op: the Triton kernels' logic runs in CI (the
+# interpreter), the CUDA kernels have only been compiled so far (no GPU run of bench/gpu.sh has passed yet). The
+# first passing GPU run is to decide the order from measurements.
+_AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
+# sinkhorn_embeddings (both cuda and triton build the cost inside the kernel): the same order.
+AUTO_ORDER_FUSED = _AUTO_ORDER
 
 # Set by fastot/__init__.py after trying to import the extension.
 _EXT_ERROR: str | None = "fastot._C has not been imported"

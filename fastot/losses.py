@@ -21,12 +21,32 @@ OBJECTIVES = ("transport_cost", "sinkhorn")
 REDUCTIONS = ("mean", "sum", "none")
 
 
+_SPECIAL_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _special_tensor(special_ids, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The special ids as a tensor on ``device``, built (and copied host-to-device) once per id set, dtype and
+    device rather than once per training step. A tensor argument on the right device is used as is."""
+    if isinstance(special_ids, torch.Tensor) and special_ids.device == device:
+        return special_ids.to(dtype)
+    ids = tuple(sorted(set(int(i) for i in (special_ids.tolist() if isinstance(special_ids, torch.Tensor)
+                                            else special_ids))))
+    key = (ids, dtype, str(device))
+    t = _SPECIAL_CACHE.get(key)
+    if t is None:
+        if len(_SPECIAL_CACHE) > 64:  # a handful of tokenizers per process; never grows without bound
+            _SPECIAL_CACHE.clear()
+        t = _SPECIAL_CACHE[key] = torch.tensor(ids, dtype=dtype, device=device)
+    return t
+
+
 def content_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                  special_ids: Iterable[int]) -> torch.Tensor:
     """[B, L] bool: True where a token is real (attention mask set) and not one of ``special_ids``.
 
     With a Hugging Face tokenizer, ``special_ids=tokenizer.all_special_ids`` drops [CLS], [SEP], [PAD], ...;
-    [UNK] is in that list too, pass a narrower list to keep it.
+    [UNK] is in that list too, pass a narrower list to keep it. The ids go to the device once per id set (cached),
+    not once per call; a tensor already on the device is used as is.
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(f"content_mask: input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', input_ids)!r}")
@@ -36,7 +56,7 @@ def content_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             raise ValueError(f"content_mask: attention_mask has shape {list(attention_mask.shape)}, "
                              f"input_ids {list(input_ids.shape)}")
         keep &= attention_mask.bool()
-    special = torch.tensor(sorted(set(int(i) for i in special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    special = _special_tensor(special_ids, input_ids.dtype, input_ids.device)
     if special.numel():
         keep &= ~torch.isin(input_ids, special)
     return keep

@@ -268,7 +268,9 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
         dx = dy = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             _, bwd = _embedding_kernels(backend)
-            dx, dy = bwd(x, y, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps)
+            # the side nobody asked for (the frozen teacher's) is not computed
+            dx, dy = bwd(x, y, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps, ctx.needs_input_grad[0],
+                         ctx.needs_input_grad[1])
             dx, dy = _flag(status, dx, dy)
             dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
             dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None

@@ -133,6 +133,15 @@ def test_content_mask_drops_special_and_padding(minilm_tokenizer):
     assert words == [["a", "river"], ["the", "market", "is", "open"]]
     with pytest.raises(ValueError, match="attention_mask"):
         content_mask(enc["input_ids"], enc["attention_mask"][:, :2], tok.all_special_ids)
+    # The tokenizer's own special-tokens mask is the oracle; the id tensor is built once, not once per step.
+    enc = tok(["a river", "the market is open"], padding=True, return_tensors="pt", return_special_tokens_mask=True)
+    expect = (enc["special_tokens_mask"] == 0) & (enc["attention_mask"] == 1)
+    assert torch.equal(content_mask(enc["input_ids"], enc["attention_mask"], tok.all_special_ids), expect)
+    from fastot.losses import _special_tensor
+
+    first = _special_tensor(tok.all_special_ids, torch.long, torch.device("cpu"))
+    assert _special_tensor(list(reversed(tok.all_special_ids)), torch.long, torch.device("cpu")) is first
+    assert torch.equal(content_mask(enc["input_ids"], enc["attention_mask"], first), expect)
 
 
 def test_fused_loss_never_allocates_a_cost_sized_tensor():
@@ -151,10 +160,15 @@ def test_fused_loss_never_allocates_a_cost_sized_tensor():
     assert largest(None) < B * N * M  # auto on CPU is fused (cpp): per-thread scratch of about one problem, not [B,N,M]
 
 
-def test_auto_prefers_fused_backends_for_embeddings():
+def test_auto_prefers_fused_backends_for_embeddings(monkeypatch):
     from fastot import _backend
 
-    assert _backend.AUTO_ORDER_FUSED["cuda"][0] == "triton"
+    # Until a GPU run has passed, auto on CUDA tensors takes triton over cuda for every op (as if both ran here).
+    monkeypatch.setattr(_backend, "why_unavailable", lambda be, op, dev: None)
+    for op in _backend.OPS:
+        assert _backend.resolve(op, torch.device("cuda"), None) == "triton"
+        assert _backend.resolve(op, torch.device("cuda"), None, _backend.AUTO_ORDER_FUSED) == "triton"
+    monkeypatch.undo()
     assert _backend.resolve("sinkhorn", torch.device("cpu"), None, _backend.AUTO_ORDER_FUSED) == \
         ("cpp" if "cpp" in fastot.available_backends("sinkhorn", "cpu") else "torch")
 

@@ -638,3 +638,26 @@ def test_sinkhorn_embeddings_half_inputs(backend, device, dtype):
     fastot.sinkhorn_embeddings(xf, y.float(), eps=0.1, backend="torch").transport_cost.sum().backward()
     rel = (x.grad.float() - xf.grad).norm() / xf.grad.norm()
     assert rel < 1e-2, rel
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_fused_backward_skips_the_side_nobody_needs(backend, device):
+    """A frozen teacher (y without grad): dx is the same as with both sides, and the op computes no dy (zeros
+    from the registered op called with need_dy=False)."""
+    x = torch.randn(3, 6, 16, device=device, dtype=torch.float64)
+    y = torch.randn(3, 7, 16, device=device, dtype=torch.float64)
+    grads = []
+    for y_grad in (True, False):
+        xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_(y_grad)
+        fastot.sinkhorn_embeddings(xg, yg, eps=0.1, max_iter=30, backend=backend).transport_cost.sum().backward()
+        grads.append(xg.grad)
+        assert (yg.grad is not None) == y_grad
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    r = fastot.sinkhorn_embeddings(x, y, eps=0.1, max_iter=30, backend=backend)
+    bwd = (torch.ops.fastot.sinkhorn_embeddings_bwd if backend in ("cpp", "cuda")
+           else __import__("fastot.triton.sinkhorn", fromlist=["x"]).sinkhorn_embeddings_bwd)
+    scale = torch.ones(3, dtype=torch.float64, device=device)
+    dx, dy = bwd(x, y, r._a, r._b, r.f, r.g, scale, 0, 0.1, True, False)
+    dx2, dy2 = bwd(x, y, r._a, r._b, r.f, r.g, scale, 0, 0.1)
+    assert (dy == 0).all() and (dy2 != 0).any()
+    torch.testing.assert_close(dx, dx2, rtol=0, atol=0)

@@ -554,7 +554,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor& x, const at::Tensor& y,
                                                                const at::Tensor& a, const at::Tensor& b,
                                                                const at::Tensor& f, const at::Tensor& g,
-                                                               const at::Tensor& scale, int64_t kind, double eps) {
+                                                               const at::Tensor& scale, int64_t kind, double eps,
+                                                               bool need_dx, bool need_dy) {
   check_embeddings_inputs(x, y, a, b, kind);
   check_potentials("sinkhorn_embeddings_bwd", f, g, x.size(0), x.size(1), y.size(1), x.device(), eps, &scale);
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -576,7 +577,7 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
         t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
         const int64_t n = t.n(), m = t.m();
         const T s = S.data_ptr<T>()[k];
-        if (n == 0 || m == 0 || s == 0) continue;
+        if (n == 0 || m == 0 || s == 0 || !(need_dx || need_dy)) continue;
         embedding_cost<T>(X, Y, k, kind, t);
         const T* Cp = t.cost.data_ptr<T>();
         t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, false);
@@ -636,8 +637,8 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
             for (int64_t c = 0; c < d; ++c) dst[c] = gi[c] + r * oi[c];
           }
         };
-        side(Q, Yk, e.xp, e.rx, t.rows, dx.data_ptr<T>() + k * N * d);
-        side(Q.t(), Xk, e.yp, e.ry, t.cols, dy.data_ptr<T>() + k * M * d);
+        if (need_dx) side(Q, Yk, e.xp, e.rx, t.rows, dx.data_ptr<T>() + k * N * d);
+        if (need_dy) side(Q.t(), Xk, e.yp, e.ry, t.cols, dy.data_ptr<T>() + k * M * d);
       }
     });
   });

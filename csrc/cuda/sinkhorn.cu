@@ -222,7 +222,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {f, g, n_iter, err, tc, mass};
 }
 
+std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_both(const at::Tensor& x, const at::Tensor& y,
+                                                                const at::Tensor& a, const at::Tensor& b,
+                                                                const at::Tensor& f, const at::Tensor& g,
+                                                                const at::Tensor& scale, int64_t kind, double eps);
+
 std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cuda(const at::Tensor& x, const at::Tensor& y,
+                                                                const at::Tensor& a, const at::Tensor& b,
+                                                                const at::Tensor& f, const at::Tensor& g,
+                                                                const at::Tensor& scale, int64_t kind, double eps,
+                                                                bool need_dx, bool need_dy) {
+  // The CUDA kernels compute both sides (not yet run on a GPU: left as they are); a side nobody needs is zeroed.
+  auto [dx, dy] = sinkhorn_embeddings_bwd_both(x, y, a, b, f, g, scale, kind, eps);
+  if (!need_dx) dx.zero_();
+  if (!need_dy) dy.zero_();
+  return {dx, dy};
+}
+
+std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_both(const at::Tensor& x, const at::Tensor& y,
                                                                 const at::Tensor& a, const at::Tensor& b,
                                                                 const at::Tensor& f, const at::Tensor& g,
                                                                 const at::Tensor& scale, int64_t kind, double eps) {

@@ -264,9 +264,10 @@ def sinkhorn_embeddings_fwd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b
 
 @_define("fastot::triton_sinkhorn_embeddings_bwd")
 def sinkhorn_embeddings_bwd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch.Tensor,
-                            g: torch.Tensor, scale: torch.Tensor, cost: int, eps: float
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dx, dy) of sum_k scale_k <P*_k, C_k(x, y)> with P* held constant, in the compute dtype."""
+                            g: torch.Tensor, scale: torch.Tensor, cost: int, eps: float, need_dx: bool = True,
+                            need_dy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dy) of sum_k scale_k <P*_k, C_k(x, y)> with P* held constant, in the compute dtype; a side that is not
+    needed is zeros and its kernel is not launched."""
     op = _Operand(x=x, y=y, kind=cost)
     B, N, M, D = op.B, op.N, op.M, op.D
     x, y = op.x, op.y
@@ -278,9 +279,9 @@ def sinkhorn_embeddings_bwd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b
     dy = torch.zeros(B, M, D, dtype=op.dt, device=x.device)
     consts = op.consts()
     del consts["FROM_EMB"]
-    for (u, v, ru, rv, wu, wv, pu, pv, out, n, m) in ((x, y, rx, ry, a, b, f, g, dx, N, M),
-                                                    (y, x, ry, rx, b, a, g, f, dy, M, N)):
-        if B == 0 or n == 0 or D == 0:
+    for (u, v, ru, rv, wu, wv, pu, pv, out, n, m, need) in ((x, y, rx, ry, a, b, f, g, dx, N, M, need_dx),
+                                                          (y, x, ry, rx, b, a, g, f, dy, M, N, need_dy)):
+        if B == 0 or n == 0 or D == 0 or not need:
             continue
         grid = lambda meta, n=n: (B, triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(D, meta["BLOCK_D"]))  # noqa: E731
         _wrap(_grad)[grid](u, *u.stride(), v, *v.stride(), ru, rv, wu, wv, pu, pv, w, out, n, m, D,
@@ -320,6 +321,6 @@ def _(x, y, a, b, cost, eps, max_iter, tol=None, tau_a=None, tau_b=None):
 
 
 @sinkhorn_embeddings_bwd.register_fake
-def _(x, y, a, b, f, g, scale, cost, eps):
+def _(x, y, a, b, f, g, scale, cost, eps, need_dx=True, need_dy=True):
     dt = _fake_dtype(x)
     return x.new_empty(x.shape, dtype=dt), y.new_empty(y.shape, dtype=dt)

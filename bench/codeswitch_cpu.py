@@ -35,7 +35,7 @@ import random
 import statistics
 import string
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -35,7 +35,7 @@ import dataclasses
 import importlib.metadata
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

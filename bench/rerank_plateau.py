@@ -33,8 +33,15 @@ from fastot.collate import CodeSwitchCollator  # noqa: E402
 from fastot.domains import data_root, domain_eval_sets, prepare_domains  # noqa: E402
 from fastot.stats import paired_randomization_test  # noqa: E402
 from fastot.train.models import load_cross_encoder, load_tokenizer  # noqa: E402
-from fastot.train.rerank import (RerankConfig, build_lexicon, evaluate_reranking, first_stage,  # noqa: E402
-                                 prior_plateau, train_reranker, training_examples)
+from fastot.train.rerank import (  # noqa: E402
+    RerankConfig,
+    build_lexicon,
+    evaluate_reranking,
+    first_stage,
+    prior_plateau,
+    train_reranker,
+    training_examples,
+)
 
 CONFIGS = {
     "p0": {"p": 0.0, "head_bias": "keep"},

@@ -20,7 +20,7 @@ import platform
 import statistics
 import subprocess
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

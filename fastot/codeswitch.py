@@ -192,7 +192,7 @@ class Lexicon:
         eo = self._tensors["entry_offsets"]
         return (eo[1:] - eo[:-1]).view(-1, len(self.languages)).sum(0)
 
-    def select(self, languages: Iterable[str]) -> "Lexicon":
+    def select(self, languages: Iterable[str]) -> Lexicon:
         """This lexicon restricted to ``languages`` (in that order): their translations only, and only the keys
         that have a translation in one of them. ``self`` when that is every language in the lexicon's order.
 
@@ -237,7 +237,7 @@ class Lexicon:
         return self._by_device[device]
 
     @classmethod
-    def from_pairs(cls, pairs, tokenizer, languages: str | Iterable[str] | None = None) -> "Lexicon":
+    def from_pairs(cls, pairs, tokenizer, languages: str | Iterable[str] | None = None) -> Lexicon:
         """Build from word pairs.
 
         Args:
@@ -310,7 +310,7 @@ class Lexicon:
                         stats={"pairs": len(triples), "skipped": skipped})
 
     @classmethod
-    def from_muse(cls, path, tokenizer, language: str) -> "Lexicon":
+    def from_muse(cls, path, tokenizer, language: str) -> Lexicon:
         """Build from a MUSE bilingual dictionary file (``src tgt`` per line, several lines per source
         allowed); see :func:`fastot.lexicons.read_muse`. For several languages, read each file with
         ``read_muse`` and pass ``{lang: pairs}`` to :meth:`from_pairs`."""
@@ -320,7 +320,7 @@ class Lexicon:
 
     @classmethod
     def from_embeddings(cls, src_vec, tgt_vec, tokenizer, language: str, *, method: str = "nn", csls_k: int = 10,
-                        source_vocab=None, max_words: int | None = 200000) -> "Lexicon":
+                        source_vocab=None, max_words: int | None = 200000) -> Lexicon:
         """Build from aligned cross-lingual word embeddings (two fastText ``.vec`` files): each source word
         (restricted to ``source_vocab`` if given) translates to its top-1 target by dot product of unit
         vectors (``method="nn"``, the published method) or by CSLS (``method="csls"``); the first
@@ -332,7 +332,7 @@ class Lexicon:
         return cls.from_pairs([(s, t) for s, t, _ in triples], tokenizer, languages=language)
 
     @classmethod
-    def from_titles(cls, titles, tokenizer, language: str, *, max_n: int = 3, stopwords=None) -> "Lexicon":
+    def from_titles(cls, titles, tokenizer, language: str, *, max_n: int = 3, stopwords=None) -> Lexicon:
         """Build from parallel titles: a TSV file (``en<TAB>tgt`` per line) or ``[(en, tgt), ...]``.
         Lower-cased 1..``max_n``-word entries, stop-word-only sources skipped
         (:func:`fastot.lexicons.title_entries`); multi-word entries are matched longest first."""
@@ -345,7 +345,7 @@ class Lexicon:
     @classmethod
     def from_bitext(cls, path, tokenizer, language: str, *, split: str = "train", method: str = "dice",
                     min_count: int = 3, min_score: float = 0.1, top_k: int = 1,
-                    max_sentences: int | None = None) -> "Lexicon":
+                    max_sentences: int | None = None) -> Lexicon:
         """Induce word translations from parallel sentences: a directory with line-aligned
         ``<split>.en`` / ``<split>.<language>`` (the MAFAND layout) or a TSV file. Dice or IBM Model 1
         scores, the ``top_k`` targets per source word with score >= ``min_score``
@@ -383,7 +383,7 @@ class Lexicon:
         return {"words": words, "covered": {k: (v / words if words else 0.0) for k, v in covered.items()}}
 
     @classmethod
-    def pack(cls, entries, languages, word_start, special, pad_id, scheme, stats=None) -> "Lexicon":
+    def pack(cls, entries, languages, word_start, special, pad_id, scheme, stats=None) -> Lexicon:
         """Pack ``{key ids: {lang index: [translation ids, ...]}}`` into CSR tensors sorted by key hash."""
         hashed = sorted((ref.key_hash(k), k) for k in entries)
         for (h0, k0), (h1, k1) in zip(hashed, hashed[1:]):
@@ -429,7 +429,7 @@ class Lexicon:
                 os.remove(tmp)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, tokenizer=None) -> "Lexicon":
+    def load(cls, path: str | os.PathLike, tokenizer=None) -> Lexicon:
         """Read a file written by :meth:`save`.
 
         Args:

@@ -13,8 +13,15 @@ from collections.abc import Sequence
 
 import torch
 
-from .train.rerank import (RERANK_METRICS, RerankConfig, bitext_eval_set, build_lexicon, first_stage,
-                           evaluate_reranking, train_reranker)
+from .train.rerank import (
+    RERANK_METRICS,
+    RerankConfig,
+    bitext_eval_set,
+    build_lexicon,
+    evaluate_reranking,
+    first_stage,
+    train_reranker,
+)
 
 
 def _fmt_p(p: float) -> str:

@@ -8,8 +8,9 @@ exact convention.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -306,7 +307,7 @@ class SinkhornResult:
     _a: torch.Tensor = field(repr=False)
     _b: torch.Tensor = field(repr=False)
 
-    def check(self) -> "SinkhornResult":
+    def check(self) -> SinkhornResult:
         """Raise ValueError if any problem was flagged (``status != 0``), naming them and why; else return self.
 
         Reads ``status`` on the host: one synchronisation on an accelerator."""

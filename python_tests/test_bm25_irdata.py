@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastot import irdata
+from fastot import irdata, metrics
 from fastot.bm25 import BM25, tokenize
-from fastot import metrics
 
 MAFAND = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")
 DOCS = ["the river is long", "a market by the river", "people of the city", "the the the river", ""]

@@ -46,8 +46,9 @@ GLUE = sorted(p for p in (ROOT / "csrc" / "cuda").glob("*.cu") if not p.stem.end
 def test_cuda_glue_compiles_against_torch_headers(tmp_path, src, arch):
     """The torch glue needs a CUDA build of torch to link, but it compiles against the CPU wheel's headers
     once the one header that only CUDA builds generate is supplied; this catches API misuse without a GPU."""
-    from torch.utils import cpp_extension
     import sysconfig
+
+    from torch.utils import cpp_extension
 
     shim = tmp_path / "shim" / "c10" / "cuda" / "impl"
     shim.mkdir(parents=True)

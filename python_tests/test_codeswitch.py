@@ -8,11 +8,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import backend_params
 
 import fastot
 from fastot.reference import codeswitch as ref
-
-from conftest import backend_params
 
 BACKENDS = backend_params("codeswitch")
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")

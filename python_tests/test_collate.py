@@ -8,14 +8,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import backend_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import fastot
 from fastot.collate import CodeSwitchCollator
-
-from conftest import backend_params
 
 BACKENDS = backend_params("codeswitch")
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")

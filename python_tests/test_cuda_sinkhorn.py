@@ -205,7 +205,7 @@ def test_cuda_graph_capture_replays_the_solves():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = run()
-    for i, (C, a, b) in enumerate(static.values()):  # new data in the captured input buffers
+    for i, (C, _a, _b) in enumerate(static.values()):  # new data in the captured input buffers
         C.copy_(_problem(*C.shape, torch.float32, seed=10 + i)[0])
     x.copy_(torch.randn_like(x))
     graph.replay()

@@ -8,8 +8,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastot.domains import (RECIPE, TICO_DOMAINS, domain_eval_sets, domain_sources, pack_tico19, prepare_domains,
-                            write_embedded_tico19)
+from fastot.domains import (
+    RECIPE,
+    TICO_DOMAINS,
+    domain_eval_sets,
+    domain_sources,
+    pack_tico19,
+    prepare_domains,
+    write_embedded_tico19,
+)
 from fastot.lexicons import read_bitext
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

@@ -13,11 +13,10 @@ import warnings
 
 import pytest
 import torch
+from conftest import backend_params
 
 import fastot
 from fastot.reference import sinkhorn as ref
-
-from conftest import backend_params
 
 SK_BACKENDS = backend_params("sinkhorn")
 CS_BACKENDS = backend_params("codeswitch")

@@ -93,7 +93,7 @@ def test_dice_matches_python_oracle(seed):
     out = lx.induce_from_bitext(src, tgt, min_count=3, min_score=0, top_k=1000)
     assert {(s, t): c for s, t, c in out} == pytest.approx(want, rel=1e-12)
     best = lx.induce_from_bitext(src, tgt, min_count=3, min_score=0.2)
-    for s, t, c in best:
+    for s, _t, c in best:
         rivals = [v for (a, _), v in want.items() if a == s]
         assert c == pytest.approx(max(rivals)) and c >= 0.2
 

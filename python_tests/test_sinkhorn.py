@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
+from conftest import backend_params, devices
 
 import fastot
 from fastot.reference import sinkhorn as ref
-
-from conftest import backend_params, devices
 
 BACKENDS = backend_params("sinkhorn")
 # The Triton interpreter runs a solve in about a second: gradcheck's hundreds of solves are left to the compiled
@@ -278,7 +277,7 @@ def test_matches_pot_sinkhorn_log_float64():
 
 
 def test_matches_pot_batch_solver_float64():
-    ot = pytest.importorskip("ot")
+    pytest.importorskip("ot")
     batch = pytest.importorskip("ot.batch")
     C, a, b = make_problem(4, 8, 8, torch.float64, ragged=False, seed=4)
     eps = 0.1

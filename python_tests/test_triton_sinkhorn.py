@@ -10,11 +10,10 @@ import sys
 
 import pytest
 import torch
+from test_sinkhorn import make_problem
 
 import fastot
 from fastot.reference import sinkhorn as ref
-
-from test_sinkhorn import make_problem
 
 pytestmark = pytest.mark.skipif("triton" not in fastot.available_backends("sinkhorn", "cuda" if torch.cuda.is_available() else "cpu"),
                                 reason="the triton backend is unavailable here")

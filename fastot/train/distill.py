@@ -30,8 +30,19 @@ from ..lexicons import read_bitext
 from ..losses import COSTS, OBJECTIVES, OTDistillationLoss, content_mask
 from ..metrics import DEFAULT_METRICS, _parse
 from ..retrieval import evaluate_bitext
-from ._run import (apply_step, check_common, check_output, finish_run, init_output, load_trainer_state,
-                   load_weights, log, partial_accumulation, precision_of, save_checkpoint)
+from ._run import (
+    apply_step,
+    check_common,
+    check_output,
+    finish_run,
+    init_output,
+    load_trainer_state,
+    load_weights,
+    log,
+    partial_accumulation,
+    precision_of,
+    save_checkpoint,
+)
 from .models import MINILM, load_encoder, load_tokenizer
 
 _MARKER = ".fastot-distill"

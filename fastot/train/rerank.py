@@ -46,8 +46,20 @@ from .. import metrics as _metrics
 from ..codeswitch import CodeSwitcher, Lexicon
 from ..collate import CodeSwitchCollator
 from ..lexicons import _check_file, _read_lines, induce_from_bitext, read_bitext
-from ._run import (apply_step, check_common, check_output, finish_run, init_output, latest_checkpoint,
-                   load_trainer_state, load_weights, log, partial_accumulation, precision_of, save_checkpoint)
+from ._run import (
+    apply_step,
+    check_common,
+    check_output,
+    finish_run,
+    init_output,
+    latest_checkpoint,
+    load_trainer_state,
+    load_weights,
+    log,
+    partial_accumulation,
+    precision_of,
+    save_checkpoint,
+)
 from .distill import epoch_batches
 from .models import MINILM, load_cross_encoder, load_tokenizer
 from .pairs import TrainingExample, build_training_examples, spread_queries

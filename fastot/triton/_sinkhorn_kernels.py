@@ -292,7 +292,6 @@ def _col_pass_kernel(
         s_lam_a = tl.full((), lam_a, DT)
         b_wb = tl.load(b_ptr + i_b * M + o_m, mask=m_m, other=0.0)
         m_b = b_wb > 0
-        b_lb = tl.log2(tl.where(m_b, b_wb, 1.0))  # 0 where the weight is 0
         run_max = tl.full((BLOCK_M,), float("-inf"), DT)
         run_sum = tl.zeros((BLOCK_M,), DT)
         for n0 in range(0, N, BLOCK_N):

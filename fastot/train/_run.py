@@ -8,6 +8,7 @@ import math
 import os
 import random
 import shutil
+import signal
 
 import torch
 
@@ -66,8 +67,52 @@ def load_weights(model, folder: str) -> None:
         raise FileNotFoundError(f"resume: no .safetensors weights in {folder!r}")
     state = {}
     for f in shards:
-        state.update(load_file(os.path.join(folder, f)))
+        path = os.path.join(folder, f)
+        try:
+            state.update(load_file(path))
+        except Exception as exc:  # safetensors raises its own error types on a truncated or corrupt file
+            raise ValueError(_corrupt(path, exc)) from exc
     model.load_state_dict(state, strict=True)
+
+
+def check_checkpoint(ckpt: str) -> None:
+    """Before a resume writes anything: trainer.pt's zip members pass their CRC check and every .safetensors file is
+    as long as its header says. A truncated or corrupt file is a ValueError naming it (never a silent restart)."""
+    import zipfile  # noqa: PLC0415
+
+    path = os.path.join(ckpt, "trainer.pt")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            raise ValueError(f"member {bad!r} fails its CRC check")
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(_corrupt(path, exc)) from exc
+    for root, _dirs, files in os.walk(ckpt):
+        for f in files:
+            if f.endswith(".safetensors"):
+                _check_safetensors(os.path.join(root, f))
+
+
+def _check_safetensors(path: str) -> None:
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= size - 8:
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"the header describes {8 + n + end} bytes, the file has {size}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(_corrupt(path, exc)) from exc
+
+
+def _corrupt(path: str, exc: Exception) -> str:
+    ckpt = os.path.dirname(path) if os.path.basename(path) == "trainer.pt" else os.path.dirname(os.path.dirname(path))
+    return (f"resume: {path!r} is truncated or corrupt ({type(exc).__name__}: {exc}); nothing was changed. Delete "
+            f"{ckpt!r} to resume from the checkpoint before it, or pass overwrite=True (--overwrite) to start again")
 
 
 def log_lines(out: str) -> int:
@@ -91,6 +136,36 @@ def truncate_log(out: str, n_lines: int | None) -> None:
 def log(out: str, rec: dict) -> None:
     with open(os.path.join(out, "log.jsonl"), "a", encoding="utf-8") as fh:
         fh.write(json.dumps(rec) + "\n")
+    if "loss" in rec:
+        fault_point("step", rec.get("step"))
+
+
+def fault_point(where: str, step) -> None:
+    """A test hook for the fault-tolerance tests: ``FASTOT_FAULT_AT=<where>:<step>`` kills this process with SIGKILL
+    (no cleanup, as a machine failure would) when the run reaches that point: ``step`` (training step logged),
+    ``save`` (inside a checkpoint save, the model written and trainer.pt not yet) or ``replace`` (the checkpoint
+    complete in its .tmp folder, not yet renamed into place). Unset, it costs one environment lookup."""
+    at = os.environ.get("FASTOT_FAULT_AT")
+    if at and at == f"{where}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def read_json(path: str, what: str) -> dict:
+    """json.load that names the file and what to do when it is truncated or corrupt."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: {path!r} is corrupt or truncated ({exc}); nothing was changed. Restore it, or "
+                         "pass overwrite=True (--overwrite) to start the run again") from exc
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a crash leaves the old file or the new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 def check_output(out: str, marker: str, kind: str, resume: bool, overwrite: bool, resume_keys, saved_cfg: dict):
@@ -109,8 +184,8 @@ def check_output(out: str, marker: str, kind: str, resume: bool, overwrite: bool
                                   " overwrite only replaces a previous run: choose an empty or new folder")
         replace = True
     if ckpt is not None:
-        with open(os.path.join(out, "config.json"), encoding="utf-8") as fh:
-            prev = json.load(fh)
+        prev = read_json(os.path.join(out, "config.json"), "resume")
+        check_checkpoint(ckpt)
         now = json.loads(json.dumps(saved_cfg, default=list))  # as config.json holds it: tuples are lists
         diff = [k for k in resume_keys if prev.get(k) != now.get(k)]
         if diff:
@@ -131,8 +206,7 @@ def init_output(out: str, marker: str, run_files, replace: bool, saved_cfg: dict
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, marker), "w", encoding="utf-8") as fh:
         fh.write(f"a fastot {kind} run: `overwrite` may delete this folder's run files\n")
-    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as fh:
-        json.dump(saved_cfg, fh, indent=2, default=list)
+    write_atomic(os.path.join(out, "config.json"), json.dumps(saved_cfg, indent=2, default=list))
 
 
 def check_common(cfg, ints=(), optional_ints=(), nonneg_ints=(), positive_numbers=("lr",)) -> None:
@@ -175,7 +249,9 @@ def save_checkpoint(out: str, step: int, model, tokenizer, name: str, state: dic
     with quiet_transformers():
         model.save_pretrained(os.path.join(tmp, name))
         tokenizer.save_pretrained(os.path.join(tmp, name))
+    fault_point("save", step)
     torch.save({**state, "rng": rng_state(), "log_lines": log_lines(out)}, os.path.join(tmp, "trainer.pt"))
+    fault_point("replace", step)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)  # a checkpoint exists whole or not at all
     for s in checkpoint_steps(out)[keep:]:
@@ -185,7 +261,11 @@ def save_checkpoint(out: str, step: int, model, tokenizer, name: str, state: dic
 def load_trainer_state(ckpt: str, out: str, amp_name: str, opt, sched, scaler) -> dict:
     """Restore optimizer, scheduler, scaler and RNG from ``ckpt``/trainer.pt, drop the log lines written after
     it (those steps are redone), and return the whole state; refuses another precision."""
-    st = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=False)
+    path = os.path.join(ckpt, "trainer.pt")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or corrupt: torch raises several types
+        raise ValueError(_corrupt(path, exc)) from exc
     if st.get("amp", amp_name) != amp_name:
         raise ValueError(f"precision: {ckpt!r} was trained with {st['amp']} but this run would use {amp_name}; "
                          "resume with the same precision")
@@ -228,6 +308,5 @@ def finish_run(out: str, model, tokenizer, name: str, result: dict) -> dict:
     with quiet_transformers():
         model.save_pretrained(os.path.join(out, name))
         tokenizer.save_pretrained(os.path.join(out, name))
-    with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
+    write_atomic(os.path.join(out, "metrics.json"), json.dumps(result, indent=2))
     return result

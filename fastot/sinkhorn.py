@@ -126,21 +126,20 @@ def _cost_status(cost, a, b, eps, tau_a, tau_b) -> torch.Tensor:
     limit = torch.finfo(ref.compute_dtype(cost.dtype)).max / 16 * eps
     if _can_sync(cost) and float(cost.amin()) > -limit and float(cost.amax()) < limit:
         return status  # every entry finite and small (NaN compares False): codes 2, 3 and 4 cannot occur
-    real = va[:, :, None] & vb[:, None, :]
-    inf = torch.tensor(float("inf"), dtype=cost.dtype, device=cost.device)
-    t = torch.where(real, cost, inf)  # padded entries may hold anything: they are never read
-    usable = t < inf  # a real, finite pair (NaN compares False)
-    bad_cost = ~(t.amin((1, 2)) > -inf)  # NaN or -inf on a real pair (amin propagates NaN)
-    top = torch.where(usable, t, -inf).amax((1, 2)).abs()
-    low = torch.where(usable, t, inf).amin((1, 2)).abs()
-    big = torch.where(usable.any((1, 2)), torch.maximum(top, low), torch.zeros_like(top))
+    inf = float("inf")
+    t = torch.where(va[:, :, None] & vb[:, None, :], cost, inf)  # padded entries may hold anything: never read
+    rmin, cmin = t.amin(2), t.amin(1)  # NaN propagates; +inf: a real point with every pair forbidden (or padding)
+    bad_cost = ~(rmin > -inf).all(1)  # NaN or -inf on a real pair
+    top = t.masked_fill(t == inf, -inf).amax((1, 2))  # the largest finite real entry (-inf if none)
+    low = torch.where(rmin < inf, rmin, inf).amin(1)
+    big = torch.maximum(torch.where(top > -inf, top.abs(), 0), torch.where(low < inf, low.abs(), 0))
     overflow = big.double() / eps > torch.finfo(ref.compute_dtype(cost.dtype)).max / 16
     blocked = torch.zeros_like(bad_cost)
     has_mass = va.any(1) & vb.any(1)
     if tau_a is None:
-        blocked = blocked | (va & ~usable.any(2)).any(1)
+        blocked = blocked | (va & (rmin == inf)).any(1)
     if tau_b is None:
-        blocked = blocked | (vb & ~usable.any(1)).any(1)
+        blocked = blocked | (vb & (cmin == inf)).any(1)
     for code, cond in ((2, bad_cost), (3, overflow), (4, blocked & has_mass)):  # the first that applies wins
         status = torch.where(((status == 0) | (status == 5)) & cond, code, status)
     return status.to(torch.int8)
@@ -158,9 +157,11 @@ def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b) -> torch.Tensor
         big = max(ends) * d ** 0.5
         if all(e < float("inf") for e in ends) and (4 * big * big if kind != 0 else 2.0) / eps < torch.finfo(ref.compute_dtype(x.dtype)).max / 16:
             return status
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    xr = torch.where(va[:, :, None], x, zero).abs().amax((1, 2)).double()  # NaN propagates
-    yr = torch.where(vb[:, :, None], y, zero).abs().amax((1, 2)).double()
+    def absmax(t, valid):  # max |t| over the real rows of each problem, one pass without a |t| temporary
+        lo, hi = torch.aminmax(t, dim=2)  # NaN propagates
+        return torch.where(valid, torch.maximum(lo.abs(), hi.abs()), 0).amax(1).double()
+
+    xr, yr = absmax(x, va), absmax(y, vb)
     bad = ~(torch.isfinite(xr) & torch.isfinite(yr))
     nx, ny = xr * d ** 0.5, yr * d ** 0.5
     bound = {0: torch.full_like(nx, 2.0), 1: (nx + ny) ** 2, 2: nx * ny}[kind]

@@ -606,7 +606,7 @@ class CodeSwitcher:
 
         Args:
             input_ids: [B, L] integer token ids.
-            attention_mask: [B, L] (0 = padding, dropped), default all ones.
+            attention_mask: [B, L] of 0/1 (0 = padding, dropped; any other value is an error), default all ones.
             token_type_ids: [B, L] segment ids (0 query, 1 passage), default zeros.
             step: training step; with the seed it fixes every random decision.
             max_length: cut rows longest_first to this many tokens and pad to exactly this width. Without

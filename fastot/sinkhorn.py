@@ -118,7 +118,7 @@ def _can_sync(t: torch.Tensor) -> bool:
 
 
 def _cost_status(cost, a, b, eps, tau_a, tau_b) -> torch.Tensor:
-    """[B] int8 status of sinkhorn problems (see STATUS): one pass over the cost's real entries."""
+    """[B] int8 status of sinkhorn problems (see STATUS), from the weights and the cost's real entries."""
     status, va, vb = _weight_status(a, b, tau_a, tau_b)
     B, N, M = cost.shape
     if B == 0 or N == 0 or M == 0:
@@ -152,11 +152,13 @@ def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b) -> torch.Tensor
     B, N, M, d = x.shape[0], x.shape[1], y.shape[1], x.shape[2]
     if B == 0 or N == 0 or M == 0 or d == 0:
         return status
+    top = torch.finfo(ref.compute_dtype(x.dtype)).max / 16
     if _can_sync(x):  # every entry finite and the bound small (NaN compares False): codes 2 and 3 cannot occur
         ends = [abs(float(v)) for t in (x, y) for v in torch.aminmax(t)]  # no |x| temporary
         big = max(ends) * d ** 0.5
-        if all(e < float("inf") for e in ends) and (4 * big * big if kind != 0 else 2.0) / eps < torch.finfo(ref.compute_dtype(x.dtype)).max / 16:
+        if all(e < float("inf") for e in ends) and (4 * big * big if kind != 0 else 2.0) / eps < top:
             return status
+
     def absmax(t, valid):  # max |t| over the real rows of each problem, one pass without a |t| temporary
         lo, hi = torch.aminmax(t, dim=2)  # NaN propagates
         return torch.where(valid, torch.maximum(lo.abs(), hi.abs()), 0).amax(1).double()
@@ -165,7 +167,7 @@ def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b) -> torch.Tensor
     bad = ~(torch.isfinite(xr) & torch.isfinite(yr))
     nx, ny = xr * d ** 0.5, yr * d ** 0.5
     bound = {0: torch.full_like(nx, 2.0), 1: (nx + ny) ** 2, 2: nx * ny}[kind]
-    overflow = bound / eps > torch.finfo(ref.compute_dtype(x.dtype)).max / 16
+    overflow = bound / eps > top
     for code, cond in ((2, bad), (3, overflow)):  # the first that applies wins
         status = torch.where(((status == 0) | (status == 5)) & cond, code, status)
     return status.to(torch.int8)

@@ -302,6 +302,22 @@ def test_codeswitch_edge_case_public_and_direct_op(name, build, match, backend, 
     _unchanged(before, (ids, mask, tt))
 
 
+@pytest.mark.parametrize("backend,device", [p for p in CS_BACKENDS if p.values[0] != "torch"])
+@pytest.mark.parametrize("name,build,match", CS_CASES[:3], ids=[c[0] for c in CS_CASES[:3]])
+def test_codeswitch_edge_case_compiled(name, build, match, backend, device, switch_setup):
+    """Under torch.compile the checks run on the device (torch._assert_async): the compiled call raises with the
+    same message when it runs. (The torch reference's code-switch is not fullgraph-traceable: data-dependent
+    shapes; it is the oracle, not a compile target.)"""
+    lex, ids0, mask0, tt0 = switch_setup
+    ids, mask, tt = build(ids0, mask0, tt0)
+    cs = fastot.CodeSwitcher(lex, p=1.0, backend=backend)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda i, m, t: cs(i, m, t, max_length=24).input_ids, fullgraph=True, backend="aot_eager")
+    assert fn(ids0, mask0, tt0).shape == (2, 24)  # the clean batch runs
+    with pytest.raises(RuntimeError, match=match):
+        fn(ids, mask, tt)
+
+
 @pytest.mark.parametrize("backend,device", CS_BACKENDS)
 def test_codeswitch_direct_op_checks_the_languages(backend, device, switch_setup):
     lex, ids, mask, tt = switch_setup

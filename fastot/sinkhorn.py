@@ -407,7 +407,12 @@ def sinkhorn(
 
     Returns:
         :class:`SinkhornResult` with f [B,N], g [B,M], value [B], transport_cost [B], n_iter [B] int32,
-        err [B], and ``plan()`` -> [B,N,M].
+        err [B], status [B] int8 (0, or a :data:`STATUS` code: that problem's input is unusable and its
+        outputs are NaN; ``check()`` raises on it), and ``plan()`` -> [B,N,M].
+
+    Argument errors (shapes, dtypes, devices, eps/tau/tol/max_iter values) raise ValueError/TypeError before any
+    work; problems in the values (NaN, unequal masses, ...) are flagged per problem without a host sync. The
+    README's "Errors and edge cases" table lists every case.
     """
     return _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend)
 

@@ -43,6 +43,18 @@ def git_sha() -> str:
         return "unknown"
 
 
+def write_rows(rows: list[dict], out: str | None, name: str) -> str:
+    """Write ``rows`` as CSV to ``out`` (default ``bench/results/vm-<date>-<name>.csv``); returns the path."""
+    out = out or os.path.join("bench", "results", f"vm-{datetime.date.today().isoformat()}-{name}.csv")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out}")
+    return out
+
+
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo, or the platform's processor string."""
     try:

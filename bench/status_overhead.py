@@ -12,17 +12,15 @@ medians. The output CSV goes to ``bench/results/``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import importlib
-import os
 import statistics
 import time
 
 import torch
 
 import fastot
-from bench.sinkhorn_cpu import cpu_name, git_sha
+from bench.sinkhorn_cpu import cpu_name, git_sha, write_rows
 
 S = importlib.import_module("fastot.sinkhorn")  # the module (fastot.sinkhorn is also the function)
 
@@ -79,13 +77,7 @@ def main(argv=None) -> None:
                    date=datetime.date.today().isoformat())
         rows.append(row)
         print(row)
-    out = args.out or os.path.join("bench", "results", f"vm-{datetime.date.today().isoformat()}-status-overhead.csv")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}")
+    write_rows(rows, args.out, "status-overhead")
 
 
 if __name__ == "__main__":

@@ -14,16 +14,14 @@ of the teacher side (one of the three GEMMs of the backward). Shapes: B = 32 sen
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import os
 import statistics
 import time
 
 import torch
 
 import fastot
-from bench.sinkhorn_cpu import cpu_name, git_sha
+from bench.sinkhorn_cpu import cpu_name, git_sha, write_rows
 
 
 def step(x, y, y_grad: bool, backend: str) -> tuple[float, float]:
@@ -69,13 +67,7 @@ def main(argv=None) -> None:
                          threads=torch.get_num_threads(),
                          cpu=cpu_name(), git=git_sha(), date=datetime.date.today().isoformat()))
         print(rows[-1])
-    out = args.out or os.path.join("bench", "results", f"vm-{datetime.date.today().isoformat()}-teacher-grad.csv")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}")
+    write_rows(rows, args.out, "teacher-grad")
 
 
 if __name__ == "__main__":

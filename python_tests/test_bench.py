@@ -26,6 +26,20 @@ def test_sinkhorn_cpu_benchmark_runs(tmp_path):
         assert r["torch"] and r["fastot_sha"] and r["cpu"]
 
 
+@pytest.mark.parametrize("module,cols", [("bench.teacher_grad", ("both_bwd_ms", "frozen_bwd_ms", "bwd_speedup")),
+                                         ("bench.status_overhead", ("sinkhorn_ms", "status_clean_ms", "full_share"))])
+def test_issue21_benchmarks_run(tmp_path, module, cols):
+    out = tmp_path / "b.csv"
+    res = subprocess.run([sys.executable, "-m", module, "--rounds", "1", "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and all(float(r[c]) > 0 for r in rows for c in cols)
+    res = subprocess.run([sys.executable, "-m", module, "--rounds", "0", "--out", str(tmp_path / "no.csv")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "--rounds" in res.stderr and not (tmp_path / "no.csv").exists()
+
+
 def test_codeswitch_cpu_benchmark_runs(tmp_path):
     import fastot  # noqa: PLC0415
 

@@ -131,7 +131,7 @@ def _cost_status(cost, a, b, eps, tau_a, tau_b) -> torch.Tensor:
     rmin, cmin = t.amin(2), t.amin(1)  # NaN propagates; +inf: a real point with every pair forbidden (or padding)
     bad_cost = ~(rmin > -inf).all(1)  # NaN or -inf on a real pair
     top = t.masked_fill(t == inf, -inf).amax((1, 2))  # the largest finite real entry (-inf if none)
-    low = torch.where(rmin < inf, rmin, inf).amin(1)
+    low = rmin.amin(1)  # the smallest real entry (+inf if none; NaN is code 2 anyway)
     big = torch.maximum(torch.where(top > -inf, top.abs(), 0), torch.where(low < inf, low.abs(), 0))
     overflow = big.double() / eps > torch.finfo(ref.compute_dtype(cost.dtype)).max / 16
     blocked = torch.zeros_like(bad_cost)
@@ -152,11 +152,11 @@ def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b) -> torch.Tensor
     B, N, M, d = x.shape[0], x.shape[1], y.shape[1], x.shape[2]
     if B == 0 or N == 0 or M == 0 or d == 0:
         return status
-    top = torch.finfo(ref.compute_dtype(x.dtype)).max / 16
+    limit = torch.finfo(ref.compute_dtype(x.dtype)).max / 16
     if _can_sync(x):  # every entry finite and the bound small (NaN compares False): codes 2 and 3 cannot occur
         ends = [abs(float(v)) for t in (x, y) for v in torch.aminmax(t)]  # no |x| temporary
         big = max(ends) * d ** 0.5
-        if all(e < float("inf") for e in ends) and (4 * big * big if kind != 0 else 2.0) / eps < top:
+        if all(e < float("inf") for e in ends) and (4 * big * big if kind != 0 else 2.0) / eps < limit:
             return status
 
     def absmax(t, valid):  # max |t| over the real rows of each problem, one pass without a |t| temporary
@@ -167,7 +167,7 @@ def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b) -> torch.Tensor
     bad = ~(torch.isfinite(xr) & torch.isfinite(yr))
     nx, ny = xr * d ** 0.5, yr * d ** 0.5
     bound = {0: torch.full_like(nx, 2.0), 1: (nx + ny) ** 2, 2: nx * ny}[kind]
-    overflow = bound / eps > top
+    overflow = bound / eps > limit
     for code, cond in ((2, bad), (3, overflow)):  # the first that applies wins
         status = torch.where(((status == 0) | (status == 5)) & cond, code, status)
     return status.to(torch.int8)

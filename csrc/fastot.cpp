@@ -53,6 +53,6 @@ TORCH_LIBRARY(fastot, m) {
       "codeswitch(Tensor input_ids, Tensor attention_mask, Tensor token_type_ids, Tensor word_start, "
       "Tensor special, Tensor key_hash, Tensor key_offsets, Tensor key_ids, Tensor entry_offsets, "
       "Tensor trans_offsets, Tensor trans_ids, Tensor lang_ids, int max_key_len, int max_key_words, int prefix_switch, int prefix_lang, "
-      "int prefix_trans, int threshold, int max_length, int pad_id) -> (Tensor input_ids, Tensor attention_mask, "
+      "int prefix_trans, int threshold, int max_length, int pad_id, int row_offset=0) -> (Tensor input_ids, Tensor attention_mask, "
       "Tensor token_type_ids, Tensor source_index, Tensor n_switched, Tensor n_words)");
 }

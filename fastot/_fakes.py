@@ -49,7 +49,7 @@ def _(x, y, a, b, f, g, scale, cost, eps, need_dx=True, need_dy=True):
 @torch.library.register_fake("fastot::codeswitch")
 def _(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids, entry_offsets,
       trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch, prefix_lang, prefix_trans,
-      threshold, max_length, pad_id):
+      threshold, max_length, pad_id, row_offset=0):
     return codeswitch_fake(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets,
                            key_ids, entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words,
                            prefix_switch, prefix_lang, prefix_trans, threshold, max_length, pad_id)

@@ -601,7 +601,7 @@ class CodeSwitcher:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None, *, step: int = 0,
-                 max_length: int | None = None, p: float | None = None) -> CodeSwitchOutput:
+                 max_length: int | None = None, p: float | None = None, row_offset: int = 0) -> CodeSwitchOutput:
         """Code-switch a batch.
 
         Args:
@@ -614,12 +614,16 @@ class CodeSwitcher:
                 synchronisation); pass it for a call without one (CUDA graphs, static shapes).
             p: this call's switching probability instead of the switcher's ``p`` (a schedule); the draws are
                 the same, so a word switched at a smaller p is also switched at a larger one.
+            row_offset: row r draws as row ``r + row_offset``: a process holding rows [s, s + B) of a global batch
+                passes s, and its rows switch as they would in the whole batch (under torchrun).
         Returns:
             :class:`CodeSwitchOutput`.
         """
         self._check(input_ids, attention_mask, token_type_ids, step, max_length)
         if p is not None and (not _is_real(p) or not 0.0 <= float(p) <= 1.0):
             raise ValueError(f"codeswitch: p must be None or in [0, 1], got {p!r}")
+        if not _is_integer(row_offset) or not 0 <= row_offset < 2**31:
+            raise ValueError(f"codeswitch: row_offset must be an integer in [0, 2^31), got {row_offset!r}")
         threshold = self._threshold if p is None else round(float(p) * (1 << 24))
         step, max_length = int(step), None if max_length is None else int(max_length)
         dev = input_ids.device
@@ -640,7 +644,7 @@ class CodeSwitcher:
             else:  # checked on the device, without a host synchronisation
                 torch._assert_async(n_special <= max_length, msg)
         be = _backend.resolve("codeswitch", dev, self.backend)
-        args = self._op_args(input_ids, attention_mask, token_type_ids, step, max_length, threshold)
+        args = self._op_args(input_ids, attention_mask, token_type_ids, step, max_length, threshold, int(row_offset))
         if be == "torch":
             out = ref.codeswitch(*args)
         elif be in ("cpp", "cuda"):
@@ -654,7 +658,7 @@ class CodeSwitcher:
 
 
     def _op_args(self, input_ids, attention_mask, token_type_ids, step: int, max_length: int | None,
-                 threshold: int | None = None) -> tuple:
+                 threshold: int | None = None, row_offset: int = 0) -> tuple:
         """The arguments of the registered op (``torch.ops.fastot.codeswitch``, the Triton op and the reference
         share them) for this switcher's lexicon and languages; no checks beyond the op's own."""
         dev = input_ids.device
@@ -664,13 +668,13 @@ class CodeSwitcher:
             *(lex[k] for k in _PACKED), self._lang_ids_for(dev), self._lex.max_key_len, self._lex.max_key_words,
             ref.rand_prefix(self.seed, step, ref.SALT_SWITCH), ref.rand_prefix(self.seed, step, ref.SALT_LANG),
             ref.rand_prefix(self.seed, step, ref.SALT_TRANS), self._threshold if threshold is None else threshold,
-            -1 if max_length is None else max_length, self.lexicon.pad_id,
+            -1 if max_length is None else max_length, self.lexicon.pad_id, row_offset,
         )
 
 
 def codeswitch_fake(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
                     entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch,
-                    prefix_lang, prefix_trans, threshold, max_length, pad_id):
+                    prefix_lang, prefix_trans, threshold, max_length, pad_id, row_offset=0):
     """Meta implementation of every registered code-switch op (dynamic width unless max_length is given)."""
     B = input_ids.shape[0]
     width = max_length if max_length >= 0 else torch.library.get_ctx().new_dynamic_size()

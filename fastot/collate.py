@@ -174,7 +174,8 @@ class CodeSwitchCollator:
             labels.extend(fields[2:])
         return queries, passages, labels or None
 
-    def __call__(self, batch: Sequence, *, step: int | None = None, p: float | None = None) -> dict:
+    def __call__(self, batch: Sequence, *, step: int | None = None, p: float | None = None,
+                 row_offset: int = 0) -> dict:
         """Tokenize, switch and pad a batch of B items.
 
         Args:
@@ -182,6 +183,8 @@ class CodeSwitchCollator:
                 ``"passage"`` and optionally ``"label"`` (labels for all items or none).
             step: the switch's step; default ``calls * num_workers + worker_id`` (see the class docstring).
             p: this batch's switching probability instead of ``switcher.p`` (e.g. a warm-up schedule).
+            row_offset: the index of ``batch[0]`` in a global batch that several processes share (under
+                torchrun): item i then switches as item ``row_offset + i`` of the whole batch at the same step.
         Returns:
             ``input_ids``, ``attention_mask``, ``token_type_ids`` (if the tokenizer's model inputs have them):
             [B, max_length] int64 (``padding="longest"``: [B, width], see the class docstring), as the tokenizer
@@ -215,7 +218,7 @@ class CodeSwitchCollator:
         if counted:
             info = get_worker_info()
             step = self.calls if info is None else self.calls * info.num_workers + info.id
-        out = self.switcher(ids, mask, tt, step=step, max_length=self.max_length, p=p)
+        out = self.switcher(ids, mask, tt, step=step, max_length=self.max_length, p=p, row_offset=row_offset)
         if counted:
             self.calls += 1
         ids, mask, tt = out.input_ids, out.attention_mask, out.token_type_ids

@@ -25,6 +25,7 @@ struct SwitchParams {
   int64_t n_active;
   uint64_t prefix_switch, prefix_lang, prefix_trans;
   int64_t threshold;        // switch when (rand >> 8) < threshold, threshold = round(p * 2^24)
+  int64_t row_offset;       // row r draws as row r + row_offset (its index in the global batch, under torchrun)
 };
 
 // Index of the lexicon entry for ids[0:len), or -1.
@@ -52,6 +53,7 @@ FASTOT_HD int64_t choose_translation(const LexiconView& lex, const SwitchParams&
                                      int64_t word, int64_t& active) {
   active = 0;
   if (entry < 0) return -1;
+  row += sp.row_offset;
   if (static_cast<int64_t>(word_rand(sp.prefix_switch, row, word) >> 8) >= sp.threshold) return -1;
   if (sp.n_active > 1) active = rand_below(word_rand(sp.prefix_lang, row, word), sp.n_active);
   const int64_t lang = sp.lang_ids[active];

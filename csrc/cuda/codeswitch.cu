@@ -21,7 +21,7 @@ Outputs codeswitch_cuda(const at::Tensor& input_ids, const at::Tensor& attention
                         const at::Tensor& key_hash, const at::Tensor& key_offsets, const at::Tensor& key_ids,
                         const at::Tensor& entry_offsets, const at::Tensor& trans_offsets, const at::Tensor& trans_ids,
                         const at::Tensor& lang_ids, int64_t max_key_len, int64_t max_key_words, int64_t prefix_switch, int64_t prefix_lang, int64_t prefix_trans,
-                        int64_t threshold, int64_t max_length, int64_t pad_id) {
+                        int64_t threshold, int64_t max_length, int64_t pad_id, int64_t row_offset) {
   check_codeswitch_inputs(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
                           entry_offsets, trans_offsets, trans_ids, lang_ids);
   check_codeswitch_values(input_ids, attention_mask, word_start, key_hash, entry_offsets, lang_ids, max_key_words);
@@ -37,7 +37,7 @@ Outputs codeswitch_cuda(const at::Tensor& input_ids, const at::Tensor& attention
                   to.data_ptr<int64_t>(), ti.data_ptr<int64_t>(), n_keys,
                   n_keys > 0 ? (eo.numel() - 1) / n_keys : 1, max_key_len, max_key_words};
   SwitchParams sp{li.data_ptr<int64_t>(), li.numel(), static_cast<uint64_t>(prefix_switch),
-                  static_cast<uint64_t>(prefix_lang), static_cast<uint64_t>(prefix_trans), threshold};
+                  static_cast<uint64_t>(prefix_lang), static_cast<uint64_t>(prefix_trans), threshold, row_offset};
   CodeswitchRows rows{ids.data_ptr<int64_t>(), mask.data_ptr<int64_t>(), tt.data_ptr<int64_t>(), ws.data_ptr<bool>(),
                       spc.data_ptr<bool>(), B, L};
   auto stream = c10::cuda::getCurrentCUDAStream();

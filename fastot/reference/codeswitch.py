@@ -163,6 +163,7 @@ def codeswitch(
     threshold: int,
     max_length: int,
     pad_id: int,
+    row_offset: int = 0,  # row r draws as row r + row_offset (its index in a global batch)
 ):
     """Returns (input_ids, attention_mask, token_type_ids, source_index) [B, L'] int64, n_switched
     [B, n_active] int64 (switched words per active language) and n_words [B] int64. See the module
@@ -230,7 +231,7 @@ def codeswitch(
     unit = _unit_starts(starts, span_words, max_key_words) if max_key_words > 1 else starts
 
     # --- random decisions per unit, counted by the word number of its first word -----------------------
-    row = torch.arange(B, device=dev)[:, None].expand(B, L)
+    row = (torch.arange(B, device=dev) + row_offset)[:, None].expand(B, L)
     wsafe = word_no.clamp_min(0)
     switch = unit & found & ((word_rand(prefix_switch, row, wsafe) >> 8) < threshold)
     if n_active > 1:

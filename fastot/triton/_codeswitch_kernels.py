@@ -92,7 +92,7 @@ def _codeswitch_kernel(
     n_switched_ptr, n_words_ptr,  # [B, n_active], [B] int64 (WRITE)
     row_len_ptr,  # [B] int64 output row lengths (not WRITE)
     B, L, K, n_lang, n_active, max_key_len, search_steps,  # sizes; search_steps = bit_length(K)
-    prefix_switch, prefix_lang, prefix_trans, threshold,  # randomness (see the reference)
+    prefix_switch, prefix_lang, prefix_trans, threshold, row_offset,  # randomness (see the reference)
     max_length, width,  # truncation budget (TRUNCATE) and output width
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, LOG2_L: tl.constexpr,  # BLOCK_L = 2**LOG2_L >= L
     MAX_KEY_WORDS: tl.constexpr,  # most words a key spans; 1 skips the unit scan
@@ -196,7 +196,7 @@ def _codeswitch_kernel(
         unit = starts
 
     # --- random decisions per unit ---------------------------------------------------------------------
-    row = o_b[:, None] + tl.zeros([BLOCK_B, BLOCK_L], tl.int64)
+    row = o_b[:, None] + row_offset + tl.zeros([BLOCK_B, BLOCK_L], tl.int64)
     w = tl.maximum(word_no, 0)
     switch = unit & found & ((_word_rand(prefix_switch, row, w) >> 8) < threshold)
     active = tl.where(n_active > 1, _rand_below(_word_rand(prefix_lang, row, w), n_active), 0)

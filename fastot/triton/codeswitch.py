@@ -34,7 +34,7 @@ def _triton_codeswitch(
     special: torch.Tensor, key_hash: torch.Tensor, key_offsets: torch.Tensor, key_ids: torch.Tensor,
     entry_offsets: torch.Tensor, trans_offsets: torch.Tensor, trans_ids: torch.Tensor, lang_ids: torch.Tensor,
     max_key_len: int, max_key_words: int, prefix_switch: int, prefix_lang: int, prefix_trans: int, threshold: int,
-    max_length: int, pad_id: int,
+    max_length: int, pad_id: int, row_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     check_values(input_ids, attention_mask, word_start, key_hash, entry_offsets, lang_ids, max_key_words)
     ids = input_ids.long().contiguous()
@@ -51,7 +51,7 @@ def _triton_codeswitch(
               key_hash.contiguous(), key_offsets.contiguous(), key_ids.contiguous(), entry_offsets.contiguous(),
               trans_offsets.contiguous(), trans_ids.contiguous(), lang_ids.long().contiguous())
     sizes = (B, L, n_keys, (entry_offsets.numel() - 1) // max(n_keys, 1), n_active, max_key_len,
-             n_keys.bit_length(), prefix_switch, prefix_lang, prefix_trans, threshold, max_length)
+             n_keys.bit_length(), prefix_switch, prefix_lang, prefix_trans, threshold, row_offset, max_length)
     meta = dict(BLOCK_B=BLOCK_B, BLOCK_L=BLOCK_L, LOG2_L=BLOCK_L.bit_length() - 1, MAX_KEY_WORDS=max(1, max_key_words), TRUNCATE=max_length >= 0,
                 num_warps=_NUM_WARPS)
     n_switched = torch.zeros(B, n_active, dtype=torch.long, device=dev)

@@ -62,7 +62,7 @@ def encode(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64, max_
 def evaluate_bitext(model, tokenizer, queries: Sequence[str], documents: Sequence[str], *,
                     query_model=None, query_tokenizer=None, metrics: Sequence[str] = _metrics.DEFAULT_METRICS,
                     batch_size: int = 64, max_length: int = 128, device=None, progress: bool = False,
-                    per_query: bool = False):
+                    per_query: bool = False, distributed: bool = False):
     """Cross-lingual retrieval on a bitext split: query i (English) has document i (its translation) as its
     one relevant document among all ``documents``; cosine of mean-pooled embeddings.
 
@@ -71,6 +71,10 @@ def evaluate_bitext(model, tokenizer, queries: Sequence[str], documents: Sequenc
         queries, documents: the two sides of the split, line-aligned, same length.
         query_model, query_tokenizer: a separate query encoder (e.g. the English teacher).
         metrics: names understood by :func:`fastot.metrics.evaluate`.
+        distributed: inside an initialised ``torch.distributed`` process group, each process encodes its
+            contiguous share of the queries and of the documents, and the embeddings are gathered in order: every
+            process returns the metrics of the whole split (those of one process up to float rounding: a share is
+            batched with other sentences, so padding differs).
 
     Returns:
         ``{metric: value}`` (means over the queries), plus per-query tensors when ``per_query``.
@@ -81,6 +85,22 @@ def evaluate_bitext(model, tokenizer, queries: Sequence[str], documents: Sequenc
     qm = query_model if query_model is not None else model
     qt = query_tokenizer if query_tokenizer is not None else tokenizer
     kw = dict(batch_size=batch_size, max_length=max_length, device=device, progress=progress)
-    q = encode(qm, qt, queries, desc="queries", **kw)
-    d = encode(model, tokenizer, documents, desc="documents", **kw)
+    q = _encode_shared(qm, qt, queries, distributed, desc="queries", **kw)
+    d = _encode_shared(model, tokenizer, documents, distributed, desc="documents", **kw)
     return _metrics.evaluate(q @ d.T, torch.arange(len(queries)), metrics, per_query=per_query)
+
+
+def _encode_shared(model, tokenizer, texts, distributed: bool, **kw) -> torch.Tensor:
+    """:func:`encode`, split over the processes of the default group when ``distributed`` (see
+    :func:`evaluate_bitext`) and gathered in order."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if not (distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return encode(model, tokenizer, texts, **kw)
+    from .train._dist import Dist, shard  # noqa: PLC0415
+
+    group = Dist(dist.get_rank(), dist.get_world_size())
+    mine = encode(model, tokenizer, shard(texts, group.rank, group.world), **kw)
+    if dist.get_backend() == "nccl":  # NCCL gathers device tensors
+        return group.gather_rows(mine.to(kw.get("device") or next(model.parameters()).device)).cpu()
+    return group.gather_rows(mine)

@@ -258,9 +258,11 @@ def save_checkpoint(out: str, step: int, model, tokenizer, name: str, state: dic
         shutil.rmtree(os.path.join(out, f"checkpoint-{s}"), ignore_errors=True)
 
 
-def load_trainer_state(ckpt: str, out: str, amp_name: str, opt, sched, scaler) -> dict:
+def load_trainer_state(ckpt: str, out: str, amp_name: str, opt, sched, scaler, rank: int = 0) -> dict:
     """Restore optimizer, scheduler, scaler and RNG from ``ckpt``/trainer.pt, drop the log lines written after
-    it (those steps are redone), and return the whole state; refuses another precision."""
+    it (those steps are redone; only ``rank`` 0 touches the log), and return the whole state; refuses another
+    precision. Under torchrun every process restores rank 0's RNG state and then, off rank 0, reseeds from
+    (RNG draw, rank), so processes never share a dropout stream whatever the world size of the saved run."""
     path = os.path.join(ckpt, "trainer.pt")
     try:
         st = torch.load(path, map_location="cpu", weights_only=False)
@@ -273,9 +275,19 @@ def load_trainer_state(ckpt: str, out: str, amp_name: str, opt, sched, scaler) -
     sched.load_state_dict(st["scheduler"])
     if st["scaler"]:
         scaler.load_state_dict(st["scaler"])
-    truncate_log(out, st.get("log_lines"))
+    if rank == 0:
+        truncate_log(out, st.get("log_lines"))
     set_rng_state(st["rng"])
+    reseed(rank)
     return st
+
+
+def reseed(rank: int) -> None:
+    """Off rank 0: a torch RNG stream of its own, drawn from the current (shared) state and the rank."""
+    if rank:
+        base = int(torch.randint(0, 2**31 - 1, (1,)))
+        torch.manual_seed(base * 1_000_003 + rank)
+        random.seed(base * 1_000_003 + rank)
 
 
 def apply_step(params, opt, sched, scaler, max_grad_norm) -> None:

@@ -17,6 +17,7 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -30,6 +31,7 @@ from ..lexicons import read_bitext
 from ..losses import COSTS, OBJECTIVES, OTDistillationLoss, content_mask
 from ..metrics import DEFAULT_METRICS, _parse
 from ..retrieval import evaluate_bitext
+from ._dist import DISTRIBUTED, ddp, setup, shard
 from ._run import (
     apply_step,
     check_common,
@@ -41,6 +43,7 @@ from ._run import (
     log,
     partial_accumulation,
     precision_of,
+    reseed,
     save_checkpoint,
 )
 from .models import MINILM, load_encoder, load_tokenizer
@@ -91,16 +94,22 @@ class DistillConfig:
     query_encoder: str = "student"  # who encodes the English queries at evaluation: "student" or "teacher"
     resume: bool = True  # continue from the newest checkpoint in output_dir when there is one
     overwrite: bool = False  # start again: delete the previous run's files in output_dir (resume is ignored)
-    device: str | None = None  # default: cuda when available, else cpu
+    device: str | None = None  # default: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
     backend: str | None = None  # Sinkhorn backend of the loss (default: the fused one for the device)
     progress: bool = True
     metrics: tuple[str, ...] = DEFAULT_METRICS
+    # Under torchrun ("auto": when WORLD_SIZE > 1) each process trains on its share of every micro-batch with
+    # DistributedDataParallel: batch_size stays the global micro-batch (batch_size / world per process), so the
+    # optimizer steps and the learning-rate schedule are those of one process. "off": train alone anyway.
+    distributed: str = "auto"
 
     def check(self) -> None:
         check_common(self, ints=("max_length", "batch_size", "grad_accum", "epochs", "max_iter", "eval_batch_size",
                                  "keep_checkpoints"),
                      optional_ints=("max_steps", "max_train_pairs", "eval_every", "eval_max_pairs"),
                      nonneg_ints=("warmup_steps", "save_every", "seed"), positive_numbers=("lr", "eps"))
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed: expected one of {DISTRIBUTED}, got {self.distributed!r}")
         if self.query_encoder not in ("student", "teacher"):
             raise ValueError(f"query_encoder: expected 'student' or 'teacher', got {self.query_encoder!r}")
         _parse(self.metrics)
@@ -153,9 +162,6 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
         ``{"before": {metric: value}, "after": {...}, "steps": n, "final_loss": x, "output_dir": ...}``
         (no "before"/"after" when ``eval_split`` is None).
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415
-    from transformers import get_linear_schedule_with_warmup  # noqa: PLC0415
-
     if teacher_model is not None and teacher_model is student_model:
         raise ValueError("teacher_model and student_model are the same object; the teacher is frozen, so pass a "
                          "copy (copy.deepcopy) as the student")
@@ -166,16 +172,45 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
     cfg = config
     cfg.check()
     out = cfg.output_dir
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    group, device = setup(cfg.distributed, cfg.device)
+    try:
+        return _distill(cfg, out, group, device, teacher_model, student_model, teacher_tokenizer, student_tokenizer,
+                        criterion)
+    finally:
+        group.close()
+
+
+class _StudentLoss(torch.nn.Module):
+    """The student and the loss as one module (what DistributedDataParallel wraps: the projection's gradients
+    are reduced with the student's)."""
+
+    def __init__(self, student, criterion):
+        super().__init__()
+        self.student, self.criterion = student, criterion
+
+    def forward(self, input_ids, attention_mask, s_mask, ht, t_mask, autocast):
+        with autocast():
+            hs = self.student(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.criterion(hs, s_mask, ht, t_mask)
+
+
+def _distill(cfg, out, group, device, teacher_model, student_model, teacher_tokenizer, student_tokenizer, criterion):
+    from tqdm.auto import tqdm  # noqa: PLC0415
+    from transformers import get_linear_schedule_with_warmup  # noqa: PLC0415
+
     amp_dtype, use_scaler = precision_of(cfg.precision, device)
 
     # --- the output folder: resume, refuse, or start clean (never silently overwrite a run) ----------------
     # Only checks here; nothing is written until the models and the data have loaded.
-    saved_cfg = dataclasses.asdict(cfg)
+    saved_cfg = {**dataclasses.asdict(cfg), "world_size": group.world,
+                 "per_process_batch_size": math.ceil(cfg.batch_size / group.world)}
     ckpt, replace = check_output(out, _MARKER, "distill", cfg.resume, cfg.overwrite, _RESUME_KEYS, saved_cfg)
     if cfg.eval_split is not None and cfg.eval_bitext is None and os.path.isfile(cfg.bitext):
         raise ValueError("eval_bitext: a TSV bitext has no splits, so evaluating on it would test on the training "
                          "pairs; pass eval_bitext (a held-out folder or TSV) or eval_split=None")
+    if cfg.batch_size < group.world:
+        raise ValueError(f"batch_size: the global micro-batch ({cfg.batch_size} pairs) must be at least the number "
+                         f"of processes ({group.world})")
 
     # --- models, data ---------------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -193,6 +228,8 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
                                                                             seed=cfg.seed)
     if ckpt is not None:  # the same architecture as at the start, with the checkpoint's weights
         load_weights(student, os.path.join(ckpt, "student"))
+    # The frozen teacher is replicated: each process runs it forward on its own pairs (no gradient, no
+    # optimizer state: its weights alone, 1.1 GB in bf16 for XLM-R large).
     teacher.to(device).eval().requires_grad_(False)
     student.to(device).train()
     if criterion is None:
@@ -202,11 +239,15 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
         criterion = OTDistillationLoss(eps=cfg.eps, max_iter=cfg.max_iter, cost=cfg.cost, objective=cfg.objective,
                                        projection=proj, backend=cfg.backend)
     criterion.to(device)
+    step_module = _StudentLoss(student, criterion)
     lengths = [len(s) for s in tgt]
     n_batches = math.ceil(len(en) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * n_batches / cfg.grad_accum)
 
-    init_output(out, _MARKER, _RUN_FILES, replace, saved_cfg, "distill")
+    group.barrier()  # every process has checked the folder before the first one changes it
+    if group.main:
+        init_output(out, _MARKER, _RUN_FILES, replace, saved_cfg, "distill")
+    group.barrier()
 
     params = [p for p in list(student.parameters()) + list(criterion.parameters()) if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -219,39 +260,55 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
     step, epoch, next_batch, result = 0, 0, 0, {"output_dir": out}
     amp_name = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32"
     if ckpt is not None:
-        st = load_trainer_state(ckpt, out, amp_name, opt, sched, scaler)
+        st = load_trainer_state(ckpt, out, amp_name, opt, sched, scaler, rank=group.rank)
         criterion.load_state_dict(st["criterion"])
         step, epoch, next_batch = st["step"], st["epoch"], st["next_batch"]
         result.update(st["result"])
+    else:
+        reseed(group.rank)
+    model = step_module
+    if group.on:
+        # the encoder's pooler is never used (the loss reads the token states): DDP must not wait for its gradient
+        ignore = [n for n, _ in step_module.named_parameters() if n.startswith("student.pooler.")]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_module, ignore)
+        model = ddp(step_module, device)
+
+    def write_log(rec: dict) -> None:
+        if group.main:
+            log(out, rec)
 
     def evaluate(tag: str) -> dict:
         qm, qt = (teacher, t_tok) if cfg.query_encoder == "teacher" else (None, None)
         m = evaluate_bitext(student, s_tok, ev_en, ev_tgt, query_model=qm, query_tokenizer=qt,
                             metrics=cfg.metrics, batch_size=cfg.eval_batch_size, max_length=cfg.max_length,
-                            device=device, progress=cfg.progress)
-        log(out, {"eval": tag, "step": step, **m})
+                            device=device, progress=cfg.progress and group.main, distributed=group.on)
+        write_log({"eval": tag, "step": step, **m})
         return m
 
     if ev_en is not None and "before" not in result:
         result["before"] = evaluate("before")
 
     def save() -> None:
-        save_checkpoint(out, step, student, s_tok, "student",
-                        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                         "criterion": criterion.state_dict(), "step": step, "epoch": epoch, "next_batch": next_batch,
-                         "result": result, "amp": amp_name}, cfg.keep_checkpoints)
+        if group.main:
+            save_checkpoint(out, step, student, s_tok, "student",
+                            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "scaler": scaler.state_dict(), "criterion": criterion.state_dict(), "step": step,
+                             "epoch": epoch, "next_batch": next_batch, "result": result, "amp": amp_name,
+                             "world_size": group.world}, cfg.keep_checkpoints)
+        group.barrier()  # no process runs ahead of a checkpoint that is not complete
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     def optimizer_step() -> None:
         nonlocal step, loss_acc, pairs, t0
-        loss_acc = float(loss_acc)  # the one host sync of a step, for the log
+        # the one host sync of a step, for the log: the global batch's mean (process r holds W times its share)
+        loss_acc = float(group.all_sum(torch.as_tensor(loss_acc, dtype=torch.float32, device=device))) / group.world
         apply_step(params, opt, sched, scaler, cfg.max_grad_norm)
         step += 1
         dt = time.perf_counter() - t0
         result["final_loss"] = loss_acc
-        log(out, {"step": step, "epoch": epoch, "loss": loss_acc, "lr": sched.get_last_lr()[0],
+        write_log({"step": step, "epoch": epoch, "loss": loss_acc, "lr": sched.get_last_lr()[0],
                    "pairs_per_s": pairs / dt if dt > 0 else None})
         bar.set_postfix(loss=f"{loss_acc:.4f}", refresh=False)
         bar.update(1)
@@ -262,13 +319,18 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
             save()
         t0 = time.perf_counter()  # pairs/s counts training only, not evaluation or saving
 
-    bar = tqdm(total=total_steps, initial=step, desc=f"distill {cfg.lang}", unit="step", disable=not cfg.progress)
+    bar = tqdm(total=total_steps, initial=step, desc=f"distill {cfg.lang}", unit="step",
+               disable=not (cfg.progress and group.main))
     micro, loss_acc, pairs, t0 = 0, 0.0, 0, time.perf_counter()
     special = t_tok.all_special_ids, s_tok.all_special_ids
     while step < total_steps and epoch < (cfg.epochs if cfg.max_steps is None else 1 << 30):
         batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouping)
         while next_batch < len(batches) and step < total_steps:
-            idx = batches[next_batch]
+            idx, weight = batches[next_batch], 1.0
+            if group.on:  # this process's contiguous share of the global micro-batch
+                idx = shard(idx, group.rank, group.world)
+                if not idx:  # a last batch smaller than the world: run one pair with weight 0 (DDP needs a step)
+                    idx, weight = batches[next_batch][:1], 0.0
             next_batch += 1
             te = t_tok([en[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length,
                        return_tensors="pt").to(device)
@@ -278,14 +340,16 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
             if not cfg.include_special:
                 t_mask = content_mask(te["input_ids"], t_mask, special[0])
                 s_mask = content_mask(se["input_ids"], s_mask, special[1])
-            with autocast():
-                with torch.no_grad():
-                    ht = teacher(input_ids=te["input_ids"], attention_mask=te["attention_mask"]).last_hidden_state
-                hs = student(input_ids=se["input_ids"], attention_mask=se["attention_mask"]).last_hidden_state
-            loss = criterion(hs, s_mask, ht, t_mask)
-            scaler.scale(loss / cfg.grad_accum).backward()
+            with autocast(), torch.no_grad():
+                ht = teacher(input_ids=te["input_ids"], attention_mask=te["attention_mask"]).last_hidden_state
+            sync = (micro + 1) % cfg.grad_accum == 0 or not group.on
+            with contextlib.nullcontext() if sync else model.no_sync():
+                loss = model(se["input_ids"], se["attention_mask"], s_mask, ht, t_mask, autocast)
+                if group.on:
+                    loss = loss * _share(criterion, s_mask, t_mask, weight, group)
+                scaler.scale(loss / cfg.grad_accum).backward()
             loss_acc = loss_acc + loss.detach() / cfg.grad_accum  # on device: read once per optimizer step
-            pairs += len(idx)
+            pairs += len(idx) if weight else 0
             micro += 1
             if micro % cfg.grad_accum == 0:
                 optimizer_step()
@@ -293,6 +357,8 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
             epoch, next_batch = epoch + 1, 0
     if step < total_steps and (factor := partial_accumulation(params, micro, cfg.grad_accum)):
         loss_acc *= factor  # the data ran out inside an accumulation: applied as the mean of what it holds
+        if group.on:  # the pending micro-batches ran under no_sync: reduce their gradients now
+            _average_gradients(params, group)
         optimizer_step()
     bar.close()
 
@@ -300,4 +366,24 @@ def distill(config: DistillConfig | None = None, *, teacher_model=None, student_
     if ev_en is not None:
         result["after"] = evaluate("after")
     save()
-    return finish_run(out, student, s_tok, "student", result)
+    if group.main:
+        finish_run(out, student, s_tok, "student", result)
+    group.barrier()
+    return result
+
+
+def _share(criterion, s_mask, t_mask, weight: float, group) -> torch.Tensor:
+    """The factor that makes this process's loss its share of the global micro-batch's: DDP averages the
+    gradients over the W processes, so a local mean over n_r of the global N pairs is scaled by W n_r / N, and a
+    sum-reduced loss by W. The pair count is all-reduced on the device (no host sync)."""
+    if getattr(criterion, "reduction", "mean") != "mean":
+        return torch.tensor(float(group.world) * weight, device=s_mask.device)
+    n = ((s_mask.any(1) & t_mask.any(1)).sum() * weight).to(torch.float32)  # pairs with tokens on both sides
+    total = group.all_sum(n.clone())
+    return group.world * n / total.clamp_min(1)
+
+
+def _average_gradients(params, group) -> None:
+    for p in params:
+        if p.grad is not None:
+            group.all_sum(p.grad).div_(group.world)

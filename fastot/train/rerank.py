@@ -29,6 +29,7 @@ student) gives the top ``depth`` candidates, the reranker reorders them; metrics
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -46,6 +47,7 @@ from .. import metrics as _metrics
 from ..codeswitch import CodeSwitcher, Lexicon
 from ..collate import CodeSwitchCollator
 from ..lexicons import _check_file, _read_lines, induce_from_bitext, read_bitext
+from ._dist import DISTRIBUTED, ddp, setup, shard, shard_start
 from ._run import (
     apply_step,
     check_common,
@@ -58,6 +60,7 @@ from ._run import (
     log,
     partial_accumulation,
     precision_of,
+    reseed,
     save_checkpoint,
 )
 from .distill import epoch_batches
@@ -118,6 +121,10 @@ class RerankConfig:
     device: str | None = None
     backend: str | None = None  # code-switch backend (default: the fastest for the device)
     progress: bool = True
+    # Under torchrun ("auto": when WORLD_SIZE > 1) each process trains on its share of every micro-batch's queries
+    # with DistributedDataParallel; batch_size stays the global micro-batch, so steps and schedule are those of one
+    # process, and each pair switches as it would in the whole batch. "off": train alone anyway (the sweep's cells).
+    distributed: str = "auto"
 
     @property
     def languages(self) -> list[str]:
@@ -132,6 +139,8 @@ class RerankConfig:
                      nonneg_ints=("warmup_steps", "save_every", "seed", "switch_warmup_steps"))
         if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0 <= self.p <= 1:
             raise ValueError(f"p: expected a probability in [0, 1], got {self.p!r}")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed: expected one of {DISTRIBUTED}, got {self.distributed!r}")
         if self.head_bias not in ("keep", "prior"):
             raise ValueError(f"head_bias: expected 'keep' or 'prior', got {self.head_bias!r}")
         if self.negatives not in ("bm25", "random"):
@@ -256,18 +265,29 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
         lexicon: the switch's lexicon instead of ``config.lexicon`` / induction (built with ``tokenizer``).
         examples: training examples instead of ``config.triples`` / ``config.bitext``.
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415
-    from transformers import get_linear_schedule_with_warmup  # noqa: PLC0415
-
     cfg = RerankConfig(**overrides) if config is None else dataclasses.replace(config, **overrides)
     resuming = cfg.resume and not cfg.overwrite and latest_checkpoint(cfg.output_dir) is not None
     cfg.check(need_examples=examples is None, need_lexicon=lexicon is None and not resuming)  # resumed: lexicon.pt
+    group, device = setup(cfg.distributed, cfg.device)
+    try:
+        return _train(cfg, group, device, reranker, tokenizer, lexicon, examples)
+    finally:
+        group.close()
+
+
+def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
+    from tqdm.auto import tqdm  # noqa: PLC0415
+    from transformers import get_linear_schedule_with_warmup  # noqa: PLC0415
+
     out = cfg.output_dir
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp_dtype, use_scaler = precision_of(cfg.precision, device)
     amp_name = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32"
-    saved_cfg = dataclasses.asdict(cfg)
+    saved_cfg = {**dataclasses.asdict(cfg), "world_size": group.world,
+                 "per_process_batch_size": math.ceil(cfg.batch_size / group.world)}
     ckpt, replace = check_output(out, _MARKER, "rerank", cfg.resume, cfg.overwrite, _RESUME_KEYS, saved_cfg)
+    if cfg.batch_size < group.world:
+        raise ValueError(f"batch_size: the global micro-batch ({cfg.batch_size} queries) must be at least the "
+                         f"number of processes ({group.world})")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -289,9 +309,12 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
     n_batches = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * n_batches / cfg.grad_accum)
 
-    init_output(out, _MARKER, _RUN_FILES, replace, saved_cfg, "rerank")
-    if ckpt is None:
-        lexicon.save(os.path.join(out, "lexicon.pt"))
+    group.barrier()  # every process has checked the folder before the first one changes it
+    if group.main:
+        init_output(out, _MARKER, _RUN_FILES, replace, saved_cfg, "rerank")
+        if ckpt is None:
+            lexicon.save(os.path.join(out, "lexicon.pt"))
+    group.barrier()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
@@ -300,16 +323,21 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
     step, epoch, next_batch, micro = 0, 0, 0, 0
     result: dict = {"output_dir": out, "train_queries": len(examples), "lexicon_keys": lexicon.n_keys}
     if ckpt is not None:
-        st = load_trainer_state(ckpt, out, amp_name, opt, sched, scaler)
+        st = load_trainer_state(ckpt, out, amp_name, opt, sched, scaler, rank=group.rank)
         step, epoch, next_batch, micro = st["step"], st["epoch"], st["next_batch"], st["micro"]
         result.update(st["result"])
+    else:
+        reseed(group.rank)
+    net = ddp(model, device) if group.on else model
 
     def save() -> None:
-        save_checkpoint(out, step, model, tok, "reranker",
-                        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                         "step": step, "epoch": epoch, "next_batch": next_batch, "micro": micro, "result": result,
-                         "amp": amp_name, "run_stats": {k: v.cpu() for k, v in run_stats.items()}},
-                        cfg.keep_checkpoints)
+        if group.main:
+            save_checkpoint(out, step, model, tok, "reranker",
+                            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "next_batch": next_batch,
+                             "micro": micro, "result": result, "amp": amp_name, "world_size": group.world,
+                             "run_stats": {k: v.cpu() for k, v in run_stats.items()}}, cfg.keep_checkpoints)
+        group.barrier()
 
     bce, bce_sum = torch.nn.BCEWithLogitsLoss(), torch.nn.BCEWithLogitsLoss(reduction="sum")
     zero = torch.zeros((), dtype=torch.long, device=device)
@@ -319,10 +347,20 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
     if ckpt is not None:
         run_stats = {k: v.to(device) for k, v in st["run_stats"].items()}
     loss_acc, pairs, t0 = 0.0, 0, time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc=f"rerank p={cfg.p:g}", unit="step", disable=not cfg.progress)
+    bar = tqdm(total=total_steps, initial=step, desc=f"rerank p={cfg.p:g}", unit="step",
+               disable=not (cfg.progress and group.main))
 
     def optimizer_step() -> None:
         nonlocal step, loss_acc, pairs, t0, stats
+        if group.on:  # the global batch's loss and switch counts, for the log (one reduction of 2 + n_lang numbers)
+            flat = torch.cat([torch.as_tensor(loss_acc, dtype=torch.float64, device=device).reshape(1),
+                              stats["words"].reshape(1).double(), stats["switched"].reshape(1).double(),
+                              stats["switched_per_language"].double()])
+            flat = group.all_sum(flat).cpu()
+            loss_acc = float(flat[0]) / group.world
+            stats = {"words": flat[1].long(), "switched": flat[2].long(),
+                     "switched_per_language": flat[3:].long()}
+            stats = {k: v.to(device) for k, v in stats.items()}
         loss_acc = float(loss_acc)  # the one host sync of a step
         apply_step(params, opt, sched, scaler, cfg.max_grad_norm)
         step += 1
@@ -331,8 +369,9 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
         for k in run_stats:
             run_stats[k] += stats[k]
         result["final_loss"] = loss_acc
-        log(out, {"step": step, "epoch": epoch, "loss": loss_acc, "lr": sched.get_last_lr()[0],
-                  "pairs_per_s": pairs / dt if dt > 0 else None, "switched": ratio})
+        if group.main:
+            log(out, {"step": step, "epoch": epoch, "loss": loss_acc, "lr": sched.get_last_lr()[0],
+                      "pairs_per_s": pairs * group.world / dt if dt > 0 else None, "switched": ratio})
         bar.set_postfix(loss=f"{loss_acc:.4f}", switched=f"{ratio['overall']:.2f}", refresh=False)
         bar.update(1)
         loss_acc, pairs, stats = 0.0, 0, {k: torch.zeros_like(v) for k, v in stats.items()}
@@ -340,30 +379,49 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
             save()
         t0 = time.perf_counter()
 
+    def items_of(idx) -> list:
+        items = []
+        for i in idx:
+            ex = examples[i]
+            items.append((ex.query, ex.positive, 1.0))
+            items.extend((ex.query, neg, 0.0) for neg in ex.negatives)
+        return items
+
     while step < total_steps and epoch < (cfg.epochs if cfg.max_steps is None else 1 << 30):
         batches = epoch_batches([0] * len(examples), cfg.batch_size, cfg.seed, epoch, group=False)
         while next_batch < len(batches) and step < total_steps:
-            items = []
-            for i in batches[next_batch]:
-                ex = examples[i]
-                items.append((ex.query, ex.positive, 1.0))
-                items.extend((ex.query, neg, 0.0) for neg in ex.negatives)
+            idx, weight, offset = batches[next_batch], 1.0, 0
+            n_global = sum(1 + len(examples[i].negatives) for i in idx)  # pairs in the global micro-batch
+            if group.on:  # this process's queries; its pairs switch as rows offset.. of the global batch
+                mine = shard(idx, group.rank, group.world)
+                offset = sum(1 + len(examples[i].negatives) for i in idx[:shard_start(len(idx), group.rank,
+                                                                                       group.world)])
+                idx, weight = (mine, 1.0) if mine else (idx[:1], 0.0)  # none left: one query with weight 0
+            items = items_of(idx)
             next_batch += 1
             p_now = cfg.p * min(1.0, step / cfg.switch_warmup_steps) if cfg.switch_warmup_steps else None
-            # the switch's stream: a pure function of (seed, micro-batch) and the scheduled p
-            batch = collator(items, step=micro, p=p_now)
-            for k in stats:
-                stats[k] = stats[k] + batch["cs_stats"][k]
-            for part in _length_chunks(batch, cfg.length_chunks):
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
-                                   token_type_ids=part.get("token_type_ids")).logits.squeeze(-1)
-                # the micro-batch's mean BCE (over its chunks: their sums over its pairs)
-                loss = (bce(logits.float(), part["labels"]) if cfg.length_chunks == 1 else
-                        bce_sum(logits.float(), part["labels"]) / len(items))
-                scaler.scale(loss / cfg.grad_accum).backward()
+            # the switch's stream: a pure function of (seed, micro-batch, row in the global micro-batch) and p
+            batch = collator(items, step=micro, p=p_now, row_offset=offset)
+            if weight:
+                for k in stats:
+                    stats[k] = stats[k] + batch["cs_stats"][k]
+            sync = (micro + 1) % cfg.grad_accum == 0
+            parts = _length_chunks(batch, cfg.length_chunks)
+            for j, part in enumerate(parts):
+                # DDP reduces the gradients once per optimizer step: at the last chunk of its last micro-batch
+                last = sync and j == len(parts) - 1
+                with contextlib.nullcontext() if last or not group.on else net.no_sync():
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = net(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
+                                     token_type_ids=part.get("token_type_ids")).logits.squeeze(-1)
+                    if group.on:  # this process's share of the global mean (DDP averages over the W processes)
+                        loss = bce_sum(logits.float(), part["labels"]) * (weight * group.world / n_global)
+                    else:  # the micro-batch's mean BCE (over its chunks: their sums over its pairs)
+                        loss = (bce(logits.float(), part["labels"]) if cfg.length_chunks == 1 else
+                                bce_sum(logits.float(), part["labels"]) / len(items))
+                    scaler.scale(loss / cfg.grad_accum).backward()
                 loss_acc = loss_acc + loss.detach() / cfg.grad_accum
-            pairs += len(items)
+            pairs += len(items) if weight else 0
             micro += 1
             if micro % cfg.grad_accum == 0:
                 optimizer_step()
@@ -371,20 +429,28 @@ def train_reranker(config: RerankConfig | None = None, *, reranker=None, tokeniz
             epoch, next_batch = epoch + 1, 0
     if step < total_steps and (factor := partial_accumulation(params, micro, cfg.grad_accum)):
         loss_acc *= factor  # a last partial accumulation, applied as its mean
+        if group.on:  # its micro-batches ran under no_sync: reduce their gradients now
+            for p_ in params:
+                if p_.grad is not None:
+                    group.all_sum(p_.grad).div_(group.world)
         optimizer_step()
     bar.close()
     result["steps"] = step
     words, switched = int(run_stats["words"]), int(run_stats["switched"])
     result["switched_counts"] = {"words": words, "switched": switched}
     result["switched_ratio"] = switched / words if words else 0.0
-    result.update(prior_plateau(_logged_losses(out), share))
-    if result["stuck_on_prior"]:
-        warnings.warn(f"rerank p={cfg.p:g} seed={cfg.seed}: the training loss ended on the prior (mean "
-                      f"{result['tail_loss']:.3f} over the last {result['tail_steps']} steps; always predicting the "
-                      f"{share:.2f} positive share gives {result['prior_loss']:.3f}): the reranker learnt no ranking; "
-                      f"see {out}/log.jsonl", RuntimeWarning, stacklevel=2)
+    if group.main:  # the log is rank 0's
+        result.update(prior_plateau(_logged_losses(out), share))
+        if result["stuck_on_prior"]:
+            warnings.warn(f"rerank p={cfg.p:g} seed={cfg.seed}: the training loss ended on the prior (mean "
+                          f"{result['tail_loss']:.3f} over the last {result['tail_steps']} steps; always predicting "
+                          f"the {share:.2f} positive share gives {result['prior_loss']:.3f}): the reranker learnt no "
+                          f"ranking; see {out}/log.jsonl", RuntimeWarning, stacklevel=3)
     save()
-    return finish_run(out, model, tok, "reranker", result)
+    if group.main:
+        finish_run(out, model, tok, "reranker", result)
+    group.barrier()
+    return result
 
 
 def _length_chunks(batch: dict, chunks: int) -> list[dict]:

@@ -1,0 +1,128 @@
+"""torch.distributed plumbing of the training loops: one process per device, launched by ``torchrun`` (or
+``accelerate launch``), which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous in the environment.
+
+A loop calls :func:`setup` once: it joins the process group when the launcher started several processes (gloo on
+CPU, NCCL on CUDA), picks this process's device, and returns a :class:`Dist`. With one process everything here is
+a no-op, so the single-process numerics are exactly those of earlier runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+DISTRIBUTED = ("auto", "on", "off")
+
+
+def launched_world() -> int:
+    """WORLD_SIZE as set by torchrun (1 when not launched by it)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    created: bool = False  # this call joined the process group, so :meth:`close` leaves it
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.on:
+            torch.distributed.barrier()
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum over the processes (in place; returned for chaining); identity with one process."""
+        if self.on:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate each process's rows [n_r, ...] (a CPU or device tensor) in rank order, on every process."""
+        if not self.on:
+            return t
+        n = torch.tensor([t.shape[0]], dtype=torch.long, device=t.device)
+        sizes = [torch.zeros_like(n) for _ in range(self.world)]
+        torch.distributed.all_gather(sizes, n)
+        sizes = [int(s) for s in sizes]
+        pad = t.new_zeros((max(sizes), *t.shape[1:]))
+        pad[:t.shape[0]] = t
+        parts = [torch.empty_like(pad) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, pad)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    def close(self) -> None:
+        if self.created and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self.created = False
+
+
+def setup(distributed: str, device: str | None) -> tuple[Dist, torch.device]:
+    """Join the process group when ``distributed`` allows it and torchrun started several processes.
+
+    ``distributed``: "auto" (default: distributed exactly when WORLD_SIZE > 1), "on" (require it) or "off" (train
+    alone even under torchrun: the sweep's workers, each training its own cells). ``device``: None picks
+    ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; an explicit "cuda" becomes ``cuda:LOCAL_RANK``.
+    """
+    if distributed not in DISTRIBUTED:
+        raise ValueError(f"distributed: expected one of {DISTRIBUTED}, got {distributed!r}")
+    world = launched_world() if distributed != "off" else 1
+    if distributed == "on" and world == 1:
+        raise ValueError("distributed: 'on' but WORLD_SIZE is not set above 1: launch with torchrun "
+                         "--nproc-per-node N (or leave distributed='auto')")
+    if world == 1:
+        return Dist(), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    created = False
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        created = True
+    if torch.distributed.get_world_size() != world:
+        raise RuntimeError(f"distributed: the process group has {torch.distributed.get_world_size()} processes but "
+                           f"WORLD_SIZE is {world}")
+    return Dist(torch.distributed.get_rank(), world, local, created), dev
+
+
+def shard(items: Sequence, rank: int, world: int) -> list:
+    """This process's contiguous share of ``items``: sizes differ by at most one, the first ``len % world``
+    processes take one more (as ``torch.tensor_split``); the shares concatenated in rank order are ``items``."""
+    n = len(items)
+    q, r = divmod(n, world)
+    start = rank * q + min(rank, r)
+    return list(items[start:start + q + (rank < r)])
+
+
+def shard_start(n: int, rank: int, world: int) -> int:
+    """Index of the first item of :func:`shard`'s share of ``n`` items."""
+    q, r = divmod(n, world)
+    return rank * q + min(rank, r)
+
+
+def ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``DistributedDataParallel(module)`` that does not sync buffers every forward (an encoder's buffers, such
+    as position ids, are constants; the weights are broadcast from rank 0 once, at construction)."""
+    import inspect  # noqa: PLC0415
+
+    from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+
+    kw = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel)
+          .parameters else {"broadcast_buffers": False})  # the keyword of torch >= 2.13; before it, the old one
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None, **kw)

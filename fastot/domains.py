@@ -107,9 +107,10 @@ def write_embedded_tico19(root: str) -> str:
                     with open(path, encoding="utf-8", newline="\n") as fh:
                         if fh.read() == text:
                             continue
-                with open(path + ".tmp", "w", encoding="utf-8", newline="\n") as fh:
+                tmp = f"{path}.{os.getpid()}.tmp"  # sweep workers may write the same file at once
+                with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
                     fh.write(text)
-                os.replace(path + ".tmp", path)
+                os.replace(tmp, path)
     return root
 
 
@@ -160,7 +161,7 @@ def _split(rows: list[tuple[str, ...]], eval_fraction: float, seed: int, name: s
 def _write(out_dir: str, split: str, lang: str, rows: list[tuple[str, ...]]) -> None:
     exts = ("en", lang, "url")[:len(rows[0]) if rows else 2]
     for j, ext in enumerate(exts):
-        tmp = os.path.join(out_dir, f".{split}.{ext}.tmp")
+        tmp = os.path.join(out_dir, f".{split}.{ext}.{os.getpid()}.tmp")  # workers may write it at once
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
             fh.writelines(r[j].replace("\n", " ") + "\n" for r in rows)
         os.replace(tmp, os.path.join(out_dir, f"{split}.{ext}"))
@@ -229,8 +230,10 @@ def prepare_domains(out_dir: str, lang: str, *, data: str | None = None,
             entry["articles"] = len({r[2] for r in ev})
         manifest["domains"][name] = entry
     _write(out_dir, "all-train", lang, [r[:2] for tr, _ in parts.values() if tr is not None for r in tr])
-    with open(os.path.join(out_dir, "domains.json"), "w", encoding="utf-8") as fh:
+    tmp = os.path.join(out_dir, f".domains.json.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "domains.json"))
     return manifest
 
 

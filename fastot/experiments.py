@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .train._run import read_json
 from .train.rerank import (
     RERANK_METRICS,
     RerankConfig,
@@ -509,7 +510,7 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
           max_queries: int | None = None, max_documents: int | None = 60, steps: int | None = None,
           metrics: Sequence[str] = RERANK_METRICS, n_boot: int = 1000, n_resamples: int = 10_000,
           keep_models: bool = False, overwrite: bool = False, device=None, progress: bool = True, file=None,
-          **rerank_options) -> dict:
+          shard: str | None = None, **rerank_options) -> dict:
     """Code-switching frequency x seeds x training domains: train a reranker per cell, evaluate it on every
     evaluation set, relate p to the drop from the in-domain set to each shifted one, and test each p > 0
     against p = 0 and multi-domain against single-domain training per query.
@@ -539,6 +540,15 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
         keep_models: keep every reranker (default: only its log, metrics and per-query scores, to save disk).
         overwrite: delete an earlier sweep's results in ``out_dir`` first; without it, a sweep with the same
             settings skips its finished cells and one with other settings (``sweep.json``) is refused.
+        shard: ``"i/n"``: this worker trains the cells ``j`` with ``j % n == i`` (a Slurm array task, or any
+            scheduler: n workers on one ``out_dir``). Under torchrun the default is ``RANK/WORLD_SIZE``, each
+            process training its cells alone on its own device. A cell is claimed atomically
+            (``runs/<cell>.claim``), so two workers never train the same one; a failed cell is reported
+            (``runs/<cell>.failed``) and retried by the next run, the other cells are kept; the tables and plots
+            are written by the worker that finds every cell finished.
+
+    Cells, workers and resumption: a finished cell is ``runs/<cell>/rows.json``; the cells are trained in the
+    same order with the same seeds whatever the workers, so n workers give the rows of one worker.
 
     Writes ``sweep.csv`` (one row per cell and evaluation set: metrics, drops, whether training ended on the
     prior), ``runs/<cell>/perquery.json``, ``correlations.csv``, ``significance.csv``, ``table.md``,
@@ -546,12 +556,6 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
     not trained again.
     """
     file = sys.stdout if file is None else file
-    import csv  # noqa: PLC0415
-    import shutil  # noqa: PLC0415
-
-    from .train.models import load_cross_encoder, load_tokenizer  # noqa: PLC0415
-    from .train.rerank import EvalSet  # noqa: PLC0415
-
     t0 = time.perf_counter()
     ps = [float(p) for p in ps]
     if not ps or any(not 0 <= p <= 1 for p in ps):
@@ -561,6 +565,48 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
     for name, v in (("depth", depth), ("max_queries", max_queries), ("steps", steps)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    shard_i, shard_n = _parse_shard(shard)
+    from .train._dist import setup  # noqa: PLC0415
+
+    group, dev_auto = setup("auto", device) if shard is None else (None, None)
+    if group is not None and group.on:
+        shard_i, shard_n = group.rank, group.world
+    if overwrite and shard_n > 1 and (group is None or not group.on):
+        raise ValueError("overwrite: with --shard the workers cannot agree on a clean start; delete the folder (or "
+                         "run once with --overwrite alone) before starting the shards")
+    try:
+        return _sweep(bitext, lang, out_dir, preset, data, data_dir, scale, query_kinds, ps, seeds, train_domains,
+                      eval_sets, reference, first_stage_model, depth, max_queries, max_documents, steps, metrics,
+                      n_boot, n_resamples, keep_models, overwrite, device if dev_auto is None else dev_auto,
+                      progress, file, t0, shard_i, shard_n, group, rerank_options)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _parse_shard(shard) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    i, sep, n = str(shard).partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        i = n = -1
+    if not sep or not 0 <= i < n:
+        raise ValueError(f"shard: expected 'i/n' with 0 <= i < n (e.g. 0/4), got {shard!r}")
+    return i, n
+
+
+def _sweep(bitext, lang, out_dir, preset, data, data_dir, scale, query_kinds, ps, seeds, train_domains, eval_sets,
+           reference, first_stage_model, depth, max_queries, max_documents, steps, metrics, n_boot, n_resamples,
+           keep_models, overwrite, device, progress, file, t0, shard_i, shard_n, group, rerank_options) -> dict:
+    import csv  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    from .train.models import load_tokenizer  # noqa: PLC0415
+    from .train.rerank import EvalSet  # noqa: PLC0415
+
+    main = group is None or group.main
     synthetic = bitext is None and preset is None
     title = "sweep"
     if preset is not None:
@@ -620,11 +666,13 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
         raise ValueError(f"reference: {reference!r} is not one of the evaluation sets {names}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base = RerankConfig(bitext=bitext, lang=lang, device=str(dev), progress=False, save_every=0,
-                        max_steps=steps, **rerank_options)
+                        max_steps=steps, distributed="off", **rerank_options)
     dataclasses.replace(base, bitext=None).check(need_examples=False, need_lexicon=False)  # paths come later
-    if synthetic:  # only now that the arguments are checked
+    if synthetic and main:  # only now that the arguments are checked; under torchrun, rank 0 writes it
         os.makedirs(out_dir, exist_ok=True)
         syn.write_sample(bitext, seed=0)
+    if group is not None:
+        group.barrier()
     base.check()
     os.makedirs(out_dir, exist_ok=True)
     tok = load_tokenizer(base.model)
@@ -646,76 +694,186 @@ def sweep(bitext: str | None = None, lang: str | None = None, out_dir: str = "ru
         "reference": reference, "first_stage": str(first_stage_model), "depth": depth, "max_queries": max_queries,
         "max_documents": None if given else max_documents, "metrics": list(metrics),
         "rerank": {k: v for k, v in dataclasses.asdict(base).items()
-                   if k not in ("device", "progress", "output_dir", "bitext")
+                   if k not in ("device", "progress", "output_dir", "bitext", "distributed")
                    and not (k == "length_chunks" and v == 1)},  # sweeps from before the option stay resumable
     }, default=list))
     settings_path = os.path.join(out_dir, "sweep.json")
-    if overwrite:
+    if overwrite and main:
         for name in ("sweep.csv", "sweep.json", "correlations.csv", "significance.csv", "table.md", "sweep.png",
-                     "drop.png", "multi_vs_single.png"):
+                     "drop.png", "multi_vs_single.png", "first_stage.json"):
             if os.path.exists(os.path.join(out_dir, name)):
                 os.remove(os.path.join(out_dir, name))
         shutil.rmtree(os.path.join(out_dir, "runs"), ignore_errors=True)
+    if group is not None:
+        group.barrier()  # rank 0 has cleaned up before any process claims a cell
     if os.path.exists(settings_path):
-        with open(settings_path, encoding="utf-8") as fh:
-            prev = json.load(fh)
+        prev = read_json(settings_path, "sweep")
         changed = sorted(k for k in set(prev) | set(settings) if prev.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"out_dir: {out_dir!r} holds a sweep with other settings ({', '.join(changed)}); its "
                              "finished cells would be mixed in: pass overwrite=True (--overwrite) or another folder")
-    with open(settings_path, "w", encoding="utf-8") as fh:
-        json.dump(settings, fh, indent=2)
+    _write_atomic(settings_path, json.dumps(settings, indent=2))
     fields = ["train_domains", "p", "seed", "eval_set", *metrics, *(f"drop_{m}" for m in metrics),
               "switched_ratio", "steps", "train_s", "stuck_on_prior", "tail_loss", "prior_loss"]
-    rows: list[dict] = []
-    if os.path.exists(csv_path):  # resume: keep finished cells
+    legacy: list[dict] = []
+    if os.path.exists(csv_path):  # resume: keep the finished cells of a sweep.csv (sweeps before rows.json)
         with open(csv_path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("eval_set") in names]
-    done = {(r["train_domains"], float(r["p"]), int(r["seed"])) for r in rows}
+            legacy = [r for r in csv.DictReader(fh) if r.get("eval_set") in names]
     cells = [(td, p, s) for td in train_domains for p in ps for s in seeds]
+    runs = os.path.join(out_dir, "runs")
+    os.makedirs(runs, exist_ok=True)
+
+    def done(cell) -> bool:
+        return (any((r["train_domains"], float(r["p"]), int(r["seed"])) == cell for r in legacy)
+                or os.path.exists(os.path.join(runs, _cell_dir(*cell), "rows.json")))
+
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    bar = tqdm(cells, desc="sweep", unit="model", disable=not progress)
+    mine = [c for j, c in enumerate(cells) if j % shard_n == shard_i]
+    label = f" {shard_i}/{shard_n}" if shard_n > 1 else ""
+    bar = tqdm(mine, desc=f"sweep{label}", unit="model", disable=not progress)
+    failed, skipped = [], []
     for td, p, seed in bar:
-        if (td, p, seed) in done:
+        cell = (td, p, seed)
+        if done(cell):
             continue
-        bar.set_postfix(train=td, p=p, seed=seed, refresh=True)
-        run_dir = os.path.join(out_dir, "runs", _cell_dir(td, p, seed))
-        model = load_cross_encoder(base.model, seed=seed)
-        t1 = time.perf_counter()
-        res = train_reranker(base, reranker=model, tokenizer=tok, lexicon=lexicon, output_dir=run_dir, p=p,
-                             seed=seed, train_split=td, overwrite=True)
-        t_train = time.perf_counter() - t1
-        if res.get("stuck_on_prior"):
-            print(_stuck_warning(f"train={td} p={_fmt_p(p)} seed={seed}", res), file=file)
-        ev = {n: evaluate_reranking(model, tok, sets[n], cands[n], metrics=metrics, device=dev, per_query=True)
-              for n in names}
-        per_set = {n: ev[n]["reranked"] for n in names}
-        with open(os.path.join(run_dir, "perquery.json"), "w", encoding="utf-8") as fh:
-            json.dump({n: ev[n]["per_query"]["reranked"] for n in names}, fh)
-        if not os.path.exists(os.path.join(out_dir, "first_stage.json")):
-            with open(os.path.join(out_dir, "first_stage.json"), "w", encoding="utf-8") as fh:
-                json.dump({n: {"mean": ev[n]["first_stage"], "per_query": ev[n]["per_query"]["first_stage"]}
-                           for n in names}, fh)
-        for n in names:
-            row = {"train_domains": td, "p": p, "seed": seed, "eval_set": n, **per_set[n],
-                   **{f"drop_{m}": per_set[reference][m] - per_set[n][m] for m in metrics},
-                   "switched_ratio": res["switched_ratio"], "steps": res["steps"], "train_s": round(t_train, 1),
-                   "stuck_on_prior": res.get("stuck_on_prior"), "tail_loss": res.get("tail_loss"),
-                   "prior_loss": res.get("prior_loss")}
-            rows.append(row)
-        tmp = csv_path + ".tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:  # after every cell: nothing lost
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, csv_path)
-        if not keep_models:
-            for sub in ("reranker", *(d for d in os.listdir(run_dir) if d.startswith("checkpoint-"))):
-                shutil.rmtree(os.path.join(run_dir, sub), ignore_errors=True)
+        name = _cell_dir(td, p, seed)
+        holder = _claim(os.path.join(runs, name + ".claim"))
+        if holder is not None:  # another worker trains it now
+            skipped.append(f"{name} (claimed by {holder})")
+            continue
+        try:
+            if done(cell):  # finished between the check and the claim
+                continue
+            bar.set_postfix(train=td, p=p, seed=seed, refresh=True)
+            _train_cell(out_dir, runs, name, cell, base, tok, lexicon, sets, cands, names, reference, metrics,
+                        dev, keep_models, file)
+            if os.path.exists(os.path.join(runs, name + ".failed")):
+                os.remove(os.path.join(runs, name + ".failed"))
+        except Exception as exc:  # noqa: BLE001 - reported, the other cells go on
+            import traceback  # noqa: PLC0415
+
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+            _write_atomic(os.path.join(runs, name + ".failed"), traceback.format_exc())
+            print(f"sweep: cell {name} failed ({type(exc).__name__}: {exc}); the others go on, a rerun retries it",
+                  file=file)
+        finally:
+            os.remove(os.path.join(runs, name + ".claim"))
     bar.close()
-    return summarise_sweep(csv_path, out_dir, reference=reference, metrics=metrics, n_boot=n_boot,
-                           n_resamples=n_resamples, title=title, seconds=time.perf_counter() - t0, file=file)
+    if group is not None:
+        group.barrier()  # every process is past its cells
+    pending = [_cell_dir(*c) for c in cells if not done(c)]
+    rows = []
+    for c in dict.fromkeys([*cells, *((r["train_domains"], float(r["p"]), int(r["seed"])) for r in legacy)]):
+        path = os.path.join(runs, _cell_dir(*c), "rows.json")
+        if os.path.exists(path):  # a cell's own rows win over an earlier sweep.csv's
+            rows += read_json(path, "sweep")
+        else:
+            rows += [r for r in legacy if (r["train_domains"], float(r["p"]), int(r["seed"])) == c]
+    result = None
+    if not pending and main and _claim(os.path.join(out_dir, "merge.claim")) is None:
+        try:  # one worker writes the tables: the one that finds every cell finished
+            tmp = f"{csv_path}.{os.getpid()}.tmp"
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, csv_path)
+            result = summarise_sweep(csv_path, out_dir, reference=reference, metrics=metrics, n_boot=n_boot,
+                                     n_resamples=n_resamples, title=title, seconds=time.perf_counter() - t0,
+                                     file=file)
+        finally:
+            os.remove(os.path.join(out_dir, "merge.claim"))
+    if failed:
+        raise RuntimeError(f"sweep: {len(failed)} cell(s) failed and will be retried by the next run (the finished "
+                           "cells are kept): " + "; ".join(failed))
+    if result is None:
+        waiting = f"; claimed by other workers: {', '.join(skipped)}" if skipped else ""
+        print(f"sweep{label}: {len(cells) - len(pending)} of {len(cells)} cells finished; the tables are written "
+              f"when every cell is (by the last worker to finish, or by rerunning the sweep){waiting}", file=file)
+        result = {"pending": pending, "rows": len(rows), "claimed_elsewhere": skipped}
+    return result
+
+
+def _train_cell(out_dir, runs, name, cell, base, tok, lexicon, sets, cands, names, reference, metrics, dev,
+                keep_models, file) -> None:
+    """Train one (training domains, p, seed) cell, evaluate it on every set and write ``runs/<cell>/rows.json``
+    (last, atomically: the cell is finished exactly when it exists)."""
+    import shutil  # noqa: PLC0415
+
+    from .train.models import load_cross_encoder  # noqa: PLC0415
+
+    td, p, seed = cell
+    run_dir = os.path.join(runs, name)
+    model = load_cross_encoder(base.model, seed=seed)
+    t1 = time.perf_counter()
+    res = train_reranker(base, reranker=model, tokenizer=tok, lexicon=lexicon, output_dir=run_dir, p=p,
+                         seed=seed, train_split=td, overwrite=True)
+    t_train = time.perf_counter() - t1
+    if res.get("stuck_on_prior"):
+        print(_stuck_warning(f"train={td} p={_fmt_p(p)} seed={seed}", res), file=file)
+    ev = {n: evaluate_reranking(model, tok, sets[n], cands[n], metrics=metrics, device=dev, per_query=True)
+          for n in names}
+    per_set = {n: ev[n]["reranked"] for n in names}
+    _write_atomic(os.path.join(run_dir, "perquery.json"),
+                  json.dumps({n: ev[n]["per_query"]["reranked"] for n in names}))
+    if not os.path.exists(os.path.join(out_dir, "first_stage.json")):
+        _write_atomic(os.path.join(out_dir, "first_stage.json"), json.dumps(
+            {n: {"mean": ev[n]["first_stage"], "per_query": ev[n]["per_query"]["first_stage"]} for n in names}))
+    rows = [{"train_domains": td, "p": p, "seed": seed, "eval_set": n, **per_set[n],
+             **{f"drop_{m}": per_set[reference][m] - per_set[n][m] for m in metrics},
+             "switched_ratio": res["switched_ratio"], "steps": res["steps"], "train_s": round(t_train, 1),
+             "stuck_on_prior": res.get("stuck_on_prior"), "tail_loss": res.get("tail_loss"),
+             "prior_loss": res.get("prior_loss")} for n in names]
+    if not keep_models:
+        for sub in ("reranker", *(d for d in os.listdir(run_dir) if d.startswith("checkpoint-"))):
+            shutil.rmtree(os.path.join(run_dir, sub), ignore_errors=True)
+    _write_atomic(os.path.join(run_dir, "rows.json"), json.dumps(rows))
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Through a file of this process's own and a rename: concurrent workers never see a partial file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _claim(path: str) -> str | None:
+    """Create ``path`` exclusively (O_CREAT | O_EXCL: atomic, also on NFS v3+) holding ``host pid``; returns None
+    when this process now holds it, else the holder. A claim of a process that no longer runs on this host (a
+    killed worker) is taken over."""
+    import socket  # noqa: PLC0415
+
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    holder = fh.read().strip()
+            except FileNotFoundError:  # released meanwhile: try again
+                continue
+            host, _, pid = holder.partition(" ")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                os.remove(path)  # stale: its worker was killed
+                continue
+            return holder or "another worker"
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(me)
+        return None
+    return "another worker"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _cell_dir(td: str, p: float, seed: int) -> str:

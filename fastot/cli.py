@@ -129,8 +129,11 @@ def _quiet_table():
 
 
 _DISTILL_HELP = {
+    "distributed": "under torchrun: 'auto' (DDP when WORLD_SIZE > 1), 'on' (require it) or 'off' (train alone); "
+                   "--batch-size stays the global micro-batch, split over the processes",
     "bitext": "folder with <split>.en and <split>.<lang> (MAFAND layout), or a TSV file en<TAB>tgt",
     "lang": "target-language code, the file suffix",
+    "batch_size": "pairs per micro-batch, all processes together (under torchrun each takes its share)",
     "output_dir": "checkpoints, log.jsonl, metrics.json and the final student/ go here",
     "eval_split": "held-out split for retrieval evaluation, 'none' to skip",
     "eval_bitext": "a separate folder/TSV for the evaluation (default: --bitext)",
@@ -179,7 +182,7 @@ _RERANK_HELP = {
                  "as loaded",
     "query_words": "min,max content words per built query",
     "max_train_queries": "use only the first n training queries",
-    "batch_size": "queries per micro-batch (each with 1 + n_negatives passages)",
+    "batch_size": "queries per micro-batch (each with 1 + n_negatives passages), all processes together",
     "length_chunks": "forward each micro-batch as this many length-sorted chunks, each padded to its own longest "
                      "row: the same loss up to rounding and dropout draws, less padding (4: 1.6-2.0x faster on a CPU)",
     "backend": "code-switch backend (default: the fastest for the device)",
@@ -391,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     p_sw.add_argument("--lexicon-split", default=None, help="split the lexicon is induced from (default train; a "
                       "preset's: all-train, the union of its training parts)")
     p_sw.add_argument("--device", default=None)
+    p_sw.add_argument("--shard", default=None, metavar="I/N",
+                      help="train only the cells j with j %% N == I (e.g. a Slurm array: --shard "
+                      "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); workers share --output-dir, claim cells "
+                      "atomically, and the last to finish writes the tables (default: all cells, or one share per "
+                      "process under torchrun)")
     args = parser.parse_args(argv)
     if args.command == "rerank":
         import dataclasses  # noqa: PLC0415
@@ -426,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
                   eval_sets=args.eval_set, reference=args.reference, first_stage_model=args.first_stage,
                   depth=args.depth, max_queries=args.max_queries, max_documents=args.max_documents, steps=args.steps,
                   n_boot=args.n_boot, n_resamples=args.n_resamples, keep_models=args.keep_models,
-                  overwrite=args.overwrite, device=args.device, model=args.model, lexicon=args.lexicon, **extra)
-        except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+                  overwrite=args.overwrite, device=args.device, model=args.model, lexicon=args.lexicon,
+                  shard=args.shard, **extra)
+        except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as exc:
             parser.exit(2, f"fastot sweep: error: {exc}\n")
         return 0
     if args.command == "demo":

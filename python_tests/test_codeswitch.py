@@ -454,6 +454,29 @@ def test_lexicon_keys_case_variants_and_skips_multiword(minilm_tokenizer):
 
 
 # --------------------------------------------------------------------------- registered op, compile
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("max_length", [None, 20], ids=["width-longest", "trunc20"])
+def test_row_offset_switches_a_share_as_the_whole_batch(minilm_tokenizer, lexicon, backend, device, max_length):
+    """torchrun: a process holding rows [s, s + n) of a global batch passes row_offset=s and switches them as the
+    whole batch would at the same step, on every backend; without the offset its draws are another row's."""
+    ids, mask, tt = (t.to(device) for t in random_batch(minilm_tokenizer, 12, 30, seed=9))
+    cs = fastot.CodeSwitcher(lexicon, p=0.5, seed=5, languages=["sw", "ha"], backend=backend)
+    whole = cs(ids, mask, tt, step=3, max_length=max_length)
+    shifted = 0
+    for s, e in ((0, 5), (5, 12), (7, 8)):
+        part = cs(ids[s:e], mask[s:e], tt[s:e], step=3, max_length=max_length, row_offset=s)
+        width = part.input_ids.shape[1]
+        assert torch.equal(part.n_switched_lang, whole.n_switched_lang[s:e])
+        assert torch.equal(part.input_ids, whole.input_ids[s:e, :width])
+        assert torch.equal(part.source_index, whole.source_index[s:e, :width])
+        if s:
+            plain = cs(ids[s:e], mask[s:e], tt[s:e], step=3, max_length=max_length)
+            shifted += not torch.equal(plain.n_switched_lang, part.n_switched_lang)
+    assert shifted  # the offset is not a no-op
+    with pytest.raises(ValueError, match="row_offset"):
+        cs(ids, mask, tt, row_offset=-1)
+
+
 def _cs_args(lexicon, ids, mask, tt, max_length):
     T = lexicon.tensors()
     return (ids, mask, tt, T["word_start"], T["special"], T["key_hash"], T["key_offsets"], T["key_ids"],

@@ -131,6 +131,8 @@ def _quiet_table():
 _DISTILL_HELP = {
     "distributed": "under torchrun: 'auto' (DDP when WORLD_SIZE > 1), 'on' (require it) or 'off' (train alone); "
                    "--batch-size stays the global micro-batch, split over the processes",
+    "fsdp": "under torchrun: shard the student over the processes with FSDP2 (fully_shard per layer) instead of "
+            "replicating it (DDP); the frozen teacher stays replicated",
     "bitext": "folder with <split>.en and <split>.<lang> (MAFAND layout), or a TSV file en<TAB>tgt",
     "lang": "target-language code, the file suffix",
     "batch_size": "pairs per micro-batch, all processes together (under torchrun each takes its share)",

@@ -694,7 +694,7 @@ def _sweep(bitext, lang, out_dir, preset, data, data_dir, scale, query_kinds, ps
         "reference": reference, "first_stage": str(first_stage_model), "depth": depth, "max_queries": max_queries,
         "max_documents": None if given else max_documents, "metrics": list(metrics),
         "rerank": {k: v for k, v in dataclasses.asdict(base).items()
-                   if k not in ("device", "progress", "output_dir", "bitext", "distributed")
+                   if k not in ("device", "progress", "output_dir", "bitext", "distributed", "fsdp")
                    and not (k == "length_chunks" and v == 1)},  # sweeps from before the option stay resumable
     }, default=list))
     settings_path = os.path.join(out_dir, "sweep.json")

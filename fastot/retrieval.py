@@ -95,12 +95,18 @@ def _encode_shared(model, tokenizer, texts, distributed: bool, **kw) -> torch.Te
     :func:`evaluate_bitext`) and gathered in order."""
     import torch.distributed as dist  # noqa: PLC0415
 
-    if not (distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not (distributed and texts and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return encode(model, tokenizer, texts, **kw)
     from .train._dist import Dist, shard  # noqa: PLC0415
 
     group = Dist(dist.get_rank(), dist.get_world_size())
-    mine = encode(model, tokenizer, shard(texts, group.rank, group.world), **kw)
+    share = shard(texts, group.rank, group.world)
+    n = len(share)
+    # Every process encodes as many texts (the first share's count, padded with a repeat): the same number of
+    # forward calls everywhere, which a sharded (FSDP) model needs, and equal blocks to gather.
+    size = -(-len(texts) // group.world)
+    mine = encode(model, tokenizer, share + [texts[0]] * (size - n), **kw)
     if dist.get_backend() == "nccl":  # NCCL gathers device tensors
-        return group.gather_rows(mine.to(kw.get("device") or next(model.parameters()).device)).cpu()
-    return group.gather_rows(mine)
+        mine = mine.to(kw.get("device") or next(model.parameters()).device)
+    blocks = group.gather_rows(mine).cpu().split(size)
+    return torch.cat([b[:len(shard(texts, r, group.world))] for r, b in enumerate(blocks)])

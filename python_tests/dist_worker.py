@@ -13,12 +13,12 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
-def tiny(kind: str, seed: int = 0):
+def tiny(kind: str, seed: int = 0, hidden: int = 32):
     from transformers import BertConfig, BertForSequenceClassification, BertModel  # noqa: PLC0415
 
     from fastot.train import load_tokenizer  # noqa: PLC0415
 
-    cfg = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, hidden_size=32, num_hidden_layers=2,
+    cfg = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, hidden_size=hidden, num_hidden_layers=2,
                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=512, num_labels=1,
                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     with torch.random.fork_rng(devices=[]):
@@ -48,7 +48,8 @@ def run(kind: str, options: dict, grads_dir: str | None = None) -> dict:
         from fastot.experiments import sweep  # noqa: PLC0415
 
         return sweep(None, None, **options)
-    models = (tiny("encoder", 1), tiny("encoder", 2)) if kind == "distill" else (tiny("reranker", 0),)
+    width = options.pop("student_width", 32)  # != 32: the loss gets a projection (trained, and sharded by FSDP)
+    models = (tiny("encoder", 1), tiny("encoder", 2, width)) if kind == "distill" else (tiny("reranker", 0),)
     hook = record_grads(grads_dir, {id(p): n for n, p in models[-1].named_parameters()}) if grads_dir else None
     try:
         if kind == "distill":

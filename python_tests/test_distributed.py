@@ -178,6 +178,52 @@ def test_a_two_process_run_resumes_alone(bitext, distill_one, tmp_path):
     assert len(read_log(tmp_path / "run")) == len(read_log(one / "run"))
 
 
+@pytest.fixture(scope="module")
+def distill_wide_one(bitext, tmp_path_factory):
+    d = tmp_path_factory.mktemp("distill-wide1")
+    res = worker.run("distill", distill_options(bitext, d / "run", student_width=48))
+    return d, res
+
+
+def test_fsdp_distill_follows_one_process_and_resumes(bitext, distill_wide_one, tmp_path):
+    """A 48-d student and a 32-d teacher: the loss's projection is trained and sharded too."""
+    one, res1 = distill_wide_one
+    opts = distill_options(bitext, tmp_path / "run", student_width=48, fsdp=True)
+    res2 = json.loads(ok(2, "distill", opts).split("RESULT ", 1)[1].splitlines()[0])
+    same_weights(one / "run" / "student", tmp_path / "run" / "student")
+    assert [r["loss"] for r in read_log(tmp_path / "run") if "loss" in r] == pytest.approx(
+        [r["loss"] for r in read_log(one / "run") if "loss" in r], rel=1e-5)
+    assert res2["after"] == pytest.approx(res1["after"], abs=1e-6)
+    for ckpt in ("checkpoint-1", "checkpoint-2"):  # the gathered projection is checkpointed whole
+        proj1 = torch.load(one / "run" / ckpt / "trainer.pt", weights_only=False)["criterion"]
+        proj2 = torch.load(tmp_path / "run" / ckpt / "trainer.pt", weights_only=False)["criterion"]
+        assert proj1.keys() == proj2.keys() == {"projection.weight", "projection.bias"}
+        for k in proj1:
+            torch.testing.assert_close(proj2[k], proj1[k], rtol=0, atol=1e-6)
+    # killed at its 2nd step, resumed under FSDP from its own checkpoint: the sharded optimizer state is restored
+    opts = {**opts, "output_dir": str(tmp_path / "again")}
+    rc, out = torchrun(2, "distill", opts, env={"FASTOT_FAULT_AT": "step:2"})
+    assert rc != 0 and (tmp_path / "again" / "checkpoint-1").is_dir()
+    ok(2, "distill", opts)
+    same_weights(one / "run" / "student", tmp_path / "again" / "student")
+
+
+def test_fsdp_rerank_follows_one_process(bitext, rerank_one, tmp_path):
+    one, res1 = rerank_one
+    res2 = json.loads(ok(2, "rerank", rerank_options(bitext, tmp_path / "run", fsdp=True)).split("RESULT ", 1)[1]
+                      .splitlines()[0])
+    assert res2["switched_counts"] == res1["switched_counts"]
+    same_weights(one / "run" / "reranker", tmp_path / "run" / "reranker")
+    assert [r["loss"] for r in read_log(tmp_path / "run")] == pytest.approx([r["loss"] for r in read_log(one / "run")],
+                                                                          rel=1e-5)
+
+
+def test_fsdp_needs_several_processes(bitext, tmp_path):
+    with pytest.raises(ValueError, match="fsdp.*torchrun"):
+        worker.run("distill", distill_options(bitext, tmp_path / "run", fsdp=True))
+    assert not (tmp_path / "run").exists()
+
+
 def sweep_options(out, **kw):
     return {"out_dir": str(out), "ps": [0.0, 1.0], "seeds": [0, 1], "train_domains": ["train-politics"],
             "eval_sets": ["politics=dev-politics", "health=dev-health"], "max_queries": 6, "max_documents": 12,

@@ -126,3 +126,62 @@ def ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     kw = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel)
           .parameters else {"broadcast_buffers": False})  # the keyword of torch >= 2.13; before it, the old one
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None, **kw)
+
+
+def fsdp_shard(encoder: torch.nn.Module, *others: torch.nn.Module) -> None:
+    """FSDP2 (``fully_shard``): each block of the encoder's layer lists, then the encoder, each an FSDP root of
+    its own (so the evaluation can run it alone), and each of ``others`` that has parameters (a loss projection).
+    Parameters become DTensors sharded over the processes: build the optimizer after this."""
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
+
+    for lst in [m for m in encoder.modules() if isinstance(m, torch.nn.ModuleList)]:
+        for block in lst:
+            fully_shard(block)
+    fully_shard(encoder)
+    for m in others:
+        if any(True for _ in m.parameters()):
+            fully_shard(m)
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def full_state(model: torch.nn.Module, opt) -> tuple[dict, dict]:
+    """The whole model's and optimizer's state of an FSDP-sharded ``model`` on rank 0, on the CPU (empty dicts
+    elsewhere); a collective: every process calls it. The optimizer state is keyed by position, as
+    ``opt.state_dict()`` of an unsharded run, so a checkpoint resumes with or without FSDP."""
+    from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=opts)
+    osd = get_optimizer_state_dict(model, opt, options=opts)
+    if not osd:
+        return msd, osd
+    order = [f for g in osd["param_groups"] for f in g["params"]]
+    pos = {f: i for i, f in enumerate(order)}
+    return msd, {"state": {pos[f]: v for f, v in osd["state"].items()},
+                 "param_groups": [{**g, "params": [pos[f] for f in g["params"]]} for g in osd["param_groups"]]}
+
+
+def load_full_optimizer(model: torch.nn.Module, opt, state: dict) -> None:
+    """Load a position-keyed optimizer state (:func:`full_state`, or ``opt.state_dict()`` of an unsharded run)
+    into the optimizer of an FSDP-sharded ``model``; every process calls it with the same state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # noqa: PLC0415
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    fqns = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    fqn_state = {"state": {fqns[int(i)]: v for i, v in state["state"].items()},
+                 "param_groups": [{**g, "params": [fqns[int(i)] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, opt, optim_state_dict=fqn_state, options=StateDictOptions(full_state_dict=True))
+
+
+def strip(state: dict, prefix: str) -> dict:
+    """The entries of ``state`` under ``prefix.``, without it."""
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}

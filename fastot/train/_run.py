@@ -238,16 +238,18 @@ def check_common(cfg, ints=(), optional_ints=(), nonneg_ints=(), positive_number
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {cfg.precision!r}")
 
 
-def save_checkpoint(out: str, step: int, model, tokenizer, name: str, state: dict, keep: int) -> None:
+def save_checkpoint(out: str, step: int, model, tokenizer, name: str, state: dict, keep: int,
+                    model_state: dict | None = None) -> None:
     """Write ``checkpoint-<step>/`` (``model`` and ``tokenizer`` under ``name``/, ``state`` as trainer.pt)
-    atomically, then delete all but the newest ``keep`` checkpoints."""
+    atomically, then delete all but the newest ``keep`` checkpoints. ``model_state``: the weights to write
+    instead of the model's own (an FSDP-sharded model's gathered state)."""
     from .models import quiet_transformers  # noqa: PLC0415
 
     path = os.path.join(out, f"checkpoint-{step}")
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     with quiet_transformers():
-        model.save_pretrained(os.path.join(tmp, name))
+        model.save_pretrained(os.path.join(tmp, name), state_dict=model_state)
         tokenizer.save_pretrained(os.path.join(tmp, name))
     fault_point("save", step)
     torch.save({**state, "rng": rng_state(), "log_lines": log_lines(out)}, os.path.join(tmp, "trainer.pt"))
@@ -258,20 +260,28 @@ def save_checkpoint(out: str, step: int, model, tokenizer, name: str, state: dic
         shutil.rmtree(os.path.join(out, f"checkpoint-{s}"), ignore_errors=True)
 
 
-def load_trainer_state(ckpt: str, out: str, amp_name: str, opt, sched, scaler, rank: int = 0) -> dict:
+def read_trainer_state(ckpt: str) -> dict:
+    """``ckpt``/trainer.pt, loaded on the CPU (a truncated or corrupt file is a ValueError naming it)."""
+    path = os.path.join(ckpt, "trainer.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or corrupt: torch raises several types
+        raise ValueError(_corrupt(path, exc)) from exc
+
+
+def load_trainer_state(ckpt: str, out: str, amp_name: str, opt, sched, scaler, rank: int = 0, st: dict | None = None,
+                       load_optimizer=None) -> dict:
     """Restore optimizer, scheduler, scaler and RNG from ``ckpt``/trainer.pt, drop the log lines written after
     it (those steps are redone; only ``rank`` 0 touches the log), and return the whole state; refuses another
     precision. Under torchrun every process restores rank 0's RNG state and then, off rank 0, reseeds from
-    (RNG draw, rank), so processes never share a dropout stream whatever the world size of the saved run."""
-    path = os.path.join(ckpt, "trainer.pt")
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or corrupt: torch raises several types
-        raise ValueError(_corrupt(path, exc)) from exc
+    (RNG draw, rank), so processes never share a dropout stream whatever the world size of the saved run.
+    ``st``: the state already read (:func:`read_trainer_state`); ``load_optimizer``: loads the optimizer state
+    instead of ``opt.load_state_dict`` (an FSDP-sharded optimizer)."""
+    st = read_trainer_state(ckpt) if st is None else st
     if st.get("amp", amp_name) != amp_name:
         raise ValueError(f"precision: {ckpt!r} was trained with {st['amp']} but this run would use {amp_name}; "
                          "resume with the same precision")
-    opt.load_state_dict(st["optimizer"])
+    (load_optimizer or opt.load_state_dict)(st["optimizer"])
     sched.load_state_dict(st["scheduler"])
     if st["scaler"]:
         scaler.load_state_dict(st["scaler"])
@@ -313,12 +323,13 @@ def partial_accumulation(params, micro: int, grad_accum: int) -> float:
     return grad_accum / n
 
 
-def finish_run(out: str, model, tokenizer, name: str, result: dict) -> dict:
-    """Save the final model and tokenizer as ``out/<name>/`` and ``result`` as metrics.json; return it."""
+def finish_run(out: str, model, tokenizer, name: str, result: dict, model_state: dict | None = None) -> dict:
+    """Save the final model (``model_state`` instead of its own weights, if given) and tokenizer as
+    ``out/<name>/`` and ``result`` as metrics.json; return it."""
     from .models import quiet_transformers  # noqa: PLC0415
 
     with quiet_transformers():
-        model.save_pretrained(os.path.join(out, name))
+        model.save_pretrained(os.path.join(out, name), state_dict=model_state)
         tokenizer.save_pretrained(os.path.join(out, name))
     write_atomic(os.path.join(out, "metrics.json"), json.dumps(result, indent=2))
     return result

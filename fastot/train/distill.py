@@ -31,7 +31,7 @@ from ..lexicons import read_bitext
 from ..losses import COSTS, OBJECTIVES, OTDistillationLoss, content_mask
 from ..metrics import DEFAULT_METRICS, _parse
 from ..retrieval import evaluate_bitext
-from ._dist import DISTRIBUTED, ddp, setup, shard
+from ._dist import DISTRIBUTED, ddp, fsdp_shard, full_state, load_full_optimizer, setup, shard, strip
 from ._run import (
     apply_step,
     check_common,
@@ -43,6 +43,7 @@ from ._run import (
     log,
     partial_accumulation,
     precision_of,
+    read_trainer_state,
     reseed,
     save_checkpoint,
 )
@@ -102,6 +103,10 @@ class DistillConfig:
     # DistributedDataParallel: batch_size stays the global micro-batch (batch_size / world per process), so the
     # optimizer steps and the learning-rate schedule are those of one process. "off": train alone anyway.
     distributed: str = "auto"
+    # With distributed processes: shard the student (and the loss's projection) with FSDP2 (fully_shard, one unit
+    # per encoder layer) instead of replicating it with DDP: weights, gradients and optimizer state take 1/world
+    # of the memory each. The frozen teacher stays replicated (see the README's multi-GPU section).
+    fsdp: bool = False
 
     def check(self) -> None:
         check_common(self, ints=("max_length", "batch_size", "grad_accum", "epochs", "max_iter", "eval_batch_size",
@@ -211,6 +216,12 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
     if cfg.batch_size < group.world:
         raise ValueError(f"batch_size: the global micro-batch ({cfg.batch_size} pairs) must be at least the number "
                          f"of processes ({group.world})")
+    if cfg.fsdp and not group.on:
+        raise ValueError("fsdp: shards the student over the processes of torchrun; launch with torchrun "
+                         "--nproc-per-node 2 or more, or drop fsdp")
+    if cfg.fsdp and use_scaler:
+        raise ValueError("fsdp: fp16 autocast needs a gradient scaler, which fastot does not run with FSDP; use "
+                         "precision bf16 (or auto on a GPU with bf16)")
 
     # --- models, data ---------------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -239,7 +250,12 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
         criterion = OTDistillationLoss(eps=cfg.eps, max_iter=cfg.max_iter, cost=cfg.cost, objective=cfg.objective,
                                        projection=proj, backend=cfg.backend)
     criterion.to(device)
+    st = read_trainer_state(ckpt) if ckpt is not None else None
+    if st is not None:  # before any sharding: the projection's full weights
+        criterion.load_state_dict(st["criterion"])
     step_module = _StudentLoss(student, criterion)
+    if cfg.fsdp:  # parameters become DTensor shards: the optimizer is built on them below
+        fsdp_shard(student, criterion)
     lengths = [len(s) for s in tgt]
     n_batches = math.ceil(len(en) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * n_batches / cfg.grad_accum)
@@ -260,14 +276,14 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
     step, epoch, next_batch, result = 0, 0, 0, {"output_dir": out}
     amp_name = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32"
     if ckpt is not None:
-        st = load_trainer_state(ckpt, out, amp_name, opt, sched, scaler, rank=group.rank)
-        criterion.load_state_dict(st["criterion"])
+        load_trainer_state(ckpt, out, amp_name, opt, sched, scaler, rank=group.rank, st=st, load_optimizer=(
+            (lambda sd: load_full_optimizer(step_module, opt, sd)) if cfg.fsdp else None))
         step, epoch, next_batch = st["step"], st["epoch"], st["next_batch"]
         result.update(st["result"])
     else:
         reseed(group.rank)
     model = step_module
-    if group.on:
+    if group.on and not cfg.fsdp:
         # the encoder's pooler is never used (the loss reads the token states): DDP must not wait for its gradient
         ignore = [n for n, _ in step_module.named_parameters() if n.startswith("student.pooler.")]
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_module, ignore)
@@ -289,12 +305,16 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
         result["before"] = evaluate("before")
 
     def save() -> None:
+        weights, opt_state, crit_state = None, opt.state_dict(), criterion.state_dict()
+        if cfg.fsdp:  # gathered to rank 0 (a collective): the checkpoint of a sharded run is a whole one
+            full, opt_state = full_state(step_module, opt)
+            weights, crit_state = strip(full, "student"), strip(full, "criterion")
         if group.main:
             save_checkpoint(out, step, student, s_tok, "student",
-                            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "scaler": scaler.state_dict(), "criterion": criterion.state_dict(), "step": step,
+                            {"optimizer": opt_state, "scheduler": sched.state_dict(),
+                             "scaler": scaler.state_dict(), "criterion": crit_state, "step": step,
                              "epoch": epoch, "next_batch": next_batch, "result": result, "amp": amp_name,
-                             "world_size": group.world}, cfg.keep_checkpoints)
+                             "world_size": group.world, "fsdp": cfg.fsdp}, cfg.keep_checkpoints, model_state=weights)
         group.barrier()  # no process runs ahead of a checkpoint that is not complete
 
     def autocast():
@@ -327,6 +347,7 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
         batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouping)
         while next_batch < len(batches) and step < total_steps:
             idx, weight = batches[next_batch], 1.0
+            pairs += len(idx)  # the global micro-batch's pairs (pairs/s of the whole run)
             if group.on:  # this process's contiguous share of the global micro-batch
                 idx = shard(idx, group.rank, group.world)
                 if not idx:  # a last batch smaller than the world: run one pair with weight 0 (DDP needs a step)
@@ -342,14 +363,14 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
                 s_mask = content_mask(se["input_ids"], s_mask, special[1])
             with autocast(), torch.no_grad():
                 ht = teacher(input_ids=te["input_ids"], attention_mask=te["attention_mask"]).last_hidden_state
-            sync = (micro + 1) % cfg.grad_accum == 0 or not group.on
+            # DDP reduces once per optimizer step; FSDP reduce-scatters every micro-batch (its gradients are shards)
+            sync = (micro + 1) % cfg.grad_accum == 0 or not group.on or cfg.fsdp
             with contextlib.nullcontext() if sync else model.no_sync():
                 loss = model(se["input_ids"], se["attention_mask"], s_mask, ht, t_mask, autocast)
                 if group.on:
                     loss = loss * _share(criterion, s_mask, t_mask, weight, group)
                 scaler.scale(loss / cfg.grad_accum).backward()
             loss_acc = loss_acc + loss.detach() / cfg.grad_accum  # on device: read once per optimizer step
-            pairs += len(idx) if weight else 0
             micro += 1
             if micro % cfg.grad_accum == 0:
                 optimizer_step()
@@ -357,7 +378,7 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
             epoch, next_batch = epoch + 1, 0
     if step < total_steps and (factor := partial_accumulation(params, micro, cfg.grad_accum)):
         loss_acc *= factor  # the data ran out inside an accumulation: applied as the mean of what it holds
-        if group.on:  # the pending micro-batches ran under no_sync: reduce their gradients now
+        if group.on and not cfg.fsdp:  # the pending micro-batches ran under no_sync: reduce their gradients now
             _average_gradients(params, group)
         optimizer_step()
     bar.close()
@@ -366,8 +387,9 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
     if ev_en is not None:
         result["after"] = evaluate("after")
     save()
+    weights = strip(full_state(step_module, opt)[0], "student") if cfg.fsdp else None
     if group.main:
-        finish_run(out, student, s_tok, "student", result)
+        finish_run(out, student, s_tok, "student", result, model_state=weights)
     group.barrier()
     return result
 

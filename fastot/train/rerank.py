@@ -47,7 +47,7 @@ from .. import metrics as _metrics
 from ..codeswitch import CodeSwitcher, Lexicon
 from ..collate import CodeSwitchCollator
 from ..lexicons import _check_file, _read_lines, induce_from_bitext, read_bitext
-from ._dist import DISTRIBUTED, ddp, setup, shard, shard_start
+from ._dist import DISTRIBUTED, ddp, fsdp_shard, full_state, load_full_optimizer, setup, shard, shard_start
 from ._run import (
     apply_step,
     check_common,
@@ -125,6 +125,7 @@ class RerankConfig:
     # with DistributedDataParallel; batch_size stays the global micro-batch, so steps and schedule are those of one
     # process, and each pair switches as it would in the whole batch. "off": train alone anyway (the sweep's cells).
     distributed: str = "auto"
+    fsdp: bool = False  # under torchrun: shard the reranker with FSDP2 (fully_shard per layer) instead of DDP
 
     @property
     def languages(self) -> list[str]:
@@ -288,6 +289,12 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
     if cfg.batch_size < group.world:
         raise ValueError(f"batch_size: the global micro-batch ({cfg.batch_size} queries) must be at least the "
                          f"number of processes ({group.world})")
+    if cfg.fsdp and not group.on:
+        raise ValueError("fsdp: shards the reranker over the processes of torchrun; launch with torchrun "
+                         "--nproc-per-node 2 or more, or drop fsdp")
+    if cfg.fsdp and use_scaler:
+        raise ValueError("fsdp: fp16 autocast needs a gradient scaler, which fastot does not run with FSDP; use "
+                         "precision bf16 (or auto on a GPU with bf16)")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -315,6 +322,8 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
         if ckpt is None:
             lexicon.save(os.path.join(out, "lexicon.pt"))
     group.barrier()
+    if cfg.fsdp:  # parameters become DTensor shards: the optimizer is built on them below
+        fsdp_shard(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
@@ -323,20 +332,25 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
     step, epoch, next_batch, micro = 0, 0, 0, 0
     result: dict = {"output_dir": out, "train_queries": len(examples), "lexicon_keys": lexicon.n_keys}
     if ckpt is not None:
-        st = load_trainer_state(ckpt, out, amp_name, opt, sched, scaler, rank=group.rank)
+        st = load_trainer_state(ckpt, out, amp_name, opt, sched, scaler, rank=group.rank, load_optimizer=(
+            (lambda sd: load_full_optimizer(model, opt, sd)) if cfg.fsdp else None))
         step, epoch, next_batch, micro = st["step"], st["epoch"], st["next_batch"], st["micro"]
         result.update(st["result"])
     else:
         reseed(group.rank)
-    net = ddp(model, device) if group.on else model
+    net = ddp(model, device) if group.on and not cfg.fsdp else model
 
     def save() -> None:
+        weights, opt_state = None, opt.state_dict()
+        if cfg.fsdp:  # gathered to rank 0 (a collective): the checkpoint of a sharded run is a whole one
+            weights, opt_state = full_state(model, opt)
         if group.main:
             save_checkpoint(out, step, model, tok, "reranker",
-                            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            {"optimizer": opt_state, "scheduler": sched.state_dict(),
                              "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "next_batch": next_batch,
                              "micro": micro, "result": result, "amp": amp_name, "world_size": group.world,
-                             "run_stats": {k: v.cpu() for k, v in run_stats.items()}}, cfg.keep_checkpoints)
+                             "run_stats": {k: v.cpu() for k, v in run_stats.items()}, "fsdp": cfg.fsdp},
+                            cfg.keep_checkpoints, model_state=weights)
         group.barrier()
 
     bce, bce_sum = torch.nn.BCEWithLogitsLoss(), torch.nn.BCEWithLogitsLoss(reduction="sum")
@@ -371,7 +385,7 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
         result["final_loss"] = loss_acc
         if group.main:
             log(out, {"step": step, "epoch": epoch, "loss": loss_acc, "lr": sched.get_last_lr()[0],
-                      "pairs_per_s": pairs * group.world / dt if dt > 0 else None, "switched": ratio})
+                      "pairs_per_s": pairs / dt if dt > 0 else None, "switched": ratio})
         bar.set_postfix(loss=f"{loss_acc:.4f}", switched=f"{ratio['overall']:.2f}", refresh=False)
         bar.update(1)
         loss_acc, pairs, stats = 0.0, 0, {k: torch.zeros_like(v) for k, v in stats.items()}
@@ -405,12 +419,12 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
             if weight:
                 for k in stats:
                     stats[k] = stats[k] + batch["cs_stats"][k]
-            sync = (micro + 1) % cfg.grad_accum == 0
+            sync = (micro + 1) % cfg.grad_accum == 0 or cfg.fsdp  # FSDP reduce-scatters every backward
             parts = _length_chunks(batch, cfg.length_chunks)
             for j, part in enumerate(parts):
                 # DDP reduces the gradients once per optimizer step: at the last chunk of its last micro-batch
                 last = sync and j == len(parts) - 1
-                with contextlib.nullcontext() if last or not group.on else net.no_sync():
+                with contextlib.nullcontext() if last or not group.on or cfg.fsdp else net.no_sync():
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         logits = net(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
                                      token_type_ids=part.get("token_type_ids")).logits.squeeze(-1)
@@ -421,7 +435,7 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
                                 bce_sum(logits.float(), part["labels"]) / len(items))
                     scaler.scale(loss / cfg.grad_accum).backward()
                 loss_acc = loss_acc + loss.detach() / cfg.grad_accum
-            pairs += len(items) if weight else 0
+            pairs += n_global  # the global micro-batch's pairs (pairs/s of the whole run)
             micro += 1
             if micro % cfg.grad_accum == 0:
                 optimizer_step()
@@ -429,7 +443,7 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
             epoch, next_batch = epoch + 1, 0
     if step < total_steps and (factor := partial_accumulation(params, micro, cfg.grad_accum)):
         loss_acc *= factor  # a last partial accumulation, applied as its mean
-        if group.on:  # its micro-batches ran under no_sync: reduce their gradients now
+        if group.on and not cfg.fsdp:  # its micro-batches ran under no_sync: reduce their gradients now
             for p_ in params:
                 if p_.grad is not None:
                     group.all_sum(p_.grad).div_(group.world)
@@ -447,8 +461,9 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
                           f"the {share:.2f} positive share gives {result['prior_loss']:.3f}): the reranker learnt no "
                           f"ranking; see {out}/log.jsonl", RuntimeWarning, stacklevel=3)
     save()
+    weights = full_state(model, opt)[0] if cfg.fsdp else None
     if group.main:
-        finish_run(out, model, tok, "reranker", result)
+        finish_run(out, model, tok, "reranker", result, model_state=weights)
     group.barrier()
     return result
 

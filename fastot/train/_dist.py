@@ -101,6 +101,26 @@ def setup(distributed: str, device: str | None) -> tuple[Dist, torch.device]:
     return Dist(torch.distributed.get_rank(), world, local, created), dev
 
 
+def run_config(cfg, group: Dist, use_scaler: bool, unit: str, model: str) -> dict:
+    """The checks of a run's world both loops share (a global micro-batch of at least one ``unit`` per process;
+    FSDP only with several processes and without fp16's scaler); returns the contents of config.json: the options
+    with ``world_size`` and ``per_process_batch_size``."""
+    import dataclasses  # noqa: PLC0415
+    import math  # noqa: PLC0415
+
+    if cfg.batch_size < group.world:
+        raise ValueError(f"batch_size: the global micro-batch ({cfg.batch_size} {unit}) must be at least the number "
+                         f"of processes ({group.world})")
+    if cfg.fsdp and not group.on:
+        raise ValueError(f"fsdp: shards the {model} over the processes of torchrun; launch with torchrun "
+                         "--nproc-per-node 2 or more, or drop fsdp")
+    if cfg.fsdp and use_scaler:
+        raise ValueError("fsdp: fp16 autocast needs a gradient scaler, which fastot does not run with FSDP; use "
+                         "precision bf16 (or auto on a GPU with bf16)")
+    return {**dataclasses.asdict(cfg), "world_size": group.world,
+            "per_process_batch_size": math.ceil(cfg.batch_size / group.world)}
+
+
 def shard(items: Sequence, rank: int, world: int) -> list:
     """This process's contiguous share of ``items``: sizes differ by at most one, the first ``len % world``
     processes take one more (as ``torch.tensor_split``); the shares concatenated in rank order are ``items``."""

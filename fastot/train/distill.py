@@ -31,7 +31,7 @@ from ..lexicons import read_bitext
 from ..losses import COSTS, OBJECTIVES, OTDistillationLoss, content_mask
 from ..metrics import DEFAULT_METRICS, _parse
 from ..retrieval import evaluate_bitext
-from ._dist import DISTRIBUTED, ddp, fsdp_shard, full_state, load_full_optimizer, setup, shard, strip
+from ._dist import DISTRIBUTED, ddp, fsdp_shard, full_state, load_full_optimizer, run_config, setup, shard, strip
 from ._run import (
     apply_step,
     check_common,
@@ -207,21 +207,11 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
 
     # --- the output folder: resume, refuse, or start clean (never silently overwrite a run) ----------------
     # Only checks here; nothing is written until the models and the data have loaded.
-    saved_cfg = {**dataclasses.asdict(cfg), "world_size": group.world,
-                 "per_process_batch_size": math.ceil(cfg.batch_size / group.world)}
+    saved_cfg = run_config(cfg, group, use_scaler, "pairs", "student")
     ckpt, replace = check_output(out, _MARKER, "distill", cfg.resume, cfg.overwrite, _RESUME_KEYS, saved_cfg)
     if cfg.eval_split is not None and cfg.eval_bitext is None and os.path.isfile(cfg.bitext):
         raise ValueError("eval_bitext: a TSV bitext has no splits, so evaluating on it would test on the training "
                          "pairs; pass eval_bitext (a held-out folder or TSV) or eval_split=None")
-    if cfg.batch_size < group.world:
-        raise ValueError(f"batch_size: the global micro-batch ({cfg.batch_size} pairs) must be at least the number "
-                         f"of processes ({group.world})")
-    if cfg.fsdp and not group.on:
-        raise ValueError("fsdp: shards the student over the processes of torchrun; launch with torchrun "
-                         "--nproc-per-node 2 or more, or drop fsdp")
-    if cfg.fsdp and use_scaler:
-        raise ValueError("fsdp: fp16 autocast needs a gradient scaler, which fastot does not run with FSDP; use "
-                         "precision bf16 (or auto on a GPU with bf16)")
 
     # --- models, data ---------------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)

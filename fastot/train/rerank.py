@@ -47,7 +47,17 @@ from .. import metrics as _metrics
 from ..codeswitch import CodeSwitcher, Lexicon
 from ..collate import CodeSwitchCollator
 from ..lexicons import _check_file, _read_lines, induce_from_bitext, read_bitext
-from ._dist import DISTRIBUTED, ddp, fsdp_shard, full_state, load_full_optimizer, setup, shard, shard_start
+from ._dist import (
+    DISTRIBUTED,
+    ddp,
+    fsdp_shard,
+    full_state,
+    load_full_optimizer,
+    run_config,
+    setup,
+    shard,
+    shard_start,
+)
 from ._run import (
     apply_step,
     check_common,
@@ -283,18 +293,8 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
     out = cfg.output_dir
     amp_dtype, use_scaler = precision_of(cfg.precision, device)
     amp_name = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32"
-    saved_cfg = {**dataclasses.asdict(cfg), "world_size": group.world,
-                 "per_process_batch_size": math.ceil(cfg.batch_size / group.world)}
+    saved_cfg = run_config(cfg, group, use_scaler, "queries", "reranker")
     ckpt, replace = check_output(out, _MARKER, "rerank", cfg.resume, cfg.overwrite, _RESUME_KEYS, saved_cfg)
-    if cfg.batch_size < group.world:
-        raise ValueError(f"batch_size: the global micro-batch ({cfg.batch_size} queries) must be at least the "
-                         f"number of processes ({group.world})")
-    if cfg.fsdp and not group.on:
-        raise ValueError("fsdp: shards the reranker over the processes of torchrun; launch with torchrun "
-                         "--nproc-per-node 2 or more, or drop fsdp")
-    if cfg.fsdp and use_scaler:
-        raise ValueError("fsdp: fp16 autocast needs a gradient scaler, which fastot does not run with FSDP; use "
-                         "precision bf16 (or auto on a GPU with bf16)")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)

@@ -163,12 +163,6 @@ def fsdp_shard(encoder: torch.nn.Module, *others: torch.nn.Module) -> None:
             fully_shard(m)
 
 
-def is_sharded(module: torch.nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor  # noqa: PLC0415
-
-    return any(isinstance(p, DTensor) for p in module.parameters())
-
-
 def full_state(model: torch.nn.Module, opt) -> tuple[dict, dict]:
     """The whole model's and optimizer's state of an FSDP-sharded ``model`` on rank 0, on the CPU (empty dicts
     elsewhere); a collective: every process calls it. The optimizer state is keyed by position, as

@@ -217,6 +217,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, helps=None) -> None:
                                 else f"{helptext}{' ' if helptext else ''}(default {default})")
 
 
+def _rank0() -> bool:
+    """Not launched by torchrun, or its rank 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _distill(args) -> int:
     import dataclasses  # noqa: PLC0415
     import json  # noqa: PLC0415
@@ -225,6 +230,8 @@ def _distill(args) -> int:
 
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)}
     result = distill(DistillConfig(**kw))
+    if not _rank0():  # under torchrun every process returns the result; one prints it
+        return 0
     print(json.dumps(result, indent=2))
     if "before" in result and "after" in result:
         print(f"{'metric':<12} {'before':>8} {'after':>8}")
@@ -414,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
                 kw["query_words"] = tuple(int(v) for v in kw["query_words"])
             except ValueError:
                 raise ValueError(f"query_words: expected min,max integers, got {args.query_words!r}") from None
-            print(json.dumps(train_reranker(RerankConfig(**kw)), indent=2))
+            result = train_reranker(RerankConfig(**kw))
+            if _rank0():  # under torchrun every process returns the result; one prints it
+                print(json.dumps(result, indent=2))
         except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
             parser.exit(2, f"fastot rerank: error: {exc}\n")
         return 0

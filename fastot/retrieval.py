@@ -101,11 +101,10 @@ def _encode_shared(model, tokenizer, texts, distributed: bool, **kw) -> torch.Te
 
     group = Dist(dist.get_rank(), dist.get_world_size())
     share = shard(texts, group.rank, group.world)
-    n = len(share)
     # Every process encodes as many texts (the first share's count, padded with a repeat): the same number of
     # forward calls everywhere, which a sharded (FSDP) model needs, and equal blocks to gather.
     size = -(-len(texts) // group.world)
-    mine = encode(model, tokenizer, share + [texts[0]] * (size - n), **kw)
+    mine = encode(model, tokenizer, share + [texts[0]] * (size - len(share)), **kw)
     if dist.get_backend() == "nccl":  # NCCL gathers device tensors
         mine = mine.to(kw.get("device") or next(model.parameters()).device)
     blocks = group.gather_rows(mine).cpu().split(size)

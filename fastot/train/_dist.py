@@ -51,18 +51,20 @@ class Dist:
         return t
 
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
-        """Concatenate each process's rows [n_r, ...] (a CPU or device tensor) in rank order, on every process."""
+        """Concatenate each process's rows (the same shape [n, ...] on every process) in rank order, on every
+        process."""
         if not self.on:
             return t
-        n = torch.tensor([t.shape[0]], dtype=torch.long, device=t.device)
-        sizes = [torch.zeros_like(n) for _ in range(self.world)]
-        torch.distributed.all_gather(sizes, n)
-        sizes = [int(s) for s in sizes]
-        pad = t.new_zeros((max(sizes), *t.shape[1:]))
-        pad[:t.shape[0]] = t
-        parts = [torch.empty_like(pad) for _ in range(self.world)]
-        torch.distributed.all_gather(parts, pad)
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def average_gradients(self, params) -> None:
+        """Average the gradients over the processes by hand (micro-batches that ran under DDP's no_sync)."""
+        if self.on:
+            for p in params:
+                if p.grad is not None:
+                    self.all_sum(p.grad).div_(self.world)
 
     def close(self) -> None:
         if self.created and torch.distributed.is_initialized():
@@ -124,10 +126,8 @@ def run_config(cfg, group: Dist, use_scaler: bool, unit: str, model: str) -> dic
 def shard(items: Sequence, rank: int, world: int) -> list:
     """This process's contiguous share of ``items``: sizes differ by at most one, the first ``len % world``
     processes take one more (as ``torch.tensor_split``); the shares concatenated in rank order are ``items``."""
-    n = len(items)
-    q, r = divmod(n, world)
-    start = rank * q + min(rank, r)
-    return list(items[start:start + q + (rank < r)])
+    start = shard_start(len(items), rank, world)
+    return list(items[start:shard_start(len(items), rank + 1, world)])
 
 
 def shard_start(n: int, rank: int, world: int) -> int:

@@ -249,7 +249,8 @@ def save_checkpoint(out: str, step: int, model, tokenizer, name: str, state: dic
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     with quiet_transformers():
-        model.save_pretrained(os.path.join(tmp, name), state_dict=model_state)
+        # a copy: save_pretrained empties the dict it writes, and the caller may write it again (finish_run)
+        model.save_pretrained(os.path.join(tmp, name), state_dict=None if model_state is None else dict(model_state))
         tokenizer.save_pretrained(os.path.join(tmp, name))
     fault_point("save", step)
     torch.save({**state, "rng": rng_state(), "log_lines": log_lines(out)}, os.path.join(tmp, "trainer.pt"))

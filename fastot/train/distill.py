@@ -294,7 +294,8 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
     if ev_en is not None and "before" not in result:
         result["before"] = evaluate("before")
 
-    def save() -> None:
+    def save() -> dict | None:
+        """Write a checkpoint; returns the student's gathered weights under FSDP (else None)."""
         weights, opt_state, crit_state = None, opt.state_dict(), criterion.state_dict()
         if cfg.fsdp:  # gathered to rank 0 (a collective): the checkpoint of a sharded run is a whole one
             full, opt_state = full_state(step_module, opt)
@@ -306,6 +307,7 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
                              "epoch": epoch, "next_batch": next_batch, "result": result, "amp": amp_name,
                              "world_size": group.world, "fsdp": cfg.fsdp}, cfg.keep_checkpoints, model_state=weights)
         group.barrier()  # no process runs ahead of a checkpoint that is not complete
+        return weights
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
@@ -368,16 +370,15 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
             epoch, next_batch = epoch + 1, 0
     if step < total_steps and (factor := partial_accumulation(params, micro, cfg.grad_accum)):
         loss_acc *= factor  # the data ran out inside an accumulation: applied as the mean of what it holds
-        if group.on and not cfg.fsdp:  # the pending micro-batches ran under no_sync: reduce their gradients now
-            _average_gradients(params, group)
+        if not cfg.fsdp:  # the pending micro-batches ran under DDP's no_sync: reduce their gradients now
+            group.average_gradients(params)
         optimizer_step()
     bar.close()
 
     result["steps"] = step
     if ev_en is not None:
         result["after"] = evaluate("after")
-    save()
-    weights = strip(full_state(step_module, opt)[0], "student") if cfg.fsdp else None
+    weights = save()  # the final checkpoint's weights are the final model's
     if group.main:
         finish_run(out, student, s_tok, "student", result, model_state=weights)
     group.barrier()
@@ -393,9 +394,3 @@ def _share(criterion, s_mask, t_mask, weight: float, group) -> torch.Tensor:
     n = ((s_mask.any(1) & t_mask.any(1)).sum() * weight).to(torch.float32)  # pairs with tokens on both sides
     total = group.all_sum(n.clone())
     return group.world * n / total.clamp_min(1)
-
-
-def _average_gradients(params, group) -> None:
-    for p in params:
-        if p.grad is not None:
-            group.all_sum(p.grad).div_(group.world)

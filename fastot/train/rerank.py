@@ -340,7 +340,8 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
         reseed(group.rank)
     net = ddp(model, device) if group.on and not cfg.fsdp else model
 
-    def save() -> None:
+    def save() -> dict | None:
+        """Write a checkpoint; returns the gathered weights under FSDP (else None)."""
         weights, opt_state = None, opt.state_dict()
         if cfg.fsdp:  # gathered to rank 0 (a collective): the checkpoint of a sharded run is a whole one
             weights, opt_state = full_state(model, opt)
@@ -352,6 +353,7 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
                              "run_stats": {k: v.cpu() for k, v in run_stats.items()}, "fsdp": cfg.fsdp},
                             cfg.keep_checkpoints, model_state=weights)
         group.barrier()
+        return weights
 
     bce, bce_sum = torch.nn.BCEWithLogitsLoss(), torch.nn.BCEWithLogitsLoss(reduction="sum")
     zero = torch.zeros((), dtype=torch.long, device=device)
@@ -367,14 +369,11 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
     def optimizer_step() -> None:
         nonlocal step, loss_acc, pairs, t0, stats
         if group.on:  # the global batch's loss and switch counts, for the log (one reduction of 2 + n_lang numbers)
-            flat = torch.cat([torch.as_tensor(loss_acc, dtype=torch.float64, device=device).reshape(1),
-                              stats["words"].reshape(1).double(), stats["switched"].reshape(1).double(),
-                              stats["switched_per_language"].double()])
-            flat = group.all_sum(flat).cpu()
-            loss_acc = float(flat[0]) / group.world
-            stats = {"words": flat[1].long(), "switched": flat[2].long(),
-                     "switched_per_language": flat[3:].long()}
-            stats = {k: v.to(device) for k, v in stats.items()}
+            flat = group.all_sum(torch.cat([torch.as_tensor(loss_acc, dtype=torch.float64, device=device).reshape(1),
+                                            stats["words"].reshape(1), stats["switched"].reshape(1),
+                                            stats["switched_per_language"]]).double())
+            loss_acc = flat[0] / group.world
+            stats = {"words": flat[1].long(), "switched": flat[2].long(), "switched_per_language": flat[3:].long()}
         loss_acc = float(loss_acc)  # the one host sync of a step
         apply_step(params, opt, sched, scaler, cfg.max_grad_norm)
         step += 1
@@ -443,10 +442,8 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
             epoch, next_batch = epoch + 1, 0
     if step < total_steps and (factor := partial_accumulation(params, micro, cfg.grad_accum)):
         loss_acc *= factor  # a last partial accumulation, applied as its mean
-        if group.on and not cfg.fsdp:  # its micro-batches ran under no_sync: reduce their gradients now
-            for p_ in params:
-                if p_.grad is not None:
-                    group.all_sum(p_.grad).div_(group.world)
+        if not cfg.fsdp:  # its micro-batches ran under DDP's no_sync: reduce their gradients now
+            group.average_gradients(params)
         optimizer_step()
     bar.close()
     result["steps"] = step
@@ -460,8 +457,7 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
                           f"{result['tail_loss']:.3f} over the last {result['tail_steps']} steps; always predicting "
                           f"the {share:.2f} positive share gives {result['prior_loss']:.3f}): the reranker learnt no "
                           f"ranking; see {out}/log.jsonl", RuntimeWarning, stacklevel=3)
-    save()
-    weights = full_state(model, opt)[0] if cfg.fsdp else None
+    weights = save()  # the final checkpoint's weights are the final model's
     if group.main:
         finish_run(out, model, tok, "reranker", result, model_state=weights)
     group.barrier()

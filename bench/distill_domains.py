@@ -1,6 +1,6 @@
 """OT distillation per domain (issue 20): distil the MiniLM student on MAFAND news (train), then score dense
 cross-lingual retrieval (English sentence -> its translation among all target sentences of a domain's
-evaluation part) before and after, on every domain of :func:`fastot.domains.prepare_domains`.
+evaluation part) before and after, on every domain of :func:`fastot.experiments.domains.prepare_domains`.
 
     python -m bench.distill_domains --langs swa,hau --max-train-pairs 6000 --out bench/results
 
@@ -21,9 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench.sinkhorn_cpu import cpu_name, git_sha  # noqa: E402
-from fastot.domains import data_root, prepare_domains  # noqa: E402
-from fastot.lexicons import read_bitext  # noqa: E402
-from fastot.retrieval import evaluate_bitext  # noqa: E402
+from fastot.experiments.domains import data_root, prepare_domains  # noqa: E402
+from fastot.ir.data import read_bitext  # noqa: E402
+from fastot.ir.retrieval import evaluate_bitext  # noqa: E402
 from fastot.train import DistillConfig, distill, load_encoder, load_tokenizer  # noqa: E402
 
 METRICS = ("mrr@10", "recall@10", "recall@50")

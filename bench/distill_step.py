@@ -68,7 +68,7 @@ def naive_loss(xs, ms, yt, mt, eps: float = EPS, iters: int = ITERS) -> torch.Te
 
 def _pairs(B: int) -> tuple[list[str], list[str], str]:
     if os.path.exists(os.path.join(DATA, "train.en")):
-        from fastot.lexicons import read_bitext  # noqa: PLC0415
+        from fastot.ir.data import read_bitext  # noqa: PLC0415
 
         en, sw = read_bitext(DATA, "swa", "train")
         keep = [i for i in range(min(len(en), 64 * B)) if en[i].strip() and sw[i].strip()][: 8 * B]

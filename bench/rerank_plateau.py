@@ -7,7 +7,7 @@ Every reranker: the embedded MiniLM with a new head, 150 steps of 8 queries (1 p
 the first 2,000 training queries of MAFAND train, lr 5e-5, 30 warm-up steps, seed 0, pairs cut to 128 tokens,
 the Dice lexicon of MAFAND train, the output bias as loaded (``head_bias="keep"``, the default before issue 20);
 only the named setting differs. Evaluation: 150 English keyword queries of
-news' evaluation part (MAFAND dev, ``fastot.domains``) against its 1,782 Swahili sentences, BM25 top 30
+news' evaluation part (MAFAND dev, ``fastot.experiments.domains``) against its 1,782 Swahili sentences, BM25 top 30
 reranked; per-query MRR@10, paired randomization tests against plain p = 0.5.
 
 The cue diagnostic: for 400 training groups switched at each p, how often the positive passage shares strictly
@@ -30,8 +30,8 @@ import torch  # noqa: E402
 from bench.sinkhorn_cpu import cpu_name, git_sha  # noqa: E402
 from fastot.codeswitch import CodeSwitcher, Lexicon  # noqa: E402
 from fastot.collate import CodeSwitchCollator  # noqa: E402
-from fastot.domains import data_root, domain_eval_sets, prepare_domains  # noqa: E402
-from fastot.stats import paired_randomization_test  # noqa: E402
+from fastot.experiments.domains import data_root, domain_eval_sets, prepare_domains  # noqa: E402
+from fastot.ir.stats import paired_randomization_test  # noqa: E402
 from fastot.train.models import load_cross_encoder, load_tokenizer  # noqa: E402
 from fastot.train.rerank import (  # noqa: E402
     RerankConfig,

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from bench.sinkhorn_cpu import cpu_name, git_sha  # noqa: E402
 from fastot.codeswitch import CodeSwitcher  # noqa: E402
 from fastot.collate import CodeSwitchCollator  # noqa: E402
-from fastot.domains import data_root  # noqa: E402
+from fastot.experiments.domains import data_root  # noqa: E402
 from fastot.train.models import load_cross_encoder, load_tokenizer  # noqa: E402
 from fastot.train.rerank import RerankConfig, _length_chunks, build_lexicon, training_examples  # noqa: E402
 

@@ -41,7 +41,7 @@ FSDP = (2, 1, "fsdp")  # --fsdp adds: 2 processes x 1 thread with the student sh
 
 def data_dir() -> tuple[str, str]:
     """MAFAND en-swa when the shared data is there, else the built-in synthetic sample (written to a temp dir)."""
-    from fastot.domains import data_root  # noqa: PLC0415
+    from fastot.experiments.domains import data_root  # noqa: PLC0415
 
     try:
         path = os.path.join(data_root(None), "mafand", "en-swa")
@@ -49,7 +49,7 @@ def data_dir() -> tuple[str, str]:
             return path, "swa"
     except (FileNotFoundError, ValueError):
         pass
-    from fastot import synthetic  # noqa: PLC0415
+    from fastot.experiments import synthetic  # noqa: PLC0415
 
     path = os.path.join(tempfile.mkdtemp(prefix="fastot-scaling-"), "data")
     synthetic.write_sample(path)

@@ -4,7 +4,7 @@ Commands:
   tour       run both ops on every available backend; print backend, op, max abs diff vs the reference, time
   backends   print which backend can run which op here, and why not
   distill    OT distillation of a student encoder from an English teacher on bitext (fastot.train.distill)
-  evaluate   cross-lingual retrieval metrics of an encoder on a bitext split or every domain (fastot.retrieval)
+  evaluate   cross-lingual retrieval metrics of an encoder on a bitext split or every domain (fastot.ir.retrieval)
   domains    write the training / evaluation splits of every MAFAND, TICO-19 and FLORES-200 domain
   demo       the main job: distillation -> lexicon -> code-switched reranker -> table per domain (embedded TICO-19)
   rerank     train one code-switched cross-encoder reranker (fastot.train.rerank)
@@ -243,7 +243,7 @@ def _distill(args) -> int:
 def _evaluate(args) -> int:
     import json  # noqa: PLC0415
 
-    from .retrieval import evaluate_bitext  # noqa: PLC0415
+    from .ir.retrieval import evaluate_bitext  # noqa: PLC0415
     from .train import load_encoder, load_tokenizer, read_pairs  # noqa: PLC0415
 
     if (args.bitext is None) == (args.domains is None):
@@ -277,7 +277,7 @@ def _evaluate(args) -> int:
 
 
 def _domains(args) -> int:
-    from .domains import prepare_domains  # noqa: PLC0415
+    from .experiments.domains import prepare_domains  # noqa: PLC0415
 
     man = prepare_domains(args.output_dir, args.lang, data=args.data, eval_fraction=args.eval_fraction,
                           seed=args.seed, split_domains=[d.strip() for d in args.split_domains.split(",") if d.strip()])
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--device", default=None)
     p_eval.add_argument("--metrics", default="mrr@10,recall@1,recall@10,recall@50,map,ndcg@10")
     p_dom = sub.add_parser("domains", help="write the training and evaluation splits of every MAFAND / TICO-19 / "
-                           "FLORES-200 domain (fastot.domains): one seeded recipe, no sentence in both parts")
+                           "FLORES-200 domain (fastot.experiments.domains): one seeded recipe, no sentence in both parts")
     p_dom.add_argument("--lang", required=True, help="swa or hau")
     p_dom.add_argument("--output-dir", required=True, help="the folder written (MAFAND layout + domains.json)")
     p_dom.add_argument("--data", default=None, help="the shared data folder (default ../shared/data or $FASTOT_DATA)")

@@ -18,11 +18,11 @@ import torch
 
 from . import _backend
 from .reference import codeswitch as ref
+from .reference.codeswitch import MAX_KEY_WORDS
 
 __all__ = ["Lexicon", "CodeSwitcher", "CodeSwitchOutput", "vocab_tables"]
 
 FORMAT = 3  # the file format of Lexicon.save (see Lexicon.load)
-MAX_KEY_WORDS = 8  # the longest multi-word key ("longest match first" tracks it in 3 bits per state)
 _PACKED = ("key_hash", "key_offsets", "key_ids", "entry_offsets", "trans_offsets", "trans_ids")
 
 
@@ -351,8 +351,9 @@ class Lexicon:
         scores, the ``top_k`` targets per source word with score >= ``min_score``
         (:func:`fastot.lexicons.induce_from_bitext`)."""
         from . import lexicons  # noqa: PLC0415
+        from .ir.data import read_bitext  # noqa: PLC0415
 
-        src, tgt = lexicons.read_bitext(path, language, split=split)
+        src, tgt = read_bitext(path, language, split=split)
         triples = lexicons.induce_from_bitext(src, tgt, method=method, min_count=min_count, min_score=min_score,
                                               top_k=top_k, max_sentences=max_sentences)
         lex = cls.from_pairs([(s, t) for s, t, _ in triples], tokenizer, languages=language)
@@ -670,14 +671,3 @@ class CodeSwitcher:
             ref.rand_prefix(self.seed, step, ref.SALT_TRANS), self._threshold if threshold is None else threshold,
             -1 if max_length is None else max_length, self.lexicon.pad_id, row_offset,
         )
-
-
-def codeswitch_fake(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
-                    entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch,
-                    prefix_lang, prefix_trans, threshold, max_length, pad_id, row_offset=0):
-    """Meta implementation of every registered code-switch op (dynamic width unless max_length is given)."""
-    B = input_ids.shape[0]
-    width = max_length if max_length >= 0 else torch.library.get_ctx().new_dynamic_size()
-    mk = lambda: input_ids.new_empty((B, width), dtype=torch.long)  # noqa: E731
-    return (mk(), mk(), mk(), mk(), input_ids.new_empty((B, lang_ids.shape[0]), dtype=torch.long),
-            input_ids.new_empty((B,), dtype=torch.long))

@@ -8,7 +8,8 @@ builds from them. Four sources:
 - aligned cross-lingual word embeddings (fastText ``.vec``): :func:`read_vec`,
   :func:`induce_from_embeddings` (nearest neighbour or CSLS), :func:`induce_from_vec_files`;
 - parallel (Wikipedia) titles: :func:`read_title_pairs`, :func:`title_entries`;
-- parallel sentences: :func:`read_bitext`, :func:`induce_from_bitext` (Dice or IBM Model 1).
+- parallel sentences: :func:`induce_from_bitext` (Dice or IBM Model 1) over sentences that
+  :func:`fastot.ir.read_bitext` reads.
 
 Bad input raises ``ValueError`` (``FileNotFoundError`` for a missing file, ``TypeError`` for a
 non-string sentence) naming the argument, and the line number for malformed files. Files are
@@ -24,6 +25,10 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from ._compat import moved
+from .ir.data import _check_file, _read_lines, _tsv_pairs
+
+__getattr__ = moved(__name__, {"read_bitext": "fastot.ir.data"})  # fastot.lexicons.read_bitext, before 0.2
 __all__ = [
     "ENGLISH_STOPWORDS",
     "read_muse",
@@ -32,7 +37,6 @@ __all__ = [
     "induce_from_vec_files",
     "read_title_pairs",
     "title_entries",
-    "read_bitext",
     "induce_from_bitext",
 ]
 
@@ -56,25 +60,9 @@ _PAREN = re.compile(r"\s*[(（][^()（）]*[)）]")
 _EDGE_PUNCT = " \t\"'`“”‘’«»„‚‹›()[]{}<>（）【】「」『』,，;；:：!！?？、。"
 
 
-def _check_file(path, name: str) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name}: expected a path (str or os.PathLike), got {type(path).__name__}")
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{name}: no such file: {path!r}")
-    return path
-
-
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-
-
-def _read_lines(path: str) -> list[str]:
-    """Lines split at ``\\n`` only (a stray ``\\r`` or U+2028 inside a line does not break alignment),
-    without the line ending."""
-    with open(path, encoding="utf-8", newline="\n") as f:
-        return [line.rstrip("\r\n") for line in f]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,22 +264,6 @@ def induce_from_vec_files(src_path: str | os.PathLike, tgt_path: str | os.PathLi
 # Parallel titles
 
 
-def _tsv_pairs(path, layout: str) -> list[tuple[str, str]]:
-    """The two fields of every non-blank line of a TSV file; a line without exactly one tab raises ValueError
-    with its number (``layout`` names the fields in the message)."""
-    path = _check_file(path, "path")
-    pairs = []
-    for lineno, line in enumerate(_read_lines(path), 1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise ValueError(f"path: {path!r} line {lineno}: expected 2 tab-separated fields '{layout}', "
-                             f"got {len(fields)}: {line[:80]!r}")
-        pairs.append((fields[0], fields[1]))
-    return pairs
-
-
 def read_title_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Read parallel titles: one ``en_title<TAB>tgt_title`` per line.
 
@@ -354,35 +326,6 @@ def title_entries(pairs: Iterable[tuple[str, str]], *, max_n: int = 3,
 
 # --------------------------------------------------------------------------------------------------
 # Parallel sentences
-
-
-def read_bitext(path: str | os.PathLike, lang: str, split: str = "train") -> tuple[list[str], list[str]]:
-    """Read line-aligned parallel sentences, English and ``lang``.
-
-    - ``path`` a directory (MAFAND layout): ``<split>.en`` and ``<split>.<lang>`` in it, line i of
-      one the translation of line i of the other; every line is kept (blank ones too, to stay
-      aligned) and the two files must have the same number of lines.
-    - ``path`` a file: TSV, one ``en<TAB>tgt`` per line; blank lines are skipped and a line without
-      exactly one tab raises ``ValueError`` with its line number (``lang``, ``split`` unused).
-
-    Lines are split at ``\\n`` only and returned without the line ending.
-
-    Returns:
-        ``(en_sentences, tgt_sentences)``, two lists of the same length.
-    """
-    if not isinstance(lang, str) or not lang or os.sep in lang:
-        raise ValueError(f"lang: expected a language code such as 'swa', got {lang!r}")
-    if not isinstance(split, str) or not split or os.sep in split:
-        raise ValueError(f"split: expected a split name such as 'train', got {split!r}")
-    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
-        en_path = _check_file(os.path.join(path, f"{split}.en"), "path")
-        tgt_path = _check_file(os.path.join(path, f"{split}.{lang}"), "path")
-        en, tgt = _read_lines(en_path), _read_lines(tgt_path)
-        if len(en) != len(tgt):
-            raise ValueError(f"path: {en_path!r} has {len(en)} lines but {tgt_path!r} has {len(tgt)}")
-        return en, tgt
-    pairs = _tsv_pairs(path, "en<TAB>tgt")
-    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 def _types_per_sentence(sentences: list[str], lowercase: bool, name: str, extra_word: bool):

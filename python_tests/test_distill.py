@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
-from fastot import retrieval
 from fastot.cli import main
+from fastot.ir import retrieval
 from fastot.train import DistillConfig, distill, epoch_batches, load_encoder, load_tokenizer
 
 pytest.importorskip("transformers")

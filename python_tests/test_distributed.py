@@ -253,7 +253,7 @@ def test_sweep_with_two_torchrun_workers_equals_one(sweep_one, tmp_path):
 
 
 def test_sweep_shards_claims_and_failed_cells(sweep_one, tmp_path, monkeypatch):
-    import fastot.experiments as E
+    import fastot.experiments.sweeps as E
 
     out = tmp_path / "sweep"
     first = worker.run("sweep", sweep_options(out, shard="0/2"))  # a Slurm array's task 0 of 2: cells 0 and 2

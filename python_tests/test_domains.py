@@ -1,4 +1,4 @@
-"""The multi-domain splits and evaluation sets (fastot.domains): disjoint parts, the documented recipe, the
+"""The multi-domain splits and evaluation sets (fastot.experiments.domains): disjoint parts, the documented recipe, the
 article collection; on the real shared data when it is there."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastot.domains import (
+from fastot.experiments.domains import (
     RECIPE,
     TICO_DOMAINS,
     domain_eval_sets,
@@ -17,7 +17,7 @@ from fastot.domains import (
     prepare_domains,
     write_embedded_tico19,
 )
-from fastot.lexicons import read_bitext
+from fastot.ir.data import read_bitext
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 WORDS = ["virus", "health", "market", "river", "doctor", "school", "travel", "court", "fever", "vaccine", "city",

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fastot import lexicons as lx
+from fastot.ir.data import read_bitext
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")
 
@@ -172,20 +173,20 @@ def test_read_bitext_directory_and_tsv(tmp_path):
     _write(tmp_path / "dev.en", "one\ntwo\n")
     _write(tmp_path / "dev.swa", "moja\n")
     before = _snapshot(tmp_path)
-    assert lx.read_bitext(tmp_path, "swa") == (["The cat.", "", "A dog"], ["Paka.", "", "Mbwa\u2028x"])
+    assert read_bitext(tmp_path, "swa") == (["The cat.", "", "A dog"], ["Paka.", "", "Mbwa\u2028x"])
     with pytest.raises(ValueError, match="2 lines.*has 1"):
-        lx.read_bitext(tmp_path, "swa", split="dev")
+        read_bitext(tmp_path, "swa", split="dev")
     with pytest.raises(FileNotFoundError, match=r"path: .*train\.hau"):
-        lx.read_bitext(tmp_path, "hau")
+        read_bitext(tmp_path, "hau")
     with pytest.raises(ValueError, match="lang"):
-        lx.read_bitext(tmp_path, "")
+        read_bitext(tmp_path, "")
     tsv = _write(tmp_path / "pairs.tsv", "the cat\tpaka\n\nwater\tmaji\n")
-    assert lx.read_bitext(tsv, "swa") == (["the cat", "water"], ["paka", "maji"])
+    assert read_bitext(tsv, "swa") == (["the cat", "water"], ["paka", "maji"])
     bad = _write(tmp_path / "bad.tsv", "the cat\tpaka\nwater maji\n")
     with pytest.raises(ValueError, match="line 2: expected 2 tab-separated fields"):
-        lx.read_bitext(bad, "swa")
+        read_bitext(bad, "swa")
     with pytest.raises(FileNotFoundError, match="path"):
-        lx.read_bitext(tmp_path / "missing.tsv", "swa")
+        read_bitext(tmp_path / "missing.tsv", "swa")
     assert {k: v for k, v in _snapshot(tmp_path).items() if k in before} == before
 
 
@@ -451,7 +452,7 @@ KNOWN_SW = {"government": "serikali", "president": "rais", "police": "polisi", "
 def mafand():
     if not os.path.isfile(os.path.join(DATA, "train.en")):
         pytest.skip(f"MAFAND en-swa not found at {os.path.normpath(DATA)}")
-    return lx.read_bitext(DATA, "swa")
+    return read_bitext(DATA, "swa")
 
 
 def test_mafand_read(mafand):

@@ -1,12 +1,14 @@
-"""fastot.metrics against hand-computed values and against trec_eval (pytrec_eval), which no one here wrote."""
+"""fastot.ir.metrics against hand-computed values and against trec_eval (pytrec_eval), which no one here wrote."""
 
 import math
 import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fastot import metrics as M
+from fastot.ir import metrics as M
 
 
 def test_hand_computed_single_relevant():
@@ -73,42 +75,54 @@ def test_dense_and_dict_runs_agree():
     assert M.evaluate(run, qd, names) == pytest.approx(dense)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_against_trec_eval(seed):
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n_q=st.integers(1, 12), n_d=st.integers(1, 40), levels=st.integers(1, 8),
+       k=st.sampled_from([1, 3, 10]))
+def test_dense_metrics_against_trec_eval(seed, n_q, n_d, levels, k):
+    """fastot's own engine (dense score matrices, ranks in torch) against trec_eval on the same run written as a
+    dict, ties included: scores take few levels, and the docids are named so that trec_eval's tie order (larger
+    docid first) is the matrix's (lower index first)."""
     pytrec_eval = pytest.importorskip("pytrec_eval")
-    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (n_q, n_d), generator=g).double()
+    grades = (torch.rand(n_q, n_d, generator=g) < 0.2).long() * torch.randint(1, 4, (n_q, n_d), generator=g)
+    name = lambda j: f"d{n_d - 1 - j:03d}"  # noqa: E731
+    run = {f"q{i}": {name(j): float(scores[i, j]) for j in range(n_d)} for i in range(n_q)}
+    qrels = {f"q{i}": {name(j): int(grades[i, j]) for j in range(n_d)} for i in range(n_q)}
+    names = ["mrr", f"mrr@{k}", "map", f"map@{k}", f"ndcg@{k}", f"recall@{k}", f"precision@{k}"]
+    got = M.evaluate(scores, grades, names, per_query=True)[1]
+    ref = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "map", f"map_cut.{k}", f"ndcg_cut.{k}",
+                                                 f"recall.{k}", f"P.{k}"}).evaluate(run)
+    for i in range(n_q):
+        r = ref[f"q{i}"]
+        rr = r["recip_rank"]
+        want = {"mrr": rr, f"mrr@{k}": rr if rr * k >= 1 - 1e-9 else 0.0, "map": r["map"],
+                f"map@{k}": r[f"map_cut_{k}"], f"ndcg@{k}": r[f"ndcg_cut_{k}"], f"recall@{k}": r[f"recall_{k}"],
+                f"precision@{k}": r[f"P_{k}"]}
+        for m in names:  # trec_eval keeps some sums in float32
+            assert float(got[m][i]) == pytest.approx(want[m], abs=2e-6), (m, i)
+
+
+def test_dict_mrr_cutoff_against_ir_measures():
+    """A dict run's mrr@k comes from trec_eval's uncut recip_rank (see fastot.ir.metrics._dict_eval); ir-measures'
+    RR@k (its msmarco provider) is the peer on runs without tied scores, where the two orders agree."""
+    ir_measures = pytest.importorskip("ir_measures")
+    rng = random.Random(3)
     run, qrels = {}, {}
-    for q in range(25):
-        docs = [f"d{j}" for j in range(rng.randint(5, 60))]
-        # distinct scores (trec_eval breaks ties by docid; we do too for dict runs, but keep the test clean)
-        scores = rng.sample(range(10_000), len(docs))
-        run[f"q{q}"] = {d: s / 100 for d, s in zip(docs, scores)}
-        rel = rng.sample(docs + [f"unretrieved{q}-{k}" for k in range(3)], rng.randint(1, 6))
-        qrels[f"q{q}"] = {d: rng.randint(1, 3) for d in rel}
-    ev = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "map", "ndcg_cut.10", "recall.1", "recall.10",
-                                                "recall.50", "P.5", "map_cut.10"})
-    ref = ev.evaluate(run)  # trec_eval keeps some sums in float32: agreement to 1e-6
-    mean = lambda key: sum(v[key] for v in ref.values()) / len(ref)  # noqa: E731
-    got = M.evaluate(run, qrels, ["mrr", "map", "ndcg@10", "recall@1", "recall@10", "recall@50", "precision@5",
-                                  "map@10"])
-    assert got["mrr"] == pytest.approx(mean("recip_rank"), abs=1e-6)
-    assert got["map"] == pytest.approx(mean("map"), abs=1e-6)
-    assert got["ndcg@10"] == pytest.approx(mean("ndcg_cut_10"), abs=1e-6)
-    assert got["recall@1"] == pytest.approx(mean("recall_1"), abs=1e-6)
-    assert got["recall@10"] == pytest.approx(mean("recall_10"), abs=1e-6)
-    assert got["recall@50"] == pytest.approx(mean("recall_50"), abs=1e-6)
-    assert got["precision@5"] == pytest.approx(mean("P_5"), abs=1e-6)
-    assert got["map@10"] == pytest.approx(mean("map_cut_10"), abs=1e-6)
+    for q in range(40):
+        docs = [f"d{j}" for j in range(rng.randint(1, 30))]
+        run[f"q{q}"] = {d: s / 7 for d, s in zip(docs, rng.sample(range(1000), len(docs)))}
+        qrels[f"q{q}"] = {d: 1 for d in rng.sample(docs + ["missing"], rng.randint(1, min(3, len(docs) + 1)))}
+    for k in (1, 5, 10):
+        want = {m.query_id: m.value for m in ir_measures.iter_calc([ir_measures.RR @ k], qrels, run)}
+        got = M.evaluate(run, qrels, [f"mrr@{k}"], per_query=True)[1][f"mrr@{k}"]
+        assert got.tolist() == pytest.approx([want[q] for q in sorted(qrels)], abs=1e-9)
 
 
-def test_ties_in_dict_runs_follow_trec_eval():
-    pytrec_eval = pytest.importorskip("pytrec_eval")
-    run = {"q": {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.5}}
-    qrels = {"q": {"a": 1, "d": 1}}
-    ref = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "map"}).evaluate(run)["q"]
-    got = M.evaluate(run, qrels, ["mrr", "map"])
-    assert got["mrr"] == pytest.approx(ref["recip_rank"])
-    assert got["map"] == pytest.approx(ref["map"])
+def test_dict_qrels_need_integer_grades():
+    with pytest.raises(ValueError, match="qrels: grades must be integers"):
+        M.evaluate({"q": {"a": 1.0}}, {"q": {"a": 0.5}}, ["map"])
+    assert M.evaluate({}, {"q": {"a": 1}}, ["map", "mrr@10"]) == {"map": 0.0, "mrr@10": 0.0}
 
 
 def test_chunked_ranks_match_one_shot():

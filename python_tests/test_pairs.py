@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastot.bm25 import tokenize
+from fastot.ir.bm25 import tokenize
 from fastot.train import build_training_examples, content_words
 from fastot.train.pairs import spread_queries
 

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["codeswitch", "mix32", "rand_prefix", "key_hash", "SALT_SWITCH", "SALT_LANG", "SALT_TRANS"]
+__all__ = ["codeswitch", "codeswitch_fake", "MAX_KEY_WORDS", "mix32", "rand_prefix", "key_hash", "SALT_SWITCH", "SALT_LANG",
+           "SALT_TRANS"]
 
 MASK32 = 0xFFFFFFFF
 KEY_MOD1, KEY_MOD2 = 2147483647, 2147483629
 KEY_BASE1, KEY_BASE2 = 1000003, 999983
 SALT_SWITCH, SALT_LANG, SALT_TRANS = 0x243F6A88, 0x85A308D3, 0x13198A2E
+MAX_KEY_WORDS = 8  # the longest multi-word key ("longest match first" tracks it in 3 bits per state)
 
 
 def mix32(x):
@@ -302,3 +304,14 @@ def codeswitch(
     out_tt[r, out_pos] = tt[r, l]
     out_src[r, out_pos] = l
     return out_ids, out_mask, out_tt, out_src, n_switched, n_words
+
+
+def codeswitch_fake(input_ids, attention_mask, token_type_ids, word_start, special, key_hash, key_offsets, key_ids,
+                    entry_offsets, trans_offsets, trans_ids, lang_ids, max_key_len, max_key_words, prefix_switch,
+                    prefix_lang, prefix_trans, threshold, max_length, pad_id, row_offset=0):
+    """Meta implementation of every registered code-switch op (dynamic width unless max_length is given)."""
+    B = input_ids.shape[0]
+    width = max_length if max_length >= 0 else torch.library.get_ctx().new_dynamic_size()
+    mk = lambda: input_ids.new_empty((B, width), dtype=torch.long)  # noqa: E731
+    return (mk(), mk(), mk(), mk(), input_ids.new_empty((B, lang_ids.shape[0]), dtype=torch.long),
+            input_ids.new_empty((B,), dtype=torch.long))

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lexicons import read_bitext
+from ..ir.data import read_bitext
+from ..ir.metrics import DEFAULT_METRICS, _parse
+from ..ir.retrieval import evaluate_bitext
 from ..losses import COSTS, OBJECTIVES, OTDistillationLoss, content_mask
-from ..metrics import DEFAULT_METRICS, _parse
-from ..retrieval import evaluate_bitext
 from ._dist import DISTRIBUTED, ddp, fsdp_shard, full_state, load_full_optimizer, run_config, setup, shard, strip
 from ._run import (
     apply_step,
@@ -127,7 +127,7 @@ class DistillConfig:
 
 
 def read_pairs(path: str, lang: str, split: str, limit: int | None = None) -> tuple[list[str], list[str]]:
-    """:func:`fastot.lexicons.read_bitext` without the pairs that have a blank side, the first ``limit``."""
+    """:func:`fastot.ir.read_bitext` without the pairs that have a blank side, the first ``limit``."""
     en, tgt = read_bitext(path, lang, split)
     keep = [i for i in range(len(en)) if en[i].strip() and tgt[i].strip()]  # a blank side has nothing to align
     if limit is not None:

@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..bm25 import BM25, tokenize
+from ..ir.bm25 import BM25, tokenize
 from ..lexicons import ENGLISH_STOPWORDS
 
 

@@ -24,7 +24,7 @@ Output folder::
 
 Evaluation (:func:`evaluate_reranking`): English keyword queries against the target-language side of a
 held-out bitext split (:func:`bitext_eval_set`), a first stage (BM25, or a dense encoder such as the OT-distilled
-student) gives the top ``depth`` candidates, the reranker reorders them; metrics from :mod:`fastot.metrics`.
+student) gives the top ``depth`` candidates, the reranker reorders them; metrics from :mod:`fastot.ir.metrics`.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import metrics as _metrics
 from ..codeswitch import CodeSwitcher, Lexicon
 from ..collate import CodeSwitchCollator
-from ..lexicons import _check_file, _read_lines, induce_from_bitext, read_bitext
+from ..ir import metrics as _metrics
+from ..ir.data import _check_file, _read_lines, read_bitext
+from ..lexicons import induce_from_bitext
 from ._dist import (
     DISTRIBUTED,
     ddp,
@@ -221,8 +222,8 @@ def training_examples(cfg: RerankConfig) -> list[TrainingExample]:
     BM25 negatives from within the split, and are interleaved one example from each in turn before the cut to
     ``max_train_queries``: equal shares per domain)."""
     if cfg.triples is None and cfg.queries is not None:
-        from ..bm25 import BM25  # noqa: PLC0415
-        from ..irdata import read_collection, read_qrels, read_queries  # noqa: PLC0415
+        from ..ir.bm25 import BM25  # noqa: PLC0415
+        from ..ir.data import read_collection, read_qrels, read_queries  # noqa: PLC0415
 
         queries, coll, qrels = read_queries(cfg.queries), read_collection(cfg.collection), read_qrels(cfg.qrels)
         ids = list(coll)
@@ -240,7 +241,7 @@ def training_examples(cfg: RerankConfig) -> list[TrainingExample]:
             out.append(TrainingExample(queries[q], coll[rel[0]], tuple(texts[j] for j in negs), i))
         return out
     if cfg.triples is not None:
-        from ..irdata import read_triples  # noqa: PLC0415
+        from ..ir.data import read_triples  # noqa: PLC0415
 
         groups: dict[tuple[str, str], list[str]] = {}
         for q, pos, neg in read_triples(cfg.triples):
@@ -557,11 +558,11 @@ def first_stage(method, queries: Sequence[str], documents: Sequence[str], depth:
     such as the OT-distilled student, or a loaded ``AutoModel``): cosine of mean-pooled embeddings."""
     k = min(depth, len(documents))
     if method == "bm25":
-        from ..bm25 import BM25  # noqa: PLC0415
+        from ..ir.bm25 import BM25  # noqa: PLC0415
 
         idx, _ = BM25().index(list(documents)).search(list(queries), k=k)
         return idx
-    from ..retrieval import encode  # noqa: PLC0415
+    from ..ir.retrieval import encode  # noqa: PLC0415
     from .models import load_encoder  # noqa: PLC0415
 
     model = load_encoder(method) if isinstance(method, str) else method

@@ -2,7 +2,13 @@
 
     switcher = fastot.CodeSwitcher(fastot.Lexicon.from_pairs(pairs, tokenizer, languages="sw"), p=0.5, seed=0)
     collator = CodeSwitchCollator(tokenizer, switcher, max_length=256)
-    loader = DataLoader(dataset, batch_size=32, collate_fn=collator, num_workers=4, persistent_workers=True)
+    loader = DataLoader(dataset, batch_size=32, collate_fn=collator)
+    ...
+    collator.switch_ratios(collator.pop_stats())  # {"overall": 0.21, "sw": 0.21}: switched words since last time
+
+A batch holds only model inputs and labels, so it feeds ``model(**batch)`` and the Hugging Face ``Trainer`` as
+is (``fastot.integrations.hf.CodeSwitchStatsCallback`` logs the statistics there); with DataLoader workers, which
+run their own copies of the collator, ask for the statistics in each batch instead (``stats="batch"``).
 
 The text is tokenized once, as usual; the switch runs on the token ids (:class:`fastot.CodeSwitcher`), which
 then cuts each row ``longest_first`` to ``max_length`` and pads to exactly that width, as the tokenizer would
@@ -78,6 +84,10 @@ class CodeSwitchCollator:
         device: where the switch runs and the batch is returned (e.g. ``"cuda"`` in the main process);
             default: stay on the CPU, which is what DataLoader workers should do.
         label_dtype: dtype of ``labels``.
+        stats: where the switch statistics go. ``"collect"`` (default): summed in this collator, read with
+            :meth:`pop_stats`; the batch holds only model inputs and labels. ``"batch"``: each batch also has
+            ``cs_stats`` (see :meth:`__call__`), which is what DataLoader workers need: their copies of the
+            collator are not this one.
 
     Randomness: a pure function of (``switcher.seed``, step, row, word), so query and passage words each get
     their own independent draw, and a batch is reproducible from its step. The step is ``calls * num_workers
@@ -91,7 +101,7 @@ class CodeSwitchCollator:
     def __init__(self, tokenizer, switcher: CodeSwitcher, *, max_length: int = 256,
                  pre_max_length: int | None = None, padding: str = "max_length",
                  pad_to_multiple_of: int | None = None, device: torch.device | str | None = None,
-                 label_dtype: torch.dtype = torch.float32):
+                 label_dtype: torch.dtype = torch.float32, stats: str = "collect"):
         if not isinstance(switcher, CodeSwitcher):
             raise TypeError(f"{_NAME}: switcher must be a fastot.CodeSwitcher, got {type(switcher).__name__}")
         if not callable(tokenizer) or not hasattr(tokenizer, "num_special_tokens_to_add"):
@@ -124,6 +134,8 @@ class CodeSwitchCollator:
                 device = torch.device(device)
             except RuntimeError as exc:
                 raise ValueError(f"{_NAME}: device must name a torch device, got {device!r}") from exc
+        if stats not in ("collect", "batch"):
+            raise ValueError(f"{_NAME}: stats must be 'collect' or 'batch', got {stats!r}")
         if not isinstance(label_dtype, torch.dtype):
             raise TypeError(f"{_NAME}: label_dtype must be a torch.dtype, got {label_dtype!r}")
         pair = tokenizer("a", "b", return_token_type_ids=True)
@@ -135,6 +147,8 @@ class CodeSwitchCollator:
         self.max_length, self.pre_max_length = max_length, pre_max_length
         self.padding, self.pad_to_multiple_of = padding, pad_to_multiple_of
         self.calls = 0
+        self.stats = stats
+        self._collected: dict[str, torch.Tensor] | None = None
 
     @property
     def languages(self) -> list[str]:
@@ -144,7 +158,7 @@ class CodeSwitchCollator:
     def __repr__(self) -> str:
         return (f"{_NAME}({self.switcher!r}, max_length={self.max_length}, pre_max_length={self.pre_max_length}, "
                 f"padding={self.padding!r}, pad_to_multiple_of={self.pad_to_multiple_of}, device={self.device}, "
-                f"calls={self.calls})")
+                f"stats={self.stats!r}, calls={self.calls})")
 
     @staticmethod
     def _split(batch) -> tuple[list[str], list[str], list | None]:
@@ -156,7 +170,10 @@ class CodeSwitchCollator:
             if isinstance(item, Mapping):
                 if "query" not in item or "passage" not in item:
                     raise ValueError(f"{_NAME}: batch[{i}] must have keys 'query' and 'passage' "
-                                     f"(and optionally 'label'), got keys {sorted(item)}")
+                                     f"(and optionally 'label'), got keys {sorted(item)}"
+                                     + (" (the Hugging Face Trainer drops the text columns unless "
+                                        "TrainingArguments(remove_unused_columns=False))" if not
+                                        {"query", "passage"} & set(item) else ""))
                 fields = (item["query"], item["passage"]) + ((item["label"],) if "label" in item else ())
             elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
                 fields = tuple(item)
@@ -189,9 +206,10 @@ class CodeSwitchCollator:
             ``input_ids``, ``attention_mask``, ``token_type_ids`` (if the tokenizer's model inputs have them):
             [B, max_length] int64 (``padding="longest"``: [B, width], see the class docstring), as the tokenizer
             would encode the switched pairs cut to max_length; ``labels``: [B]
-            label_dtype (only when the items have labels); ``cs_stats``: ``{"words": [] int64, "switched": []
-            int64, "switched_per_language": [n_active] int64}`` summed over the batch (tensors on the output's
-            device: no host synchronisation; see :meth:`switch_ratios`).
+            label_dtype (only when the items have labels); with ``stats="batch"``, ``cs_stats``: ``{"words": []
+            int64, "switched": [] int64, "switched_per_language": [n_active] int64}`` summed over the batch
+            (tensors on the output's device: no host synchronisation; see :meth:`switch_ratios`); with
+            ``stats="collect"`` the same sums are added to the collator's (:meth:`pop_stats`).
         """
         if step is not None and (not _is_integer(step) or step < 0):
             raise ValueError(f"{_NAME}: step must be None or an integer >= 0, got {step!r}")
@@ -207,10 +225,31 @@ class CodeSwitchCollator:
         enc = self.tokenizer(queries, passages, padding=True, truncation="longest_first",
                              max_length=self.pre_max_length, return_tensors="pt", return_token_type_ids=True,
                              return_attention_mask=True)
-        ids, mask, tt = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+        result = self.switch_encoded(enc, step=step, p=p, row_offset=row_offset)
+        if labels is not None:
+            result["labels"] = labels if self.device is None else labels.to(self.device)
+        return result
+
+    def switch_encoded(self, encoding: Mapping[str, torch.Tensor], *, step: int | None = None,
+                       p: float | None = None, row_offset: int = 0) -> dict:
+        """Switch a batch of (query, passage) pairs that the tokenizer has already encoded (what
+        :meth:`__call__` does after tokenizing; the sentence-transformers cross-encoder hook calls it).
+
+        Args:
+            encoding: ``input_ids`` and ``attention_mask`` [B, L] (and ``token_type_ids`` when the tokenizer
+                gives them), as the tokenizer returns for text pairs.
+            step, p, row_offset: as in :meth:`__call__`.
+        Returns:
+            the model inputs of :meth:`__call__` (without labels), with the statistics as ``stats`` says.
+        """
+        if step is not None and (not _is_integer(step) or step < 0):
+            raise ValueError(f"{_NAME}: step must be None or an integer >= 0, got {step!r}")
+        ids, mask = encoding["input_ids"], encoding["attention_mask"]
+        tt = encoding.get("token_type_ids")
+        if tt is None:
+            tt = torch.zeros_like(ids)
         if self.device is not None:
             ids, mask, tt = ids.to(self.device), mask.to(self.device), tt.to(self.device)
-            labels = None if labels is None else labels.to(self.device)
         if self._passage_after is not None:  # segments from the template tokens before each token
             special = self.switcher.lexicon.tensors(ids.device)["special"][ids] & (mask != 0)
             tt = ((special.cumsum(1) - special.long()) >= self._passage_after).long()
@@ -232,14 +271,28 @@ class CodeSwitchCollator:
         result = {"input_ids": ids, "attention_mask": mask}
         if self._typed_output:
             result["token_type_ids"] = tt if self._passage_after is None else torch.zeros_like(tt)
-        result = {**result, "cs_stats": {
-            "words": out.n_words.sum(),
-            "switched": out.n_switched.sum(),
-            "switched_per_language": out.n_switched_lang.sum(0),
-        }}
-        if labels is not None:
-            result["labels"] = labels
+        batch_stats = {"words": out.n_words.sum(), "switched": out.n_switched.sum(),
+                       "switched_per_language": out.n_switched_lang.sum(0)}
+        if self.stats == "batch":
+            result["cs_stats"] = batch_stats
+        elif self._collected is None or self._collected["words"].device != batch_stats["words"].device:
+            self._collected = batch_stats
+        else:  # on the device, no host synchronisation
+            self._collected = {k: v + batch_stats[k] for k, v in self._collected.items()}
         return result
+
+    def pop_stats(self) -> dict[str, torch.Tensor]:
+        """The switch statistics summed over this collator's batches since the last call (``stats="collect"``),
+        as ``cs_stats`` (see :meth:`__call__`), and start a new sum; zeros when no batch was switched since."""
+        if self.stats != "collect":
+            raise RuntimeError(f"{_NAME}: pop_stats needs stats='collect'; with stats='batch' each batch carries "
+                               "its own cs_stats")
+        got, self._collected = self._collected, None
+        if got is None:
+            zero = torch.zeros((), dtype=torch.long)
+            got = {"words": zero, "switched": zero.clone(),
+                   "switched_per_language": torch.zeros(len(self.languages), dtype=torch.long)}
+        return got
 
     def switch_ratios(self, stats: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Code-switching frequency: switched words / words, ``"overall"`` and per active language.

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import fastot
-from fastot.collate import CodeSwitchCollator
+from fastot.collate import CodeSwitchCollator as Collator
+
+
+def CodeSwitchCollator(*args, stats="batch", **kw):  # noqa: N802
+    """Most tests read each batch's statistics; the default ("collect") has tests of its own below."""
+    return Collator(*args, stats=stats, **kw)
+
 
 BACKENDS = backend_params("codeswitch")
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mafand", "en-swa")
@@ -402,3 +408,27 @@ def test_sentencepiece_tokenizer_tables(sentencepiece_tokenizer):
     assert sorted(sp.nonzero().flatten().tolist()) == sorted({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id})
     starts = {t: bool(ws[tok.convert_tokens_to_ids(t)]) for t in ("▁river", ",", ".", "!", "(", "▁", "iver")}
     assert starts == {"▁river": True, ",": True, ".": True, "!": True, "(": True, "▁": True, "iver": False}
+
+
+def test_collected_stats_equal_the_batches_and_keep_the_batch_a_model_input(minilm_tokenizer, lex_ml):
+    """The default batch holds model inputs only (it goes into model(**batch) and the HF Trainer as is); the
+    collector's sums equal the per-batch statistics of a stats="batch" twin at the same steps, and pop resets."""
+    cs = fastot.CodeSwitcher(lex_ml, p=0.5, seed=4, languages=["ha", "sw"])
+    col, twin = Collator(minilm_tokenizer, cs, max_length=40), CodeSwitchCollator(minilm_tokenizer, cs, max_length=40)
+    zero = col.pop_stats()
+    assert [int(zero["words"]), int(zero["switched"]), zero["switched_per_language"].tolist()] == [0, 0, [0, 0]]
+    pairs = [(q, p, 1.0) for q, p in _pairs(6)]
+    sums = None
+    for step in range(3):
+        out, ref = col(pairs[2 * step:], step=step), twin(pairs[2 * step:], step=step)
+        assert set(out) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+        _assert_batches_equal(out, {k: v for k, v in ref.items() if k != "cs_stats"})
+        sums = ref["cs_stats"] if sums is None else {k: sums[k] + ref["cs_stats"][k] for k in sums}
+    got = col.pop_stats()
+    assert int(sums["switched"]) > 0
+    _assert_batches_equal(got, sums)
+    assert int(col.pop_stats()["words"]) == 0
+    with pytest.raises(RuntimeError, match="stats='collect'"):
+        twin.pop_stats()
+    with pytest.raises(ValueError, match="stats must be"):
+        Collator(minilm_tokenizer, cs, stats="log")

@@ -312,7 +312,7 @@ def _train(cfg, group, device, reranker, tokenizer, lexicon, examples) -> dict:
     if ckpt is None and cfg.head_bias == "prior":
         _set_output_bias(model, math.log(share / (1 - share)))
     switcher = CodeSwitcher(lexicon, p=cfg.p, seed=cfg.seed, languages=cfg.languages, backend=cfg.backend)
-    collator = CodeSwitchCollator(tok, switcher, max_length=cfg.max_length, device=device)
+    collator = CodeSwitchCollator(tok, switcher, max_length=cfg.max_length, device=device, stats="batch")
     model.to(device).train()
     n_batches = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * n_batches / cfg.grad_accum)

@@ -48,6 +48,16 @@ def _spread(xs):
     return statistics.median(xs), q[0], q[-1]
 
 
+def _interleaved(task: str, contenders: dict, size: str, rounds: int) -> list[dict]:
+    """Each contender once per round, in turn; a row per contender with the median and the 20-80% spread."""
+    times = {n: [] for n in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            times[name].append(_timed(fn)[0])
+    return [dict(zip(("median_s", "p20_s", "p80_s"), _spread(ts)), task=task, engine=name, size=size)
+            for name, ts in times.items()]
+
+
 def bm25_contenders(docs, queries, k):
     import bm25s  # noqa: PLC0415
 
@@ -119,14 +129,7 @@ def main(argv=None) -> None:
     reordered = int((ref["fastot"][0][:, :31] != ref["bm25s"][0][:, :31]).any(1).sum())
     print(f"BM25: {len(docs)} documents, {len(queries)} queries, top 100: scores equal to "
           f"{float((a - b).abs().max()):.1e}; top 31 in another order for {reordered} queries")
-    times = {n: [] for n in bm}
-    for _ in range(args.rounds):
-        for name, fn in bm.items():
-            times[name].append(_timed(fn)[0])
-    for name, ts in times.items():
-        med, lo, hi = _spread(ts)
-        rows.append({"task": "bm25 index + top-100", "engine": name, "size": f"{len(docs)} docs x {len(queries)} q",
-                     "median_s": med, "p20_s": lo, "p80_s": hi})
+    rows += _interleaved("bm25 index + top-100", bm, f"{len(docs)} docs x {len(queries)} q", args.rounds)
 
     # a dense bitext run: MiniLM-free (no model load needed for the timing), the scores of random unit vectors
     # around each translation so that ranks spread; the metric code never looks at where scores come from
@@ -141,14 +144,7 @@ def main(argv=None) -> None:
         for m in ("mrr@10", "ndcg@10"):
             assert abs(val[m] - got["fastot (dense, torch)"][m]) < 1e-5, (name, m, val, got)
     print(f"metrics: {Q} x {Q} bitext run; MRR@10 {got['fastot (dense, torch)']['mrr@10']:.4f} from every engine")
-    times = {n: [] for n in mc}
-    for _ in range(args.rounds):
-        for name, fn in mc.items():
-            times[name].append(_timed(fn)[0])
-    for name, ts in times.items():
-        med, lo, hi = _spread(ts)
-        rows.append({"task": "mrr@10 + ndcg@10 of a dense run", "engine": name, "size": f"{Q} x {Q}",
-                     "median_s": med, "p20_s": lo, "p80_s": hi})
+    rows += _interleaved("mrr@10 + ndcg@10 of a dense run", mc, f"{Q} x {Q}", args.rounds)
 
     for task in dict.fromkeys(r["task"] for r in rows):
         base = next(r for r in rows if r["task"] == task and r["engine"].startswith("fastot"))["median_s"]

@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastot.ir import data as irdata
 from fastot.ir import metrics
@@ -59,6 +61,24 @@ def test_matches_bm25s_lucene(k1, b):
         toks = tokenize(q) + tokenize(q)[:2]  # a repeated token counts once per occurrence in both
         want = _bm25s_scores([tokenize(d) for d in docs], toks, k1, b)
         np.testing.assert_allclose(bm.scores(" ".join(toks)), want, rtol=2e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n_docs=st.integers(1, 60), k=st.integers(1, 70))
+def test_search_is_the_full_sort_cut_at_k(seed, n_docs, k):
+    """search takes the top k from the documents scoring at least the k-th best score; that equals sorting every
+    document (score descending, index ascending) and cutting at k, ties at the cut included (few words: many
+    documents tie)."""
+    g = np.random.default_rng(seed)
+    words = ["a", "b", "c", "d", "e"]
+    docs = [" ".join(g.choice(words, size=g.integers(1, 6))) for _ in range(n_docs)]
+    queries = [" ".join(g.choice(words, size=g.integers(1, 4))) for _ in range(5)]
+    bm = BM25().index(docs)
+    idx, val = bm.search(queries, k=k)
+    for i, q in enumerate(queries):
+        s = bm.scores(q)
+        full = np.lexsort((np.arange(len(s)), -s))[:k]
+        assert idx[i].tolist() == full.tolist() and np.array_equal(val[i].numpy(), s[full])
 
 
 def test_stopwords_and_custom_tokenizer():

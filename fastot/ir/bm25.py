@@ -106,6 +106,10 @@ class BM25:
         val = np.zeros((len(queries), k), dtype=np.float32)
         for i, q in enumerate(queries):
             s = self.scores(q)
-            order = np.lexsort((np.arange(len(s)), -s))[:k]  # score descending, then index ascending
+            if k < len(s):  # the documents scoring at least the k-th best score (ties at the cut included)
+                cand = np.flatnonzero(s >= np.partition(s, len(s) - k)[len(s) - k])
+            else:
+                cand = np.arange(len(s))
+            order = cand[np.lexsort((cand, -s[cand]))][:k]  # score descending, then index ascending
             idx[i], val[i] = order, s[order]
         return torch.from_numpy(idx), torch.from_numpy(val)

@@ -384,3 +384,18 @@ def test_old_import_paths_warn_and_are_the_new_modules():
         warnings.simplefilter("error")
         with pytest.raises(AttributeError):
             _ = importlib.import_module("fastot.lexicons").no_such_name
+
+
+def test_cross_encoder_fit_switches_too(tmp_path, lexicon):
+    """The deprecated ``CrossEncoder.fit`` runs CrossEncoderTrainer with a loss that tokenizes through
+    ``preprocess``: the hook switches its batches as well."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.sentence_transformer.readers.input_example import InputExample
+
+    model = CrossEncoder(_tiny_bert(tmp_path / "ce", head=True), num_labels=1, device="cpu", max_length=48)
+    hook = fst.code_switch(model, fastot.CodeSwitcher(lexicon, p=0.5, seed=3))
+    examples = [InputExample(texts=[r["query"], r["passage"]], label=r["label"]) for r in _rerank_rows(16)]
+    loader = torch.utils.data.DataLoader(examples, batch_size=8, shuffle=False)
+    model.fit(loader, epochs=1, warmup_steps=0, show_progress_bar=False, output_path=str(tmp_path / "fit"))
+    assert hook.calls == 2
+    assert int(hook.pop_stats()["switched"]) > 0

@@ -192,7 +192,11 @@ class CodeSwitchHook:
 
         def preprocess(model_self, inputs, *args, **kwargs):
             enc = self._original(inputs, *args, **kwargs)
-            if not model_self.training or "input_ids" not in enc:
+            # training batches of (query, passage) pairs only: not evaluation, and not the single texts that the
+            # trainer's model card tokenizes for its statistics
+            pairs = isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(
+                isinstance(x, (list, tuple)) and len(x) == 2 for x in inputs)
+            if not (model_self.training and pairs) or "input_ids" not in enc:
                 return enc
             switched = self.collator.switch_encoded(enc)
             enc = dict(enc)
@@ -227,7 +231,7 @@ def code_switch(model: CrossEncoder, switcher: CodeSwitcher, *, max_length: int 
     """Code-switch the (query, passage) pairs a :class:`~sentence_transformers.CrossEncoder` trains on.
 
     Every sentence-transformers cross-encoder loss tokenizes its pairs through ``model.preprocess``; this wraps
-    it so that, while the model is in training mode, the tokenized pairs go through a
+    it so that, while the model is in training mode, tokenized (query, passage) pairs go through a
     :class:`fastot.CodeSwitchCollator` (its ``switch_encoded``): words switched on their token ids, draws a
     pure function of (``switcher.seed``, batch number, row, word), each row cut ``longest_first`` to
     ``max_length`` after the switch (translations can be longer than their words). In eval mode (evaluators,

@@ -21,6 +21,7 @@ import csv
 import datetime
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -37,7 +38,6 @@ from fastot.train.distill import read_pairs  # noqa: E402
 from fastot.train.models import MINILM, minilm_path  # noqa: E402
 
 METRICS = ("mrr@10", "recall@1", "recall@10", "ndcg@10")
-ST_KEYS = {"mrr@10": "mrr@10", "recall@1": "recall@1", "recall@10": "recall@10", "ndcg@10": "ndcg@10"}
 
 
 def _no_dropout(model):
@@ -84,8 +84,7 @@ def main(argv=None) -> None:
         folder = os.path.join(work, "init")
         load_encoder(args.model, seed=0).save_pretrained(folder)
         load_tokenizer(args.model).save_pretrained(folder)
-    common = dict(steps=args.steps, lr=5e-5, weight_decay=0.01, warmup=10, clip=1.0, seed=0, max_length=128,
-                  batch_size=args.batch_size)
+    common = dict(lr=5e-5, weight_decay=0.01, warmup=10, clip=1.0)
 
     # --- fastot distill ------------------------------------------------------------------------------------
     tok = load_tokenizer(folder)
@@ -145,7 +144,7 @@ def main(argv=None) -> None:
     for name, m in (("fastot distill", fastot_student), ("sentence-transformers", st_student)):
         ours = evaluate_bitext(m[0].auto_model, m.tokenizer, dev_en, dev_tgt, max_length=128, metrics=METRICS)
         theirs = ev(m)
-        rows.append((name, ours, {k: theirs[f"dev_cosine_{v}"] for k, v in ST_KEYS.items()}))
+        rows.append((name, ours, {k: theirs[f"dev_cosine_{k}"] for k in METRICS}))
         print(f"{name:24s} fastot.ir: " + ", ".join(f"{k} {ours[k]:.4f}" for k in METRICS)
               + " | ST evaluator: " + ", ".join(f"{k} {rows[-1][2][k]:.4f}" for k in METRICS))
 
@@ -163,6 +162,7 @@ def main(argv=None) -> None:
             wr.writerow([f"eval {name}", json.dumps(ours), json.dumps(theirs), "", args.model, not args.no_dropout,
                          args.batch_size, cpu_name(), git_sha(), stamp])
     print(f"wrote {out}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,14 @@ def _passage_after(tokenizer, pair_ids: list[int], lexicon) -> int:
                      f"({type(tokenizer).__name__}: {pair_ids}), so query and passage cannot be told apart")
 
 
+def _distributed_offset(rows: int) -> int:
+    """rank * rows inside an initialised process group of several processes, else 0."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank() * rows
+    return 0
+
+
 class CodeSwitchCollator:
     """Tokenizes (query, passage[, label]) items as pairs and code-switches the batch on its token ids.
 
@@ -142,12 +150,24 @@ class CodeSwitchCollator:
         # Untyped pairs: the passage starts after this many template tokens (BERT-style pairs: None).
         self._passage_after = None if 1 in pair["token_type_ids"] else _passage_after(tokenizer, pair["input_ids"],
                                                                                      switcher.lexicon)
+        # Typed pairs given without token types (an encoding made without return_token_type_ids, as
+        # sentence-transformers makes them for DistilBERT-style models): the template tells the segments there too.
+        self._template_after = self._passage_after
+        if self._template_after is None:
+            try:
+                self._template_after = _passage_after(tokenizer, pair["input_ids"], switcher.lexicon)
+            except ValueError:
+                self._template_after = None
         self._typed_output = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
         self.tokenizer, self.switcher, self.device, self.label_dtype = tokenizer, switcher, device, label_dtype
         self.max_length, self.pre_max_length = max_length, pre_max_length
         self.padding, self.pad_to_multiple_of = padding, pad_to_multiple_of
         self.calls = 0
         self.stats = stats
+        # None, or a callable: while it returns False, batches are only tokenized and cut (p = 0), and neither
+        # counted in ``calls`` nor in the statistics (CodeSwitchStatsCallback.attach gives the Trainer's
+        # evaluation such a copy of the collator)
+        self.gate = None
         self._collected: dict[str, torch.Tensor] | None = None
 
     @property
@@ -192,7 +212,7 @@ class CodeSwitchCollator:
         return queries, passages, labels or None
 
     def __call__(self, batch: Sequence, *, step: int | None = None, p: float | None = None,
-                 row_offset: int = 0) -> dict:
+                 row_offset: int | None = None) -> dict:
         """Tokenize, switch and pad a batch of B items.
 
         Args:
@@ -202,6 +222,8 @@ class CodeSwitchCollator:
             p: this batch's switching probability instead of ``switcher.p`` (e.g. a warm-up schedule).
             row_offset: the index of ``batch[0]`` in a global batch that several processes share (under
                 torchrun): item i then switches as item ``row_offset + i`` of the whole batch at the same step.
+                Default: ``rank * B`` inside an initialised ``torch.distributed`` group of several processes
+                (each process's batch its own rows of a global one, as with a distributed sampler), else 0.
         Returns:
             ``input_ids``, ``attention_mask``, ``token_type_ids`` (if the tokenizer's model inputs have them):
             [B, max_length] int64 (``padding="longest"``: [B, width], see the class docstring), as the tokenizer
@@ -211,8 +233,6 @@ class CodeSwitchCollator:
             (tensors on the output's device: no host synchronisation; see :meth:`switch_ratios`); with
             ``stats="collect"`` the same sums are added to the collator's (:meth:`pop_stats`).
         """
-        if step is not None and (not _is_integer(step) or step < 0):
-            raise ValueError(f"{_NAME}: step must be None or an integer >= 0, got {step!r}")
         queries, passages, labels = self._split(batch)
         if labels is not None:
             try:
@@ -231,7 +251,7 @@ class CodeSwitchCollator:
         return result
 
     def switch_encoded(self, encoding: Mapping[str, torch.Tensor], *, step: int | None = None,
-                       p: float | None = None, row_offset: int = 0) -> dict:
+                       p: float | None = None, row_offset: int | None = None, count: bool = True) -> dict:
         """Switch a batch of (query, passage) pairs that the tokenizer has already encoded (what
         :meth:`__call__` does after tokenizing; the sentence-transformers cross-encoder hook calls it).
 
@@ -239,6 +259,8 @@ class CodeSwitchCollator:
             encoding: ``input_ids`` and ``attention_mask`` [B, L] (and ``token_type_ids`` when the tokenizer
                 gives them), as the tokenizer returns for text pairs.
             step, p, row_offset: as in :meth:`__call__`.
+            count: add the batch to the collected statistics (False for a batch switched again at a step that was
+                already counted).
         Returns:
             the model inputs of :meth:`__call__` (without labels), with the statistics as ``stats`` says.
         """
@@ -246,13 +268,19 @@ class CodeSwitchCollator:
             raise ValueError(f"{_NAME}: step must be None or an integer >= 0, got {step!r}")
         ids, mask = encoding["input_ids"], encoding["attention_mask"]
         tt = encoding.get("token_type_ids")
+        after = self._passage_after if tt is not None else self._template_after
         if tt is None:
             tt = torch.zeros_like(ids)
         if self.device is not None:
             ids, mask, tt = ids.to(self.device), mask.to(self.device), tt.to(self.device)
-        if self._passage_after is not None:  # segments from the template tokens before each token
+        if after is not None:  # segments from the template tokens before each token
             special = self.switcher.lexicon.tensors(ids.device)["special"][ids] & (mask != 0)
-            tt = ((special.cumsum(1) - special.long()) >= self._passage_after).long()
+            tt = ((special.cumsum(1) - special.long()) >= after).long()
+        if row_offset is None:
+            row_offset = _distributed_offset(ids.shape[0])
+        gated = self.gate is not None and not self.gate()
+        if gated:  # not training: cut and pad as usual, nothing switched or counted
+            p, step = 0.0, 0 if step is None else step
         counted = step is None
         if counted:
             info = get_worker_info()
@@ -275,10 +303,13 @@ class CodeSwitchCollator:
                        "switched_per_language": out.n_switched_lang.sum(0)}
         if self.stats == "batch":
             result["cs_stats"] = batch_stats
-        elif self._collected is None or self._collected["words"].device != batch_stats["words"].device:
+        elif gated or not count:
+            pass
+        elif self._collected is None:
             self._collected = batch_stats
         else:  # on the device, no host synchronisation
-            self._collected = {k: v + batch_stats[k] for k, v in self._collected.items()}
+            dev = batch_stats["words"].device
+            self._collected = {k: v.to(dev) + batch_stats[k] for k, v in self._collected.items()}
         return result
 
     def pop_stats(self) -> dict[str, torch.Tensor]:

@@ -432,3 +432,25 @@ def test_collected_stats_equal_the_batches_and_keep_the_batch_a_model_input(mini
         twin.pop_stats()
     with pytest.raises(ValueError, match="stats must be"):
         Collator(minilm_tokenizer, cs, stats="log")
+
+
+def test_switch_encoded_without_token_types_and_the_distributed_offset(minilm_tokenizer, lex_ml, monkeypatch):
+    """An encoding without token_type_ids (sentence-transformers asks for none with DistilBERT-style models)
+    gets its segments from the template, as the typed one does; inside a process group of several processes a
+    batch is switched as this rank's rows of the global batch (row_offset = rank * B) unless told otherwise."""
+    cs = fastot.CodeSwitcher(lex_ml, p=0.5, seed=6, languages=["ha", "sw"])
+    col = CodeSwitchCollator(minilm_tokenizer, cs, max_length=24)
+    q, p = zip(*_pairs(6))
+    enc = minilm_tokenizer(list(q), list(p), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    typed = col.switch_encoded(enc, step=3)
+    untyped = col.switch_encoded({k: v for k, v in enc.items() if k != "token_type_ids"}, step=3)
+    _assert_batches_equal(typed, untyped)
+    pairs = _pairs(6)
+    plain = col(pairs, step=1)
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    _assert_batches_equal(col(pairs, step=1), col(pairs, step=1, row_offset=6))
+    _assert_batches_equal(col(pairs, step=1, row_offset=0), plain)
+    assert not torch.equal(col(pairs, step=1)["input_ids"], plain["input_ids"])

@@ -133,14 +133,26 @@ def test_st_trainer_with_ot_loss_trains_like_fastot_distill(tmp_path):
         assert torch.equal(v, frozen[k]), k  # the teacher did not train
 
 
-def test_length_grouped_sampler_is_fastots_order():
-    ds = datasets.Dataset.from_dict({"en": EN, "tgt": SW})
-    s = fst.LengthGroupedBatchSampler(ds, batch_size=5, drop_last=False, seed=3)
-    for epoch in (0, 1):
+def test_length_grouped_sampler_batches():
+    """Each epoch's batches partition the rows (drop_last: only full batches), come in a new order each epoch and
+    the same order for the same (seed, epoch); within a chunk of 64 batches the rows are sorted by the length of
+    the last text column (here every row is in one chunk: the concatenated batches are length-sorted once the
+    batches are put back in length order)."""
+    ds = datasets.Dataset.from_dict({"en": EN, "tgt": SW, "label": [0.0] * 12})
+    s = fst.LengthGroupedBatchSampler(ds, batch_size=5, drop_last=False, valid_label_columns=["label"], seed=3)
+    orders = []
+    for epoch in (0, 1, 0):
         s.set_epoch(epoch)
-        assert list(s) == epoch_batches([len(t) for t in SW], 5, 3, epoch, True)
-    assert len(s) == 3 and len(fst.LengthGroupedBatchSampler(ds, 5, True, seed=3)) == 2
-    assert all(len(b) == 5 for b in fst.LengthGroupedBatchSampler(ds, 5, True, seed=3))
+        batches = list(s)
+        assert sorted(i for b in batches for i in b) == list(range(12)) and len(batches) == len(s) == 3
+        rows = [i for b in sorted(batches, key=lambda b: len(SW[b[0]])) for i in b]
+        assert [len(SW[i]) for i in rows] == sorted(len(t) for t in SW)
+        orders.append(batches)
+    assert orders[0] == orders[2] and orders[0] != orders[1]
+    full = fst.LengthGroupedBatchSampler(ds, 5, True, valid_label_columns=["label"], seed=3)
+    assert len(full) == 2 and [len(b) for b in full] == [5, 5]
+    by_en = fst.LengthGroupedBatchSampler(ds, 12, False, valid_label_columns=["label"], length_column="en")
+    assert [len(EN[i]) for i in next(iter(by_en))] == sorted(len(t) for t in EN)
     with pytest.raises(ValueError, match="length_column"):
         fst.LengthGroupedBatchSampler(ds, 5, False, length_column="nope")
 
@@ -197,6 +209,18 @@ def test_hf_trainer_ot_distillation_trains_like_fastot_distill(tmp_path):
     assert not torch.equal(proj, trainer.ot_loss.projection.weight)
     saved = torch.load(os.path.join(args.output_dir, "checkpoint-2", "ot_loss.pt"))
     assert torch.equal(saved["projection.weight"], trainer.ot_loss.projection.weight.detach())
+    # evaluation gives the OT loss; a list of dicts keeps its text columns; a resume loads the projection
+    dict_rows = [{"en": e, "tgt": t} for e, t in zip(EN, SW)]
+    ev = trainer.evaluate(dict_rows)
+    assert 0 < ev["eval_loss"] < 2
+    wide2 = AutoModel.from_pretrained(_tiny_bert(tmp_path / "wide", hidden=48, seed=2))
+    args = _train_args(TrainingArguments, tmp_path, max_steps=3, save_strategy="steps", save_steps=2)
+    again = hf.OTDistillationTrainer(model=wide2, teacher=teacher, args=args, train_dataset=dict_rows,
+                                     processing_class=load_tokenizer(folder))
+    loaded = []
+    again.ot_loss.register_load_state_dict_post_hook(lambda module, keys: loaded.append(True))
+    again.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-2"))
+    assert loaded and again.state.global_step == 3
     with pytest.raises(ValueError, match="teacher"):
         hf.OTDistillationTrainer(model=wide, teacher=wide, args=args)
 
@@ -230,15 +254,16 @@ def test_hf_trainer_takes_the_collator_as_is(tmp_path, lexicon):
 
     tok = load_tokenizer("tiny")
     model = AutoModelForSequenceClassification.from_pretrained(_tiny_bert(tmp_path / "ce", head=True))
-    seen = []
-    model.register_forward_pre_hook(lambda m, a, kw: seen.append({k: v.clone() for k, v in kw.items()}),
-                                    with_kwargs=True)
+    seen, evaluated = [], []
+    model.register_forward_pre_hook(lambda m, a, kw: (seen if m.training else evaluated).append(
+        {k: v.clone() for k, v in kw.items()}), with_kwargs=True)
     rows = _rerank_rows()
     collator = fastot.CodeSwitchCollator(tok, fastot.CodeSwitcher(lexicon, p=0.5, seed=1), max_length=32)
     twin = fastot.CodeSwitchCollator(tok, fastot.CodeSwitcher(lexicon, p=0.5, seed=1), max_length=32, stats="batch")
     args = _train_args(TrainingArguments, tmp_path, max_steps=3, per_device_train_batch_size=8,
-                       remove_unused_columns=False)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+                       remove_unused_columns=False, eval_strategy="steps", eval_steps=2,
+                       per_device_eval_batch_size=8)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:8], data_collator=collator)
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(rows)
     cb = hf.CodeSwitchStatsCallback.attach(trainer, collator)
     assert trainer.callback_handler.callbacks[0] is cb
@@ -251,6 +276,12 @@ def test_hf_trainer_takes_the_collator_as_is(tmp_path, lexicon):
             assert torch.equal(batch[k], ref[k]), (step, k)
         words += int(ref["cs_stats"]["words"])
         switched += int(ref["cs_stats"]["switched"])
+    # the evaluation batches (the same collator) are cut but not switched, and did not move the training steps
+    assert evaluated and collator.calls >= 3
+    unswitched = twin(rows[:8], step=0, p=0.0)
+    for batch in evaluated:
+        for k in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+            assert torch.equal(batch[k], unswitched[k]), k
     # counted when collated (the loader runs one batch ahead): the sum over the logs is every batch's
     logs = [r for r in trainer.state.log_history if "cs_words" in r]
     assert len(logs) >= 2 and all(0 < r["cs_switched_ratio"] < 1 for r in logs)
@@ -399,3 +430,26 @@ def test_cross_encoder_fit_switches_too(tmp_path, lexicon):
     model.fit(loader, epochs=1, warmup_steps=0, show_progress_bar=False, output_path=str(tmp_path / "fit"))
     assert hook.calls == 2
     assert int(hook.pop_stats()["switched"]) > 0
+
+
+def test_cached_loss_replays_the_switch_of_its_first_pass(tmp_path, lexicon):
+    """CachedMultipleNegativesRankingLoss tokenizes each mini-batch without gradients, then again with them to
+    replay it: the replay must see the first pass's switched ids (else its gradients belong to other inputs)."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import CachedMultipleNegativesRankingLoss
+
+    model = CrossEncoder(_tiny_bert(tmp_path / "ce", head=True), num_labels=1, device="cpu", max_length=48)
+    hook = fst.code_switch(model, fastot.CodeSwitcher(lexicon, p=0.5, seed=4))
+    passes = []
+    model[0].auto_model.bert.embeddings.register_forward_pre_hook(
+        lambda m, a, kw: passes.append((torch.is_grad_enabled(), kw["input_ids"].clone())), with_kwargs=True)
+    rows = datasets.Dataset.from_list([{"query": EN[i], "positive": EN[(i + 3) % 12]} for i in range(12)])
+    loss = CachedMultipleNegativesRankingLoss(model, num_negatives=2, mini_batch_size=4)
+    args = _train_args(CrossEncoderTrainingArguments, tmp_path, max_steps=1, per_device_train_batch_size=6)
+    CrossEncoderTrainer(model=model, args=args, loss=loss, train_dataset=rows).train()
+    first = [ids for grad, ids in passes if not grad]
+    replay = [ids for grad, ids in passes if grad]
+    assert len(first) == len(replay) > 1
+    assert all(torch.equal(a, b) for a, b in zip(first, replay))
+    assert hook.calls == len(first) and int(hook.pop_stats()["switched"]) > 0

@@ -19,12 +19,13 @@ Code-switched cross-encoder training (the reranker of ``fastot rerank``)::
 
 Why a hook and not a collator: ``CrossEncoderTrainer``'s collator hands raw strings to the loss, and every
 cross-encoder loss of sentence-transformers tokenizes them itself through ``CrossEncoder.preprocess``. Switching
-on the token ids therefore happens there, once, for every loss; evaluation and ``predict`` (the model in eval
+on the token ids therefore happens there, for every loss; evaluation and ``predict`` (the model in eval
 mode) see the text unswitched.
 """
 
 from __future__ import annotations
 
+import collections
 import types
 from collections.abc import Sequence
 
@@ -38,6 +39,7 @@ from ..codeswitch import CodeSwitcher
 from ..collate import CodeSwitchCollator
 from ..losses import OTDistillationLoss, content_mask
 from ..train.distill import epoch_batches
+from .hf import average_across_processes
 
 __all__ = ["CodeSwitchHook", "LengthGroupedBatchSampler", "OTDistillLoss", "bitext_evaluator", "code_switch"]
 
@@ -95,6 +97,8 @@ class OTDistillLoss(nn.Module):
                                             projection=projection, backend=backend)
         self.include_special = bool(include_special)
         self._special = (s_tok.all_special_ids, t_tok.all_special_ids)
+        # kept here: under DDP the trainer puts its wrapper in self.model, which has no tokenizer
+        self._student_tokenizer = s_tok
 
     def forward(self, sentence_features: Sequence[dict[str, torch.Tensor]], labels: torch.Tensor | None = None):
         if len(sentence_features) != 2:
@@ -106,10 +110,11 @@ class OTDistillLoss(nn.Module):
             if self._same_tokens:
                 t_in = dict(en)  # the model's forward adds to the dict it is given: the trainer's stays as it was
             else:
-                texts = _tokenizer(self.model).batch_decode(en["input_ids"], skip_special_tokens=True)
+                texts = self._student_tokenizer.batch_decode(en["input_ids"], skip_special_tokens=True)
                 t_in = {k: v.to(self.teacher.device) if isinstance(v, torch.Tensor) else v
                         for k, v in self.teacher.preprocess(texts).items()}
             ht = self.teacher(t_in)["token_embeddings"]
+        average_across_processes(self.criterion)
         hs = self.model(dict(tgt))["token_embeddings"]
         s_mask, t_mask = tgt["attention_mask"].bool(), t_in["attention_mask"].bool()
         if not self.include_special:
@@ -130,8 +135,9 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
     shuffled; a pure function of (seed, epoch), the trainer's ``seed``.
 
     Pass the class as ``SentenceTransformerTrainingArguments(batch_sampler=LengthGroupedBatchSampler)``; the
-    lengths are those of the last text column unless ``length_column`` is set on a subclass (or with
-    ``functools.partial(LengthGroupedBatchSampler, length_column="tgt")``).
+    lengths are those of the last text column, or of another with
+    ``functools.partial(LengthGroupedBatchSampler, length_column="tgt")``. The trainer's ``generator`` is not
+    used: the order is fastot's, a function of ``seed`` and the epoch.
     """
 
     def __init__(self, dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None,
@@ -144,7 +150,6 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         if column not in dataset.column_names:
             raise ValueError(f"length_column: {column!r} is not a column of the dataset ({dataset.column_names})")
         self.lengths = [len(t) for t in dataset[column]]
-        self.seed = seed
 
     def _batches(self) -> list[list[int]]:
         batches = epoch_batches(self.lengths, self.batch_size, self.seed, getattr(self, "epoch", 0), True)
@@ -189,6 +194,11 @@ class CodeSwitchHook:
     def __init__(self, model: CrossEncoder, collator: CodeSwitchCollator):
         self.model, self.collator = model, collator
         self._original = model.preprocess
+        # A cached loss (CachedMultipleNegativesRankingLoss) tokenizes each mini-batch twice: once to embed it
+        # without gradients, then again in the backward pass to replay it with them. The replay must see the same
+        # switch, so the step each batch of pairs was switched at is remembered (the last 4,096 batches) and a
+        # batch seen again is switched at its step again, without being counted twice.
+        self._steps: collections.OrderedDict[int, int] = collections.OrderedDict()
 
         def preprocess(model_self, inputs, *args, **kwargs):
             enc = self._original(inputs, *args, **kwargs)
@@ -198,11 +208,20 @@ class CodeSwitchHook:
                 isinstance(x, (list, tuple)) and len(x) == 2 for x in inputs)
             if not (model_self.training and pairs) or "input_ids" not in enc:
                 return enc
-            switched = self.collator.switch_encoded(enc)
+            key = hash((tuple(map(tuple, inputs)), repr(args), repr(sorted(kwargs.items()))))
+            step = self._steps.get(key)
+            if step is None:
+                step = self._steps[key] = self.collator.calls
+                self.collator.calls += 1
+                if len(self._steps) > 4096:
+                    self._steps.popitem(last=False)
+                switched = self.collator.switch_encoded(enc, step=step)
+            else:
+                switched = self.collator.switch_encoded(enc, step=step, count=False)
             enc = dict(enc)
-            for key in ("input_ids", "attention_mask", "token_type_ids"):
-                if key in switched:
-                    enc[key] = switched[key]
+            for k in ("input_ids", "attention_mask", "token_type_ids"):
+                if k in switched:
+                    enc[k] = switched[k]
             if "token_type_ids" in enc and "token_type_ids" not in switched:
                 enc["token_type_ids"] = torch.zeros_like(switched["input_ids"])
             return enc
@@ -233,9 +252,13 @@ def code_switch(model: CrossEncoder, switcher: CodeSwitcher, *, max_length: int 
     Every sentence-transformers cross-encoder loss tokenizes its pairs through ``model.preprocess``; this wraps
     it so that, while the model is in training mode, tokenized (query, passage) pairs go through a
     :class:`fastot.CodeSwitchCollator` (its ``switch_encoded``): words switched on their token ids, draws a
-    pure function of (``switcher.seed``, batch number, row, word), each row cut ``longest_first`` to
+    pure function of (``switcher.seed``, call number, row, word), each row cut ``longest_first`` to
     ``max_length`` after the switch (translations can be longer than their words). In eval mode (evaluators,
-    ``predict``) the pairs pass unswitched.
+    ``predict``) the pairs pass unswitched. A loss that tokenizes a batch in several mini-batches switches each
+    as its own call; the same pairs tokenized again (a cached loss's replay of a mini-batch in the backward pass)
+    get the same switch, counted once. Under torchrun
+    each process's rows are switched as its own rows of the global batch (``row_offset = rank * B``). The switch
+    runs on the CPU, where sentence-transformers tokenizes; the loss moves the batch to the model's device.
 
     Args:
         model: the cross-encoder; its tokenizer must be the one ``switcher.lexicon`` was built with.

@@ -70,7 +70,7 @@ def evaluate_bitext(model, tokenizer, queries: Sequence[str], documents: Sequenc
         model, tokenizer: encode the documents (and the queries unless ``query_model`` is given).
         queries, documents: the two sides of the split, line-aligned, same length.
         query_model, query_tokenizer: a separate query encoder (e.g. the English teacher).
-        metrics: names understood by :func:`fastot.metrics.evaluate`.
+        metrics: names understood by :func:`fastot.ir.metrics.evaluate`.
         distributed: inside an initialised ``torch.distributed`` process group, each process encodes its
             contiguous share of the queries and of the documents, and the embeddings are gathered in order: every
             process returns the metrics of the whole split (those of one process up to float rounding: a share is

@@ -28,7 +28,7 @@ from . import triton as _triton  # noqa: E402,F401  (tells _backend which ops ha
 
 _backend.enforce_required()  # FASTOT_REQUIRE: a missing part is an ImportError, not a warning
 from .codeswitch import CodeSwitcher, CodeSwitchOutput, Lexicon  # noqa: E402
-from .collate import CodeSwitchCollator  # noqa: E402
+from .collate import BitextCollator, CodeSwitchCollator  # noqa: E402
 from .losses import OTDistillationLoss, content_mask, ot_distillation_loss  # noqa: E402
 from .sinkhorn import SinkhornResult, pairwise_cost, sinkhorn, sinkhorn_embeddings  # noqa: E402
 
@@ -42,6 +42,7 @@ available_backends = _backend.available
 __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailable",
+    "BitextCollator",
     "CodeSwitchCollator",
     "CodeSwitchOutput",
     "CodeSwitcher",

@@ -23,8 +23,9 @@ import torch
 from torch.utils.data import get_worker_info
 
 from .codeswitch import CodeSwitcher, _is_integer, vocab_tables
+from .losses import content_mask
 
-__all__ = ["CodeSwitchCollator"]
+__all__ = ["BitextCollator", "CodeSwitchCollator"]
 
 _NAME = "CodeSwitchCollator"
 
@@ -164,10 +165,9 @@ class CodeSwitchCollator:
         self.padding, self.pad_to_multiple_of = padding, pad_to_multiple_of
         self.calls = 0
         self.stats = stats
-        # None, or a callable: while it returns False, batches are only tokenized and cut (p = 0), and neither
-        # counted in ``calls`` nor in the statistics (CodeSwitchStatsCallback.attach gives the Trainer's
-        # evaluation such a copy of the collator)
-        self.gate = None
+        # False: batches are only tokenized, cut and padded (p = 0), and counted neither in ``calls`` nor in the
+        # statistics (CodeSwitchStatsCallback.attach gives the Trainer's evaluation such a copy of the collator)
+        self.enabled = True
         self._collected: dict[str, torch.Tensor] | None = None
 
     @property
@@ -278,7 +278,7 @@ class CodeSwitchCollator:
             tt = ((special.cumsum(1) - special.long()) >= after).long()
         if row_offset is None:
             row_offset = _distributed_offset(ids.shape[0])
-        gated = self.gate is not None and not self.gate()
+        gated = not self.enabled
         if gated:  # not training: cut and pad as usual, nothing switched or counted
             p, step = 0.0, 0 if step is None else step
         counted = step is None
@@ -341,3 +341,62 @@ class CodeSwitchCollator:
                              f"(languages {self.languages}), got {len(per_lang)}")
         ratio = (lambda n: n / words) if words else (lambda n: 0.0)
         return {"overall": ratio(int(stats["switched"])), **dict(zip(self.languages, map(ratio, per_lang)))}
+
+
+class BitextCollator:
+    """Tokenizes (English, target) pairs for OT distillation: ``fastot distill``'s batches, and those of
+    ``fastot.integrations.hf.OTDistillationTrainer``.
+
+    Items: ``(english, target)`` tuples or dicts with ``source_key`` and ``target_key``. Returns the student's
+    inputs (``input_ids``, ``attention_mask`` of the target sentences), the teacher's (``teacher_input_ids``,
+    ``teacher_attention_mask`` of the English ones), and the OT marginals' masks ``token_mask`` /
+    ``teacher_token_mask`` (real tokens, the special ones left out unless ``include_special``).
+
+    Args:
+        tokenizer: the student's tokenizer.
+        teacher_tokenizer: the teacher's (default: the student's).
+        max_length: tokens per sentence, both sides (default 128, as ``fastot distill``).
+    """
+
+    def __init__(self, tokenizer, teacher_tokenizer=None, *, max_length: int = 128, source_key: str = "en",
+                 target_key: str = "tgt", include_special: bool = False):
+        if not callable(tokenizer) or not hasattr(tokenizer, "all_special_ids"):
+            raise TypeError(f"tokenizer: expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length: expected an integer >= 1, got {max_length!r}")
+        self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer or tokenizer
+        self.max_length, self.source_key, self.target_key = max_length, source_key, target_key
+        self.include_special = bool(include_special)
+
+    def _split(self, items: Sequence) -> tuple[list[str], list[str]]:
+        en, tgt = [], []
+        for i, item in enumerate(items):
+            if isinstance(item, Mapping):
+                if self.source_key not in item or self.target_key not in item:
+                    raise ValueError(f"BitextCollator: items[{i}] must have keys {self.source_key!r} and "
+                                     f"{self.target_key!r}, got {sorted(item)}")
+                pair = item[self.source_key], item[self.target_key]
+            elif isinstance(item, (tuple, list)) and len(item) == 2:
+                pair = tuple(item)
+            else:
+                raise ValueError(f"BitextCollator: items[{i}] must be an (english, target) pair or a dict, "
+                                 f"got {type(item).__name__}")
+            if not all(isinstance(t, str) for t in pair):
+                raise TypeError(f"BitextCollator: items[{i}] must hold two strings")
+            en.append(pair[0])
+            tgt.append(pair[1])
+        if not en:
+            raise ValueError("BitextCollator: empty batch")
+        return en, tgt
+
+    def __call__(self, items: Sequence) -> dict[str, torch.Tensor]:
+        en, tgt = self._split(items)
+        kw = dict(padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        se, te = self.tokenizer(tgt, **kw), self.teacher_tokenizer(en, **kw)
+        s_mask, t_mask = se["attention_mask"].bool(), te["attention_mask"].bool()
+        if not self.include_special:
+            s_mask = content_mask(se["input_ids"], s_mask, self.tokenizer.all_special_ids)
+            t_mask = content_mask(te["input_ids"], t_mask, self.teacher_tokenizer.all_special_ids)
+        return {"input_ids": se["input_ids"], "attention_mask": se["attention_mask"], "token_mask": s_mask,
+                "teacher_input_ids": te["input_ids"], "teacher_attention_mask": te["attention_mask"],
+                "teacher_token_mask": t_mask}

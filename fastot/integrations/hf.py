@@ -20,13 +20,13 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from ..losses import OTDistillationLoss, content_mask
+from ..collate import BitextCollator
+from ..losses import OTDistillationLoss
 
 __all__ = ["BitextCollator", "CodeSwitchStatsCallback", "OTDistillationTrainer", "average_across_processes"]
 
@@ -64,7 +64,7 @@ class CodeSwitchStatsCallback(TrainerCallback):
         prefix: the keys' prefix (default ``"cs_"``).
 
     The Trainer collates evaluation batches with its one ``data_collator``. :meth:`attach` gives the evaluation a
-    copy of the collator that only tokenizes and cuts (``gate``: nothing switched, nothing counted, the training
+    copy of the collator that only tokenizes and cuts (``enabled=False``: nothing switched, nothing counted, the training
     draws unmoved); a callback given in ``callbacks=[...]`` cannot reach the Trainer to do that, so there
     evaluation batches are switched and counted like training ones.
 
@@ -94,9 +94,9 @@ class CodeSwitchStatsCallback(TrainerCallback):
         ``data_collator``, evaluation dataloaders get an unswitched copy of it. Returns the callback."""
         cb = cls(source, prefix)
         trainer.callback_handler.callbacks.insert(0, cb)
-        if source is trainer.data_collator and hasattr(source, "gate"):
+        if source is trainer.data_collator and hasattr(source, "enabled"):
             quiet = copy.copy(source)
-            quiet.gate = lambda: False
+            quiet.enabled = False
             original = trainer.get_eval_dataloader
 
             def get_eval_dataloader(*args, **kwargs):
@@ -132,64 +132,6 @@ class CodeSwitchStatsCallback(TrainerCallback):
             last.update(add)  # the Trainer appended this log before calling the callbacks
 
 
-class BitextCollator:
-    """Tokenizes (English, target) pairs for :class:`OTDistillationTrainer`.
-
-    Items: ``(english, target)`` tuples or dicts with ``source_key`` and ``target_key``. Returns the student's
-    inputs (``input_ids``, ``attention_mask`` of the target sentences), the teacher's (``teacher_input_ids``,
-    ``teacher_attention_mask`` of the English ones), and the OT marginals' masks ``token_mask`` /
-    ``teacher_token_mask`` (real tokens, the special ones left out unless ``include_special``).
-
-    Args:
-        tokenizer: the student's tokenizer.
-        teacher_tokenizer: the teacher's (default: the student's).
-        max_length: tokens per sentence, both sides (default 128, as ``fastot distill``).
-    """
-
-    def __init__(self, tokenizer, teacher_tokenizer=None, *, max_length: int = 128, source_key: str = "en",
-                 target_key: str = "tgt", include_special: bool = False):
-        if not callable(tokenizer) or not hasattr(tokenizer, "all_special_ids"):
-            raise TypeError(f"tokenizer: expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise ValueError(f"max_length: expected an integer >= 1, got {max_length!r}")
-        self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer or tokenizer
-        self.max_length, self.source_key, self.target_key = max_length, source_key, target_key
-        self.include_special = bool(include_special)
-
-    def _split(self, items: Sequence) -> tuple[list[str], list[str]]:
-        en, tgt = [], []
-        for i, item in enumerate(items):
-            if isinstance(item, Mapping):
-                if self.source_key not in item or self.target_key not in item:
-                    raise ValueError(f"BitextCollator: items[{i}] must have keys {self.source_key!r} and "
-                                     f"{self.target_key!r}, got {sorted(item)}")
-                pair = item[self.source_key], item[self.target_key]
-            elif isinstance(item, (tuple, list)) and len(item) == 2:
-                pair = tuple(item)
-            else:
-                raise ValueError(f"BitextCollator: items[{i}] must be an (english, target) pair or a dict, "
-                                 f"got {type(item).__name__}")
-            if not all(isinstance(t, str) for t in pair):
-                raise TypeError(f"BitextCollator: items[{i}] must hold two strings")
-            en.append(pair[0])
-            tgt.append(pair[1])
-        if not en:
-            raise ValueError("BitextCollator: empty batch")
-        return en, tgt
-
-    def __call__(self, items: Sequence) -> dict[str, torch.Tensor]:
-        en, tgt = self._split(items)
-        kw = dict(padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        se, te = self.tokenizer(tgt, **kw), self.teacher_tokenizer(en, **kw)
-        s_mask, t_mask = se["attention_mask"].bool(), te["attention_mask"].bool()
-        if not self.include_special:
-            s_mask = content_mask(se["input_ids"], s_mask, self.tokenizer.all_special_ids)
-            t_mask = content_mask(te["input_ids"], t_mask, self.teacher_tokenizer.all_special_ids)
-        return {"input_ids": se["input_ids"], "attention_mask": se["attention_mask"], "token_mask": s_mask,
-                "teacher_input_ids": te["input_ids"], "teacher_attention_mask": te["attention_mask"],
-                "teacher_token_mask": t_mask}
-
-
 class OTDistillationTrainer(Trainer):
     """A ``Trainer`` that trains ``model`` (an encoder: its ``last_hidden_state``) by OT distillation from a frozen
     ``teacher`` on batches of :class:`BitextCollator`: ``compute_loss`` is :class:`fastot.OTDistillationLoss`
@@ -219,6 +161,7 @@ class OTDistillationTrainer(Trainer):
             ot_loss = OTDistillationLoss(projection=nn.Linear(d_s, d_t) if d_s != d_t else None)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.ot_loss = ot_loss.to(self.args.device)
+        average_across_processes(self.ot_loss)  # the Trainer's set-up has joined the process group by now
 
     def _remove_unused_columns(self, dataset, description=None):
         return dataset  # the collator tokenizes the text columns itself (datasets.Dataset)
@@ -242,7 +185,6 @@ class OTDistillationTrainer(Trainer):
         return opt
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        average_across_processes(self.ot_loss)
         self.teacher.eval()
         with torch.no_grad():
             ht = self.teacher(input_ids=inputs["teacher_input_ids"],

@@ -210,12 +210,11 @@ class CodeSwitchHook:
                 return enc
             key = hash((tuple(map(tuple, inputs)), repr(args), repr(sorted(kwargs.items()))))
             step = self._steps.get(key)
-            if step is None:
-                step = self._steps[key] = self.collator.calls
-                self.collator.calls += 1
+            if step is None:  # a new batch: the collator's next step (its call count), remembered
+                self._steps[key] = self.collator.calls
                 if len(self._steps) > 4096:
                     self._steps.popitem(last=False)
-                switched = self.collator.switch_encoded(enc, step=step)
+                switched = self.collator.switch_encoded(enc)
             else:
                 switched = self.collator.switch_encoded(enc, step=step, count=False)
             enc = dict(enc)

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..collate import BitextCollator
 from ..ir.data import read_bitext
 from ..ir.metrics import DEFAULT_METRICS, _parse
 from ..ir.retrieval import evaluate_bitext
-from ..losses import COSTS, OBJECTIVES, OTDistillationLoss, content_mask
+from ..losses import COSTS, OBJECTIVES, OTDistillationLoss
 from ._dist import DISTRIBUTED, ddp, fsdp_shard, full_state, load_full_optimizer, run_config, setup, shard, strip
 from ._run import (
     apply_step,
@@ -334,7 +335,7 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
     bar = tqdm(total=total_steps, initial=step, desc=f"distill {cfg.lang}", unit="step",
                disable=not (cfg.progress and group.main))
     micro, loss_acc, pairs, t0 = 0, 0.0, 0, time.perf_counter()
-    special = t_tok.all_special_ids, s_tok.all_special_ids
+    collate = BitextCollator(s_tok, t_tok, max_length=cfg.max_length, include_special=cfg.include_special)
     while step < total_steps and epoch < (cfg.epochs if cfg.max_steps is None else 1 << 30):
         batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouping)
         while next_batch < len(batches) and step < total_steps:
@@ -345,20 +346,15 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
                 if not idx:  # a last batch smaller than the world: run one pair with weight 0 (DDP needs a step)
                     idx, weight = batches[next_batch][:1], 0.0
             next_batch += 1
-            te = t_tok([en[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length,
-                       return_tensors="pt").to(device)
-            se = s_tok([tgt[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length,
-                       return_tensors="pt").to(device)
-            t_mask, s_mask = te["attention_mask"].bool(), se["attention_mask"].bool()
-            if not cfg.include_special:
-                t_mask = content_mask(te["input_ids"], t_mask, special[0])
-                s_mask = content_mask(se["input_ids"], s_mask, special[1])
+            batch = {k: v.to(device) for k, v in collate([(en[i], tgt[i]) for i in idx]).items()}
+            t_mask, s_mask = batch["teacher_token_mask"], batch["token_mask"]
             with autocast(), torch.no_grad():
-                ht = teacher(input_ids=te["input_ids"], attention_mask=te["attention_mask"]).last_hidden_state
+                ht = teacher(input_ids=batch["teacher_input_ids"],
+                             attention_mask=batch["teacher_attention_mask"]).last_hidden_state
             # DDP reduces once per optimizer step; FSDP reduce-scatters every micro-batch (its gradients are shards)
             sync = (micro + 1) % cfg.grad_accum == 0 or not group.on or cfg.fsdp
             with contextlib.nullcontext() if sync else model.no_sync():
-                loss = model(se["input_ids"], se["attention_mask"], s_mask, ht, t_mask, autocast)
+                loss = model(batch["input_ids"], batch["attention_mask"], s_mask, ht, t_mask, autocast)
                 if group.on:
                     loss = loss * _share(criterion, s_mask, t_mask, weight, group)
                 scaler.scale(loss / cfg.grad_accum).backward()

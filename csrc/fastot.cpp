@@ -29,6 +29,13 @@ TORCH_LIBRARY(fastot, m) {
   m.def(
       "sinkhorn_fwd(Tensor cost, Tensor a, Tensor b, float eps, int max_iter, float? tol, float? tau_a, "
       "float? tau_b) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err)");
+  // The same solve by stabilized scaling iterations with absorption (same iterates, n_iter, stopping rule and err;
+  // CPU only): scalings are absorbed into the potentials once one leaves [e^-absorb, e^absorb]. Also returns the
+  // absorptions per problem [B] (int32) and whether a problem fell back to log-domain iterations [B] (bool).
+  m.def(
+      "sinkhorn_fwd_scaling(Tensor cost, Tensor a, Tensor b, float eps, int max_iter, float? tol, float? tau_a, "
+      "float? tau_b, float absorb=20.0) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, Tensor absorptions, "
+      "Tensor fell_back)");
   // The plan P_ij = a_i b_j exp((f_i + g_j - C_ij)/eps), recomputed from the potentials. [B,N,M]
   m.def("sinkhorn_plan(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> Tensor");
   // (<P, C>, sum P) per problem, [B] each, without storing P; forbidden (+inf cost) pairs contribute 0.
@@ -41,6 +48,11 @@ TORCH_LIBRARY(fastot, m) {
       "sinkhorn_embeddings_fwd(Tensor x, Tensor y, Tensor a, Tensor b, int cost, float eps, int max_iter, float? tol, "
       "float? tau_a, float? tau_b) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, Tensor transport_cost, "
       "Tensor mass)");
+  // sinkhorn_embeddings_fwd by scaling iterations (as sinkhorn_fwd_scaling; CPU only), + absorptions, fell_back.
+  m.def(
+      "sinkhorn_embeddings_fwd_scaling(Tensor x, Tensor y, Tensor a, Tensor b, int cost, float eps, int max_iter, "
+      "float? tol, float? tau_a, float? tau_b, float absorb=20.0) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, "
+      "Tensor transport_cost, Tensor mass, Tensor absorptions, Tensor fell_back)");
   // Envelope backward: dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* recomputed from the potentials. A side
   // whose gradient is not needed (need_dx/need_dy false, e.g. the frozen teacher) is returned as zeros, not computed.
   m.def(

@@ -21,6 +21,13 @@ def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b):
             cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=dt))
 
 
+@torch.library.register_fake("fastot::sinkhorn_fwd_scaling")
+def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb=20.0):
+    B = cost.shape[0]
+    stats = cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=torch.bool)
+    return (*torch.ops.fastot.sinkhorn_fwd.default(cost, a, b, eps, max_iter, tol, tau_a, tau_b), *stats)
+
+
 @torch.library.register_fake("fastot::sinkhorn_plan")
 def _(cost, a, b, f, g, eps):
     return cost.new_empty(cost.shape, dtype=ref.compute_dtype(cost.dtype))
@@ -38,6 +45,14 @@ def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b):
     dt = ref.compute_dtype(x.dtype)
     e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731
     return e(B, N), e(B, M), x.new_empty((B,), dtype=torch.int32), e(B), e(B), e(B)
+
+
+@torch.library.register_fake("fastot::sinkhorn_embeddings_fwd_scaling")
+def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=20.0):
+    B = x.shape[0]
+    stats = x.new_empty((B,), dtype=torch.int32), x.new_empty((B,), dtype=torch.bool)
+    return (*torch.ops.fastot.sinkhorn_embeddings_fwd.default(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b),
+            *stats)
 
 
 @torch.library.register_fake("fastot::sinkhorn_embeddings_bwd")

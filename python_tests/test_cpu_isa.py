@@ -1,6 +1,7 @@
 """The CPU Sinkhorn's inner loops exist once per instruction set (base SSE2, AVX2, AVX-512), chosen at
 run time. The machine picks the best one, so the others are exercised here through FASTOT_CPU_ISA, in a
-subprocess each (the choice is made once per process), against the float64 reference."""
+subprocess each (the choice is made once per process), against the float64 reference; both iteration
+schemes (log-domain and scaling)."""
 
 import json
 import subprocess
@@ -27,22 +28,24 @@ for B, N, M in [(6, 7, 33), (8, 40, 23), (1, 130, 97), (2, 300, 17)]:
         a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
         for kw in (dict(eps=0.05, max_iter=60), dict(eps=0.05, max_iter=500, tol=1e-5),
                    dict(eps=0.1, max_iter=60, tau_a=0.5, tau_b=1.0)):
-            f, gg, n, err = torch.ops.fastot.sinkhorn_fwd(C.to(dtype), a.to(dtype), b.to(dtype), kw["eps"], kw["max_iter"],
-                                                      kw.get("tol"), kw.get("tau_a"), kw.get("tau_b"))
             rf, rg, rn, rerr = ref.sinkhorn_fwd(C, a, b, **kw)
             sf, sg, _, serr = ref.sinkhorn_fwd(C.to(dtype), a.to(dtype), b.to(dtype), **kw)
-            tc, mass = torch.ops.fastot.sinkhorn_plan_sums(C.to(dtype), a.to(dtype), b.to(dtype), f, gg, kw["eps"])
-            rtc, rmass = ref.sinkhorn_plan_sums(C, a, b, f.double(), gg.double(), kw["eps"])
-            P = torch.ops.fastot.sinkhorn_plan(C.to(dtype), a.to(dtype), b.to(dtype), f, gg, kw["eps"])
-            rP = ref.sinkhorn_plan(C, a, b, f.double(), gg.double(), kw["eps"])
-            out["cases"].append(dict(
-                B=B, N=N, M=M, dtype=str(dtype), kw=str(kw),
-                err_f=(f.double() - rf).abs().max().item(), ref_err_f=(sf.double() - rf).abs().max().item(),
-                err_g=(gg.double() - rg).abs().max().item(), ref_err_g=(sg.double() - rg).abs().max().item(),
-                err_err=(err.double() - rerr).abs().max().item(), ref_err_err=(serr.double() - rerr).abs().max().item(),
-                err_P=(P.double() - rP).abs().max().item(), err_mass=(mass.double() - rmass).abs().max().item(),
-                err_tc=(tc.double() - rtc).abs().max().item(), dn=(n - rn).abs().max().item(),
-                finite=bool(torch.isfinite(f).all() and torch.isfinite(gg).all() and torch.isfinite(tc).all())))
+            for op in ("sinkhorn_fwd", "sinkhorn_fwd_scaling"):  # both iteration schemes
+                f, gg, n, err = getattr(torch.ops.fastot, op)(C.to(dtype), a.to(dtype), b.to(dtype), kw["eps"],
+                                                              kw["max_iter"], kw.get("tol"), kw.get("tau_a"),
+                                                              kw.get("tau_b"))[:4]
+                tc, mass = torch.ops.fastot.sinkhorn_plan_sums(C.to(dtype), a.to(dtype), b.to(dtype), f, gg, kw["eps"])
+                rtc, rmass = ref.sinkhorn_plan_sums(C, a, b, f.double(), gg.double(), kw["eps"])
+                P = torch.ops.fastot.sinkhorn_plan(C.to(dtype), a.to(dtype), b.to(dtype), f, gg, kw["eps"])
+                rP = ref.sinkhorn_plan(C, a, b, f.double(), gg.double(), kw["eps"])
+                out["cases"].append(dict(
+                    op=op, B=B, N=N, M=M, dtype=str(dtype), kw=str(kw),
+                    err_f=(f.double() - rf).abs().max().item(), ref_err_f=(sf.double() - rf).abs().max().item(),
+                    err_g=(gg.double() - rg).abs().max().item(), ref_err_g=(sg.double() - rg).abs().max().item(),
+                    err_err=(err.double() - rerr).abs().max().item(), ref_err_err=(serr.double() - rerr).abs().max().item(),
+                    err_P=(P.double() - rP).abs().max().item(), err_mass=(mass.double() - rmass).abs().max().item(),
+                    err_tc=(tc.double() - rtc).abs().max().item(), dn=(n - rn).abs().max().item(),
+                    finite=bool(torch.isfinite(f).all() and torch.isfinite(gg).all() and torch.isfinite(tc).all())))
 print(json.dumps(out))
 """
 

@@ -90,6 +90,16 @@ struct EmbeddingTile {
   const T* yp = nullptr;
 };
 
+// The state of the scaling iterations (method "scaling"): f = fb + eps log u, g = gb + eps log v over the
+// stabilized kernel K = exp((fb + gb - C) / eps) (n x ld; 0 for a forbidden pair and on padding). w = b v and
+// z = a u are the vectors the products take, s = K w and t = K^T z their results; un, vn the candidate scalings;
+// wa, wb the weights, ok_a, ok_b 1 for points with at least one allowed pair, wok_a = wa ok_a. Row vectors have
+// ldT entries, column vectors ld (padding: weight 0, ok 0).
+template <typename T>
+struct ScalingState {
+  std::vector<T> K, fb, gb, u, v, un, vn, w, z, s, t, wa, wb, ok_a, ok_b, wok_a;
+};
+
 // One problem, gathered: valid row/column indices, their log-weights, the dense tile Cs = C/eps (n x ld,
 // ld = m rounded up to 64 bytes) and its transpose CsT (m x ldT); padding entries are +inf (contribute
 // nothing). The g-update reduces Cs over rows, the f-update CsT over its rows, both vectorised across
@@ -103,6 +113,7 @@ struct Tile {
   std::vector<T> f, g, fs, gs, lse_r, lse_c, colmax, colsum;
   at::Tensor cost;  // sinkhorn_embeddings: this problem's [n, m] cost, storage reused across the chunk's problems
   EmbeddingTile<T> emb;
+  ScalingState<T> sc;
 
   // The valid rows and columns of a problem and their log-weights.
   void select(const T* aw, const T* bw, int64_t N, int64_t M) {
@@ -227,31 +238,270 @@ void iterate(Tile<T>& t, const Options<T>& o, int32_t* n_iter, T* err_out, RowPa
   *err_out = err;
 }
 
+// Rows per parallel block: enough work (~16k exps) per task to amortise the scheduling.
+int64_t grain(int64_t other_dim) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(other_dim, 1)); }
+
+// How the O(n m) loops of one problem run: on the calling thread (one problem per task), or split into blocks
+// over the threads (few, large problems). Used by the scaling iterations.
+template <typename T>
+struct Passes {
+  const Kernels<T>* k;
+  bool parallel;
+
+  template <typename F>
+  void blocks(int64_t count, int64_t block, F fn) const {
+    if (parallel)
+      at::parallel_for(0, count, std::max<int64_t>(1, block), fn);
+    else
+      fn(0, count);
+  }
+  // out[i] = LSE_j(s_j - Cs_ij), every row
+  void lse_rows(const Tile<T>& t, const T* s, T* out) const {
+    blocks(t.n(), grain(t.ld), [&](int64_t r0, int64_t r1) { k->lse_rows(t.Cs.data(), t.ld, s, r0, r1, out); });
+  }
+  // out[j] = LSE_i(s_i - Cs_ij), every column
+  void lse_cols(Tile<T>& t, const T* s, T* out) const {
+    const int64_t W = kLanes<T>;
+    blocks(t.ld / W, grain(t.n()) / W, [&](int64_t v0, int64_t v1) {
+      k->lse_columns(t.Cs.data(), t.n(), t.ld, s, v0 * W, v1 * W, out, t.colmax.data(), t.colsum.data());
+    });
+  }
+  // K = exp(fs_i + gs_j - Cs_ij), 0 for +inf costs (padding included)
+  void build(Tile<T>& t, const T* fs, const T* gs) const {
+    blocks(t.n(), grain(t.ld), [&](int64_t r0, int64_t r1) {
+      T unused_pc = 0, unused_p = 0;
+      k->plan_rows(t.Cs.data(), t.ld, fs, gs, r0, r1, t.sc.K.data(), &unused_pc, &unused_p);
+    });
+  }
+  // s = K w (rows, whole vectors of them: K has ldT rows); t = K^T z (columns): ~64k multiply-adds per block.
+  void rows(Tile<T>& t) const {
+    const int64_t W = kLanes<T>;
+    blocks(t.ldT / W, 65536 / (t.ld * W), [&](int64_t v0, int64_t v1) {
+      k->matvec_rows(t.sc.K.data(), t.ld, t.sc.w.data(), v0 * W, v1 * W, t.sc.s.data());
+    });
+  }
+  void cols(Tile<T>& t) const {
+    const int64_t W = kLanes<T>;
+    blocks(t.ld / W, 65536 / (t.n() * W), [&](int64_t v0, int64_t v1) {
+      k->matvec_cols(t.sc.K.data(), t.n(), t.ld, t.sc.z.data(), v0 * W, v1 * W, t.sc.t.data());
+    });
+  }
+};
+
+// One log-domain iteration on the tile's f, g (the row pass on the tile itself, no transpose): returns true when
+// the row error of (f, g) is below tol (the problem stops; *err holds it), else updates f and g.
+template <typename T>
+bool log_step(Tile<T>& t, const Options<T>& o, const Passes<T>& P, T* err) {
+  constexpr T NEG_INF = -std::numeric_limits<T>::infinity();
+  const int64_t n = t.n(), m = t.m();
+  const T inv_eps = T(1) / o.eps;
+  const T lam_a = o.unb_a ? o.tau_a / (o.tau_a + o.eps) : T(1);
+  const T lam_b = o.unb_b ? o.tau_b / (o.tau_b + o.eps) : T(1);
+  for (int64_t j = 0; j < m; ++j) t.gs[j] = t.g[j] * inv_eps + t.logb[j];
+  P.lse_rows(t, t.gs.data(), t.lse_r.data());
+  if (o.has_tol) {
+    *err = row_error(t, o);
+    if (*err < o.tol) return true;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    t.f[i] = t.lse_r[i] > NEG_INF ? -lam_a * o.eps * t.lse_r[i] : T(0);
+    t.fs[i] = t.f[i] * inv_eps + t.loga[i];
+  }
+  P.lse_cols(t, t.fs.data(), t.lse_c.data());
+  for (int64_t j = 0; j < m; ++j) t.g[j] = t.lse_c[j] > NEG_INF ? -lam_b * o.eps * t.lse_c[j] : T(0);
+  return false;
+}
+
+// The iterates of iterate() (same n_iter, stopping rule and err) by stabilized scaling iterations, as in
+// fastot/reference/sinkhorn_scaling.py: the first iteration in the log domain; then u from s = K (b v) and v
+// from K^T (a u), two matrix-vector products per iteration and no exp per entry; the scalings are absorbed into
+// fb, gb (K rebuilt: one exp per entry) once one leaves [e^-absorb, e^absorb]; a problem whose sums underflow
+// for a point with an allowed pair goes on in the log domain from its current potentials.
+// Vectors over rows are padded to ldT entries and over columns to ld (weight 0, ok 0), so the O(n + m) updates
+// are whole vectors too.
+template <typename T>
+void iterate_scaling(Tile<T>& t, const Options<T>& o, T absorb, const Passes<T>& P, int32_t* n_iter, T* err_out,
+                     int32_t* absorptions, bool* fell_back) {
+  const int64_t n = t.n(), m = t.m(), ld = t.ld, ldT = t.ldT;
+  *absorptions = 0;
+  *fell_back = false;
+  if (n == 0 || m == 0) {  // as iterate()
+    *n_iter = (o.has_tol && T(0) < o.tol) ? 0 : static_cast<int32_t>(o.max_iter);
+    *err_out = 0;
+    return;
+  }
+  const T inv_eps = T(1) / o.eps;
+  const T lam_a = o.unb_a ? o.tau_a / (o.tau_a + o.eps) : T(1);
+  const T lam_b = o.unb_b ? o.tau_b / (o.tau_b + o.eps) : T(1);
+  T err = 0;
+  int64_t it = 0;
+  bool stopped = false, scaling = false, log_mode = false;
+  if (o.max_iter > 0) {
+    stopped = log_step(t, o, P, &err);
+    if (!stopped) it = 1;
+  }
+  ScalingState<T>& S = t.sc;
+  // scalings stay in [lo, hi] = [e^-absorb, e^absorb] between absorptions (absorb past the dtype's range: never)
+  const T hi = absorb < std::log(std::numeric_limits<T>::max()) ? std::exp(absorb) : std::numeric_limits<T>::infinity();
+  const T lo = T(1) / hi;
+  auto to_potentials = [&] {  // f = fb + eps log u, g = gb + eps log v (0 for a point with no allowed pair)
+    for (int64_t i = 0; i < n; ++i) t.f[i] = S.ok_a[i] > 0 ? S.fb[i] + o.eps * std::log(S.u[i]) : T(0);
+    for (int64_t j = 0; j < m; ++j) t.g[j] = S.ok_b[j] > 0 ? S.gb[j] + o.eps * std::log(S.v[j]) : T(0);
+  };
+  auto rebuild = [&] {  // also leaves fb / eps in t.fs, the row bases the sweep reads
+    for (int64_t i = 0; i < n; ++i) t.fs[i] = S.fb[i] * inv_eps;
+    for (int64_t j = 0; j < m; ++j) t.gs[j] = S.gb[j] * inv_eps;
+    P.build(t, t.fs.data(), t.gs.data());
+  };
+  // The error of the current state, sum_i a_i |u_i s_i - target_i| over rows with an allowed pair (s = K w).
+  auto error = [&] {
+    if (!o.unb_a) return P.k->scaled_error(S.u.data(), S.s.data(), S.wok_a.data(), ldT);
+    T e = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (S.ok_a[i] > 0) e += t.a[i] * std::abs(S.u[i] * S.s[i] - std::exp(-(S.fb[i] + o.eps * std::log(S.u[i])) / o.tau_a));
+    return e;
+  };
+  // One side's update from its sums x: the new scalings into out, weight x scaling into z; flags as scale_update.
+  auto update = [&](const std::vector<T>& x, const std::vector<T>& ok, const std::vector<T>& wt,
+                    const std::vector<T>& base, T lam, int64_t k, std::vector<T>& out, std::vector<T>& z) {
+    if (lam == T(1)) return P.k->scale_update(x.data(), ok.data(), wt.data(), k, lo, hi, out.data(), z.data());
+    int flags = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      T r = T(1);
+      if (ok[i] > 0) {
+        r = std::exp((lam - T(1)) * base[i] * inv_eps - lam * std::log(x[i]));
+        if (!(x[i] > 0) || !std::isfinite(x[i]) || !std::isfinite(r)) flags |= 1;
+      }
+      if (!(r <= hi && r >= lo)) flags |= 2;
+      out[i] = r;
+      z[i] = wt[i] * r;
+    }
+    return flags;
+  };
+  if (!stopped && it < o.max_iter) {
+    scaling = true;
+    S.ok_a.assign(ldT, T(0));
+    S.ok_b.assign(ld, T(0));
+    for (int64_t i = 0; i < n; ++i) {
+      const T* row = t.Cs.data() + i * ld;
+      for (int64_t j = 0; j < m; ++j)
+        if (row[j] < std::numeric_limits<T>::infinity()) {
+          S.ok_a[i] = 1;
+          S.ok_b[j] = 1;
+        }
+    }
+    S.wa.assign(ldT, T(0));
+    S.wb.assign(ld, T(0));
+    S.wok_a.assign(ldT, T(0));
+    for (int64_t i = 0; i < n; ++i) {
+      S.wa[i] = t.a[i];
+      S.wok_a[i] = t.a[i] * S.ok_a[i];
+    }
+    for (int64_t j = 0; j < m; ++j) S.wb[j] = std::exp(t.logb[j]);
+    S.fb.assign(t.f.begin(), t.f.end());
+    S.gb.assign(t.g.begin(), t.g.end());
+    S.fb.resize(ldT, T(0));
+    S.gb.resize(ld, T(0));
+    S.u.assign(ldT, T(1));
+    S.un.assign(ldT, T(1));
+    S.v.assign(ld, T(1));
+    S.vn.assign(ld, T(1));
+    S.w = S.wb;  // w = b v
+    S.z.assign(ldT, T(0));
+    S.s.assign(ldT, T(1));
+    S.t.assign(ld, T(0));
+    S.K.assign(ldT * ld, T(0));  // rows past n stay 0: the row kernels take whole vectors of rows
+    rebuild();
+    for (; it < o.max_iter; ++it) {
+      if (log_mode) {
+        if ((stopped = log_step(t, o, P, &err))) break;
+        continue;
+      }
+      int flags;
+      if (!P.parallel) {  // one sweep over K: s, the new u, and t = K^T (a u)
+        flags = P.k->sweep(S.K.data(), ldT, ld, S.w.data(), S.ok_a.data(), S.wa.data(), t.fs.data(), lam_a, lo, hi,
+                           S.s.data(), S.un.data(), S.z.data(), S.t.data());
+        if (o.has_tol && (stopped = (err = error()) < o.tol)) break;
+      } else {  // a row pass, then a column pass, each split over the threads
+        P.rows(t);
+        if (o.has_tol && (stopped = (err = error()) < o.tol)) break;
+        flags = update(S.s, S.ok_a, S.wa, S.fb, lam_a, ldT, S.un, S.z);
+        if (!(flags & 1)) P.cols(t);
+      }
+      if (!(flags & 1)) flags |= update(S.t, S.ok_b, S.wb, S.gb, lam_b, ld, S.vn, S.w);
+      if (flags & 1) {  // underflow: this problem goes on in the log domain from its current potentials
+        log_mode = true;
+        *fell_back = true;
+        to_potentials();
+        if ((stopped = log_step(t, o, P, &err))) break;
+        continue;
+      }
+      std::swap(S.u, S.un);
+      std::swap(S.v, S.vn);
+      if (flags & 2) {  // absorb the scalings into the bases and rebuild the kernel
+        for (int64_t i = 0; i < n; ++i) S.fb[i] += o.eps * std::log(S.u[i]);
+        for (int64_t j = 0; j < m; ++j) S.gb[j] += o.eps * std::log(S.v[j]);
+        std::fill(S.u.begin(), S.u.end(), T(1));
+        std::fill(S.v.begin(), S.v.end(), T(1));
+        S.w = S.wb;
+        rebuild();
+        ++*absorptions;
+      }
+    }
+    if (!log_mode) to_potentials();
+  }
+  if (!stopped) {  // the error of the final state
+    if (scaling && !log_mode) {
+      P.rows(t);
+      err = error();
+    } else {
+      for (int64_t j = 0; j < m; ++j) t.gs[j] = t.g[j] * inv_eps + t.logb[j];
+      P.lse_rows(t, t.gs.data(), t.lse_r.data());
+      err = row_error(t, o);
+    }
+  }
+  *n_iter = static_cast<int32_t>(it);
+  *err_out = err;
+}
+
 template <typename T>
 void scatter(const Tile<T>& t, T* f, T* g) {
   for (int64_t i = 0; i < t.n(); ++i) f[t.rows[i]] = t.f[i];
   for (int64_t j = 0; j < t.m(); ++j) g[t.cols[j]] = t.g[j];
 }
 
-// Rows per parallel block: enough work (~16k exps) per task to amortise the scheduling.
-int64_t grain(int64_t other_dim) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(other_dim, 1)); }
-
 bool per_problem_schedule(int64_t B, int64_t N, int64_t M) {
   return B >= 2 * at::get_num_threads() || N * M <= 4096;
 }
 
+// method "scaling": the absorption threshold and the per-problem statistics (absorptions, fell back to log).
+template <typename T>
+struct ScalingArgs {
+  T absorb;
+  int32_t* absorptions;
+  bool* fell_back;
+};
+
 // Solves B problems. fill(k, tile) gathers problem k into the tile; after(k, tile) runs once its iterations
-// are done (while the tile is still there). Schedules as described at the top of this file.
+// are done (while the tile is still there). Schedules as described at the top of this file. With `sc` the
+// scaling iterations run instead of the log-domain ones (fill need not build the transposed tile then).
 template <typename T, typename Fill, typename After>
 void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill fill, After after, T* f, T* g,
-                    int32_t* n_iter, T* err) {
+                    int32_t* n_iter, T* err, const ScalingArgs<T>* sc = nullptr) {
   const Kernels<T>* K = kernels<T>();
   if (per_problem_schedule(B, N, M)) {
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       Tile<T> t;  // per chunk (one per thread per call): freed when the call ends
+      const Passes<T> serial{K, false};
       for (int64_t k = begin; k < end; ++k) {
         fill(k, t);
         const int64_t n = t.n(), m = t.m();
+        if (sc) {
+          iterate_scaling(t, o, sc->absorb, serial, n_iter + k, err + k, sc->absorptions + k, sc->fell_back + k);
+          scatter(t, f + k * N, g + k * M);
+          after(k, t);
+          continue;
+        }
         iterate(
             t, o, n_iter + k, err + k,
             [&] {
@@ -269,9 +519,16 @@ void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill f
     return;
   }
   Tile<T> t;
+  const Passes<T> blocked{K, true};
   for (int64_t k = 0; k < B; ++k) {
     fill(k, t);
     const int64_t n = t.n(), m = t.m(), W = kLanes<T>;
+    if (sc) {
+      iterate_scaling(t, o, sc->absorb, blocked, n_iter + k, err + k, sc->absorptions + k, sc->fell_back + k);
+      scatter(t, f + k * N, g + k * M);
+      after(k, t);
+      continue;
+    }
     iterate(
         t, o, n_iter + k, err + k,
         [&] {  // blocks of whole vectors of rows (columns of the transpose)
@@ -293,11 +550,12 @@ void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill f
 
 template <typename T>
 void solve_batch(const T* C, const T* A, const T* Bw, int64_t B, int64_t N, int64_t M, const Options<T>& o, T* f,
-                 T* g, int32_t* n_iter, T* err) {
+                 T* g, int32_t* n_iter, T* err, const ScalingArgs<T>* sc = nullptr) {
   const T inv_eps = T(1) / o.eps;
   solve_problems<T>(
-      B, N, M, o, [&](int64_t k, Tile<T>& t) { t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps); },
-      [](int64_t, Tile<T>&) {}, f, g, n_iter, err);
+      B, N, M, o,
+      [&](int64_t k, Tile<T>& t) { t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps, sc == nullptr); },
+      [](int64_t, Tile<T>&) {}, f, g, n_iter, err, sc);
 }
 
 // Plan and/or <P, C> from the potentials, problem by problem (P rows written only on valid entries).
@@ -331,12 +589,23 @@ void plan_batch(const T* C, const T* A, const T* Bw, const T* F, const T* G, int
 }
 
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(
-    const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps, int64_t max_iter,
-    c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
+template <typename T>
+Options<T> make_options(double eps, int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a,
+                        c10::optional<double> tau_b) {
+  return Options<T>{static_cast<T>(eps), max_iter, tol.has_value(), static_cast<T>(tol.value_or(0.0)),
+                    tau_a.has_value(), tau_b.has_value(), static_cast<T>(tau_a.value_or(1.0)),
+                    static_cast<T>(tau_b.value_or(1.0))};
+}
+
+// sinkhorn_fwd (log-domain) and, with `absorb`, sinkhorn_fwd_scaling (+ absorptions [B] int32, fell_back [B] bool).
+std::vector<at::Tensor> fwd_impl(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps,
+                                 int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a,
+                                 c10::optional<double> tau_b, c10::optional<double> absorb) {
+  const char* op = absorb ? "sinkhorn_fwd_scaling" : "sinkhorn";
   check_sinkhorn_inputs(cost, a, b);
-  TORCH_CHECK(eps > 0, "sinkhorn: eps must be > 0, got ", eps);
-  TORCH_CHECK(max_iter >= 0, "sinkhorn: max_iter must be >= 0, got ", max_iter);
+  TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  TORCH_CHECK(max_iter >= 0, op, ": max_iter must be >= 0, got ", max_iter);
+  TORCH_CHECK(!absorb || *absorb > 0, op, ": absorb must be > 0, got ", absorb.value_or(0.0));
   const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous();
   const at::Tensor A = a.to(dt).contiguous();
@@ -346,15 +615,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(
   at::Tensor g = at::zeros({B, M}, C.options());
   at::Tensor n_iter = at::zeros({B}, C.options().dtype(at::kInt));
   at::Tensor err = at::zeros({B}, C.options());
+  at::Tensor absorptions = at::zeros({B}, C.options().dtype(at::kInt));
+  at::Tensor fell_back = at::zeros({B}, C.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_fwd_cpu", [&] {
-    const Options<scalar_t> o{static_cast<scalar_t>(eps), max_iter, tol.has_value(),
-                              static_cast<scalar_t>(tol.value_or(0.0)), tau_a.has_value(), tau_b.has_value(),
-                              static_cast<scalar_t>(tau_a.value_or(1.0)), static_cast<scalar_t>(tau_b.value_or(1.0))};
+    const auto o = make_options<scalar_t>(eps, max_iter, tol, tau_a, tau_b);
+    const ScalingArgs<scalar_t> sc{static_cast<scalar_t>(absorb.value_or(0.0)), absorptions.data_ptr<int32_t>(),
+                                   fell_back.data_ptr<bool>()};
     solve_batch<scalar_t>(C.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), Bw.data_ptr<scalar_t>(), B, N, M, o,
                           f.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), n_iter.data_ptr<int32_t>(),
-                          err.data_ptr<scalar_t>());
+                          err.data_ptr<scalar_t>(), absorb ? &sc : nullptr);
   });
-  return {f, g, n_iter, err};
+  if (!absorb) return {f, g, n_iter, err};
+  return {f, g, n_iter, err, absorptions, fell_back};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(
+    const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps, int64_t max_iter,
+    c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
+  auto r = fwd_impl(cost, a, b, eps, max_iter, tol, tau_a, tau_b, c10::nullopt);
+  return {r[0], r[1], r[2], r[3]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_scaling_cpu(
+    const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps, int64_t max_iter,
+    c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b, double absorb) {
+  auto r = fwd_impl(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb);
+  return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 
 at::Tensor plan_or_cost(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, const at::Tensor& f,
@@ -500,12 +786,15 @@ at::Tensor embeddings_data(const at::Tensor& x, at::ScalarType dt) {
   return (as_is ? x.detach() : x.detach().to(dt)).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_fwd_cpu(
-    const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, int64_t kind, double eps,
-    int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
+std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a,
+                                            const at::Tensor& b, int64_t kind, double eps, int64_t max_iter,
+                                            c10::optional<double> tol, c10::optional<double> tau_a,
+                                            c10::optional<double> tau_b, c10::optional<double> absorb) {
+  const char* op = absorb ? "sinkhorn_embeddings_fwd_scaling" : "sinkhorn_embeddings";
   check_embeddings_inputs(x, y, a, b, kind);
-  TORCH_CHECK(eps > 0, "sinkhorn_embeddings: eps must be > 0, got ", eps);
-  TORCH_CHECK(max_iter >= 0, "sinkhorn_embeddings: max_iter must be >= 0, got ", max_iter);
+  TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  TORCH_CHECK(max_iter >= 0, op, ": max_iter must be >= 0, got ", max_iter);
+  TORCH_CHECK(!absorb || *absorb > 0, op, ": absorb must be > 0, got ", absorb.value_or(0.0));
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor X = embeddings_data(x, dt), Y = embeddings_data(y, dt);
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
@@ -514,11 +803,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor f = at::zeros({B, N}, opts), g = at::zeros({B, M}, opts), err = at::zeros({B}, opts);
   at::Tensor n_iter = at::zeros({B}, opts.dtype(at::kInt));
   at::Tensor tc = at::zeros({B}, opts), mass = at::zeros({B}, opts);
+  at::Tensor absorptions = at::zeros({B}, opts.dtype(at::kInt)), fell_back = at::zeros({B}, opts.dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_embeddings_fwd_cpu", [&] {
     using T = scalar_t;
-    const Options<T> o{static_cast<T>(eps), max_iter, tol.has_value(), static_cast<T>(tol.value_or(0.0)),
-                       tau_a.has_value(), tau_b.has_value(), static_cast<T>(tau_a.value_or(1.0)),
-                       static_cast<T>(tau_b.value_or(1.0))};
+    const auto o = make_options<T>(eps, max_iter, tol, tau_a, tau_b);
+    const ScalingArgs<T> sc{static_cast<T>(absorb.value_or(0.0)), absorptions.data_ptr<int32_t>(),
+                            fell_back.data_ptr<bool>()};
     const T inv_eps = T(1) / o.eps;
     const Kernels<T>* K = kernels<T>();
     T *tcp = tc.data_ptr<T>(), *mp = mass.data_ptr<T>();
@@ -529,7 +819,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           embedding_cost<T>(X, Y, k, kind, t);
           const T* Cp = t.cost.data_ptr<T>();
           const int64_t m = t.m();
-          t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, true);
+          t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, !absorb);
         },
         [&](int64_t k, Tile<T>& t) {  // <P, C> and mass while the tile is here
           T sp = 0, sm = 0;
@@ -540,9 +830,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           tcp[k] = sp * o.eps;
           mp[k] = sm;
         },
-        f.data_ptr<T>(), g.data_ptr<T>(), n_iter.data_ptr<int32_t>(), err.data_ptr<T>());
+        f.data_ptr<T>(), g.data_ptr<T>(), n_iter.data_ptr<int32_t>(), err.data_ptr<T>(), absorb ? &sc : nullptr);
   });
-  return {f, g, n_iter, err, tc, mass};
+  if (!absorb) return {f, g, n_iter, err, tc, mass};
+  return {f, g, n_iter, err, tc, mass, absorptions, fell_back};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, int64_t kind, double eps,
+    int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
+  auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, c10::nullopt);
+  return {r[0], r[1], r[2], r[3], r[4], r[5]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+sinkhorn_embeddings_fwd_scaling_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b,
+                                    int64_t kind, double eps, int64_t max_iter, c10::optional<double> tol,
+                                    c10::optional<double> tau_a, c10::optional<double> tau_b, double absorb) {
+  auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb);
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
 }
 
 // dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* held constant (the envelope rule). Every cost's gradient has
@@ -564,7 +870,13 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous(), S = scale.to(dt).contiguous();
   const int64_t B = X.size(0), N = X.size(1), M = Y.size(1), d = X.size(2);
   const auto opts = A.options();
-  at::Tensor dx = at::zeros({B, N, d}, opts), dy = at::zeros({B, M, d}, opts);
+  // A gradient that is needed is written in full by its problem's task (rows without mass get 0), so it is
+  // allocated uninitialised: zeroing [B, N, d] up front cost more than the problems' GEMMs (first-touch page
+  // faults). One that is not needed is a broadcast zero (no memory).
+  auto grad_out = [&](bool need, int64_t rows) {
+    return need ? at::empty({B, rows, d}, opts) : at::zeros({1, 1, 1}, opts).expand({B, rows, d});
+  };
+  at::Tensor dx = grad_out(need_dx, N), dy = grad_out(need_dy, M);
   AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_embeddings_bwd_cpu", [&] {
     using T = scalar_t;
     const Kernels<T>* K = kernels<T>();
@@ -577,7 +889,23 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
         t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
         const int64_t n = t.n(), m = t.m();
         const T s = S.data_ptr<T>()[k];
-        if (n == 0 || m == 0 || s == 0 || !(need_dx || need_dy)) continue;
+        // zero the rows this problem's GEMMs will not write (all of them if it has no gradient)
+        const bool skip = n == 0 || m == 0 || s == 0 || !(need_dx || need_dy);
+        auto clear = [&](bool need, const at::Tensor& grad, int64_t rows, const std::vector<int64_t>& idx) {
+          if (!need) return;
+          T* gk = grad.data_ptr<T>() + k * rows * d;
+          size_t next = 0;
+          for (int64_t r = 0; r < rows; ++r) {
+            if (!skip && next < idx.size() && idx[next] == r) {
+              ++next;
+              continue;
+            }
+            std::fill(gk + r * d, gk + (r + 1) * d, T(0));
+          }
+        };
+        clear(need_dx, dx, N, t.rows);
+        clear(need_dy, dy, M, t.cols);
+        if (skip) continue;
         embedding_cost<T>(X, Y, k, kind, t);
         const T* Cp = t.cost.data_ptr<T>();
         t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, false);
@@ -652,9 +980,11 @@ std::string cpu_isa() { return kernels<float>()->isa; }
 
 TORCH_LIBRARY_IMPL(fastot, CPU, m) {
   m.impl("sinkhorn_fwd", &sinkhorn_fwd_cpu);
+  m.impl("sinkhorn_fwd_scaling", &sinkhorn_fwd_scaling_cpu);
   m.impl("sinkhorn_plan", &sinkhorn_plan_cpu);
   m.impl("sinkhorn_plan_sums", &sinkhorn_plan_sums_cpu);
   m.impl("sinkhorn_embeddings_fwd", &sinkhorn_embeddings_fwd_cpu);
+  m.impl("sinkhorn_embeddings_fwd_scaling", &sinkhorn_embeddings_fwd_scaling_cpu);
   m.impl("sinkhorn_embeddings_bwd", &sinkhorn_embeddings_bwd_cpu);
 }
 

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "cpu/sinkhorn_kernels.h"
 
@@ -173,9 +174,220 @@ static void plan_rows(const T* __restrict Cs, int64_t ld, const T* __restrict fs
   *sum_p += hsum<T>(mass);
 }
 
+// out[i] = LSE_j(s_j - X_ij) over the row of X, for rows [r0, r1) (ld columns; padding columns +inf): the
+// log-domain row pass on the tile itself, with one horizontal max and sum per row. The scaling iterations use
+// it for their log-domain steps, which are few (the first one, and a problem that falls back), so they need no
+// transposed tile.
+template <typename T>
+static void lse_rows(const T* __restrict X, int64_t ld, const T* __restrict s, int64_t r0, int64_t r1,
+                     T* __restrict out) {
+  constexpr int64_t W = kW<T>;
+  constexpr T NEG_INF = -std::numeric_limits<T>::infinity();
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* __restrict row = X + i * ld;
+    V<T> mx = splat(NEG_INF);
+    for (int64_t j = 0; j < ld; j += W) mx = vmax(mx, load(s + j) - load(row + j));
+    T m = NEG_INF;
+    for (int l = 0; l < static_cast<int>(W); ++l) m = mx[l] > m ? mx[l] : m;
+    if (!(m > NEG_INF)) {
+      out[i] = NEG_INF;
+      continue;
+    }
+    V<T> acc = V<T>{};
+    for (int64_t j = 0; j < ld; j += W) acc += vexp(load(s + j) - load(row + j) - m);
+    out[i] = m + std::log(hsum<T>(acc));
+  }
+}
+
+// The W (= vector width) accumulators acc[r] reduced to one vector whose lane r is the sum of acc[r]'s lanes:
+// log2(W) levels of adding the even and odd lanes of pairs (W - 1 pairs, three instructions each), instead of a
+// horizontal sum per row.
+template <typename T, size_t... I>
+static inline V<T> even_lanes(V<T> a, V<T> b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (2 * I)...);
+}
+template <typename T, size_t... I>
+static inline V<T> odd_lanes(V<T> a, V<T> b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (2 * I + 1)...);
+}
+template <typename T>
+static inline V<T> transpose_sum(V<T>* acc) {
+  constexpr int W = static_cast<int>(kW<T>);
+  using Idx = std::make_index_sequence<W>;
+#pragma GCC unroll 8
+  for (int width = W; width > 1; width /= 2) {
+#pragma GCC unroll 16
+    for (int k = 0; k < width / 2; ++k)
+      acc[k] = even_lanes<T>(acc[2 * k], acc[2 * k + 1], Idx{}) + odd_lanes<T>(acc[2 * k], acc[2 * k + 1], Idx{});
+  }
+  return acc[0];
+}
+
+// The dot products of W consecutive rows of K (from row i) with w: lane r is K_{i+r} . w.
+template <typename T>
+static inline V<T> dot_rows(const T* __restrict K, int64_t ld, const T* __restrict w, int64_t i) {
+  constexpr int W = static_cast<int>(kW<T>);
+  V<T> acc[W];
+#pragma GCC unroll 16
+  for (int r = 0; r < W; ++r) acc[r] = V<T>{};
+  for (int64_t j = 0; j < ld; j += W) {
+    const V<T> wv = load(w + j);
+#pragma GCC unroll 16
+    for (int r = 0; r < W; ++r) acc[r] += load(K + (i + r) * ld + j) * wv;
+  }
+  return transpose_sum<T>(acc);
+}
+
+// s_i = sum_j K_ij w_j for rows [r0, r1) (multiples of the vector width; K has that many rows, zero past the
+// problem's; w: ld entries, 0 on padding). W rows at a time: W independent FMA chains, one reduction per block.
+template <typename T>
+static void matvec_rows(const T* __restrict K, int64_t ld, const T* __restrict w, int64_t r0, int64_t r1,
+                        T* __restrict s) {
+  constexpr int64_t W = kW<T>;
+  for (int64_t i = r0; i < r1; i += W) store(s + i, dot_rows(K, ld, w, i));
+}
+
+// t_j = sum_i K_ij z_i over the n rows, for columns [c0, c1) (multiples of the vector width): vectorised across
+// columns, no horizontal sums. Blocks of four vectors of columns, with even and odd rows in separate
+// accumulators (eight independent FMA chains).
+template <typename T>
+static void matvec_cols(const T* __restrict K, int64_t n, int64_t ld, const T* __restrict z, int64_t c0,
+                        int64_t c1, T* __restrict t) {
+  constexpr int64_t W = kW<T>;
+  int64_t j = c0;
+  for (; j + 4 * W <= c1; j += 4 * W) {
+    V<T> a0 = V<T>{}, a1 = V<T>{}, a2 = V<T>{}, a3 = V<T>{};
+    V<T> b0 = V<T>{}, b1 = V<T>{}, b2 = V<T>{}, b3 = V<T>{};
+    int64_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+      const T* __restrict r = K + i * ld + j;
+      const V<T> z0 = splat(z[i]), z1 = splat(z[i + 1]);
+      a0 += load(r) * z0;
+      a1 += load(r + W) * z0;
+      a2 += load(r + 2 * W) * z0;
+      a3 += load(r + 3 * W) * z0;
+      b0 += load(r + ld) * z1;
+      b1 += load(r + ld + W) * z1;
+      b2 += load(r + ld + 2 * W) * z1;
+      b3 += load(r + ld + 3 * W) * z1;
+    }
+    if (i < n) {
+      const T* __restrict r = K + i * ld + j;
+      const V<T> z0 = splat(z[i]);
+      a0 += load(r) * z0;
+      a1 += load(r + W) * z0;
+      a2 += load(r + 2 * W) * z0;
+      a3 += load(r + 3 * W) * z0;
+    }
+    store(t + j, a0 + b0);
+    store(t + j + W, a1 + b1);
+    store(t + j + 2 * W, a2 + b2);
+    store(t + j + 3 * W, a3 + b3);
+  }
+  for (; j < c1; j += W) {
+    V<T> a0 = V<T>{}, b0 = V<T>{};
+    int64_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+      a0 += load(K + i * ld + j) * splat(z[i]);
+      b0 += load(K + (i + 1) * ld + j) * splat(z[i + 1]);
+    }
+    if (i < n) a0 += load(K + i * ld + j) * splat(z[i]);
+    store(t + j, a0 + b0);
+  }
+}
+
+// One side's balanced scaling update, over k entries (a multiple of the vector width): out_i = 1 / x_i where
+// ok_i > 0, else 1; z_i = wt_i out_i (the vector the next product takes). Returns bit 1 when an ok entry's sum
+// x_i is not in (0, inf) or its scaling overflows (underflow: the caller falls back to the log domain), bit 2
+// when some out_i leaves [lo, hi] (the caller absorbs).
+template <typename T>
+static int scale_update(const T* __restrict x, const T* __restrict ok, const T* __restrict wt, int64_t k, T lo, T hi,
+                        T* __restrict out, T* __restrict z) {
+  typedef typename Vec<T>::vi VI;
+  constexpr int64_t W = kW<T>;
+  const V<T> one = splat(T(1)), inf = splat(std::numeric_limits<T>::infinity());
+  VI bad = VI{}, far = VI{};
+  for (int64_t j = 0; j < k; j += W) {
+    const V<T> xv = load(x + j);
+    const auto is_ok = load(ok + j) > T(0);
+    const V<T> r = one / xv;
+    const V<T> o = is_ok ? r : one;
+    bad |= is_ok & ~((xv > T(0)) & (xv < inf) & (r < inf));
+    far |= (o > hi) | (o < lo);
+    store(out + j, o);
+    store(z + j, load(wt + j) * o);
+  }
+  int flags = 0;
+  for (int l = 0; l < static_cast<int>(W); ++l) flags |= (bad[l] ? 1 : 0) | (far[l] ? 2 : 0);
+  return flags;
+}
+
+// sum_i wok_i |u_i x_i - 1| over k entries (a multiple of the vector width; wok_i = 0 skips an entry): the
+// balanced row error of a scaling state, x = K w.
+template <typename T>
+static T scaled_error(const T* __restrict u, const T* __restrict x, const T* __restrict wok, int64_t k) {
+  constexpr int64_t W = kW<T>;
+  V<T> acc = V<T>{};
+  for (int64_t j = 0; j < k; j += W) {
+    const V<T> wv = load(wok + j);
+    const V<T> d = load(u + j) * load(x + j) - T(1);
+    acc += wv > T(0) ? wv * vmax(d, -d) : V<T>{};
+  }
+  return hsum<T>(acc);
+}
+
+// One sweep of a scaling iteration over the tile, reading each block of W rows of K once from wherever it
+// lives: s = K w for the block (dot_rows), the block's new scalings u (ok > 0: 1 / s balanced,
+// exp((lam - 1) bs - lam log s) unbalanced, bs = the row bases / eps; else 1) and z = wa u, then t += z_i K_i
+// while the block is in L1. Rows [0, nr) (a multiple of W; K zero past the problem's rows, ok and wa 0 there);
+// t: ld entries (overwritten). Returns the flags of scale_update for u.
+template <typename T>
+static int sweep(const T* __restrict K, int64_t nr, int64_t ld, const T* __restrict w, const T* __restrict ok,
+                 const T* __restrict wa, const T* __restrict bs, T lam, T lo, T hi, T* __restrict s,
+                 T* __restrict u, T* __restrict z, T* __restrict t) {
+  typedef typename Vec<T>::vi VI;
+  constexpr int64_t W = kW<T>;
+  const V<T> one = splat(T(1)), inf = splat(std::numeric_limits<T>::infinity());
+  VI bad = VI{}, far = VI{};
+  for (int64_t j = 0; j < ld; j += W) store(t + j, V<T>{});
+  for (int64_t i = 0; i < nr; i += W) {
+    const V<T> x = dot_rows(K, ld, w, i);
+    store(s + i, x);
+    const auto is_ok = load(ok + i) > T(0);
+    V<T> r;
+    if (lam == T(1)) {
+      r = one / x;
+    } else {
+      for (int l = 0; l < static_cast<int>(W); ++l) r[l] = std::exp((lam - T(1)) * bs[i + l] - lam * std::log(x[l]));
+    }
+    const V<T> o = is_ok ? r : one;
+    bad |= is_ok & ~((x > T(0)) & (x < inf) & (r < inf) & (r == r));
+    far |= (o > hi) | (o < lo);
+    store(u + i, o);
+    const V<T> zv = load(wa + i) * o;
+    store(z + i, zv);
+    const T* __restrict kb = K + i * ld;
+    const T* __restrict zb = z + i;  // broadcast from memory: a load, where a lane of zv would be a permute
+    for (int64_t j = 0; j < ld; j += W) {
+      V<T> p = load(kb + j) * zb[0], q = load(kb + ld + j) * zb[1];
+#pragma GCC unroll 16
+      for (int r2 = 2; r2 < static_cast<int>(W); r2 += 2) {
+        p += load(kb + r2 * ld + j) * zb[r2];
+        q += load(kb + (r2 + 1) * ld + j) * zb[r2 + 1];
+      }
+      store(t + j, load(t + j) + (p + q));
+    }
+  }
+  int flags = 0;
+  for (int l = 0; l < static_cast<int>(W); ++l) flags |= (bad[l] ? 1 : 0) | (far[l] ? 2 : 0);
+  return flags;
+}
+
 template <typename T>
 static const Kernels<T>* table() {
-  static const Kernels<T> k{&lse_columns<T>, &plan_rows<T>, FASTOT_ISA_NAME};
+  static const Kernels<T> k{&lse_columns<T>, &plan_rows<T>, &lse_rows<T>, &matvec_rows<T>, &matvec_cols<T>,
+                            &scale_update<T>, &scaled_error<T>, &sweep<T>,
+                            FASTOT_ISA_NAME};
   return &k;
 }
 

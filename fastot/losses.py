@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .sinkhorn import COSTS, sinkhorn_embeddings
+from .sinkhorn import COSTS, METHODS, sinkhorn_embeddings
 
 OBJECTIVES = ("transport_cost", "sinkhorn")
 REDUCTIONS = ("mean", "sum", "none")
@@ -102,6 +102,7 @@ def ot_distillation_loss(
     teacher_weights: torch.Tensor | None = None,
     projection: nn.Module | None = None,
     backend: str | None = None,
+    method: str = "auto",
 ) -> torch.Tensor:
     """The OT distillation loss as a function; see :class:`OTDistillationLoss` for the arguments.
 
@@ -127,7 +128,7 @@ def ot_distillation_loss(
         wide = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(wide), y.to(wide)
     res = sinkhorn_embeddings(x, y, student_mask, teacher_mask, a=student_weights, b=teacher_weights, cost=cost,
-                              eps=eps, max_iter=max_iter, tol=tol, grad=grad, backend=backend)
+                              eps=eps, max_iter=max_iter, tol=tol, grad=grad, backend=backend, method=method)
     per_pair = res.transport_cost if objective == "transport_cost" else res.value
     if reduction == "none":
         return per_pair
@@ -155,6 +156,7 @@ class OTDistillationLoss(nn.Module):
         projection: optional module mapping the student dimension to the teacher's (its parameters are part
             of this module, so ``criterion.parameters()`` belongs in the optimizer).
         backend: Sinkhorn backend; default from ``FASTOT_BACKEND``, else the fused one for the device.
+        method: Sinkhorn iteration scheme, "auto" (default), "log" or "scaling"; see :func:`fastot.sinkhorn`.
 
     Call:
         student_hidden [B, N, d_s], student_mask [B, N] (bool/0-1, True = token that carries mass, or None),
@@ -167,11 +169,14 @@ class OTDistillationLoss(nn.Module):
 
     def __init__(self, eps: float = 0.05, max_iter: int = 50, cost: str = "cosine", reduction: str = "mean",
                  objective: str = "transport_cost", tol: float | None = None, grad: str = "envelope",
-                 projection: nn.Module | None = None, backend: str | None = None):
+                 projection: nn.Module | None = None, backend: str | None = None, method: str = "auto"):
         super().__init__()
         _check_options(cost, reduction, objective, eps, max_iter)
         self.eps, self.max_iter, self.cost, self.reduction = float(eps), max_iter, cost, reduction
         self.objective, self.tol, self.grad, self.backend = objective, tol, grad, backend
+        if method not in METHODS:
+            raise ValueError(f"OTDistillationLoss: method must be one of {METHODS}, got {method!r}")
+        self.method = method
         self.projection = projection
 
     def forward(self, student_hidden, student_mask, teacher_hidden, teacher_mask, *, student_weights=None,
@@ -180,7 +185,7 @@ class OTDistillationLoss(nn.Module):
             student_hidden, student_mask, teacher_hidden, teacher_mask, eps=self.eps, max_iter=self.max_iter,
             cost=self.cost, reduction=self.reduction, objective=self.objective, tol=self.tol, grad=self.grad,
             student_weights=student_weights, teacher_weights=teacher_weights, projection=self.projection,
-            backend=self.backend)
+            backend=self.backend, method=self.method)
 
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, max_iter={self.max_iter}, cost={self.cost!r}, reduction={self.reduction!r}, "

@@ -8,6 +8,8 @@ exact convention.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -17,9 +19,15 @@ import torch
 from . import _backend
 from .reference import sinkhorn as ref
 
-__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_embeddings", "pairwise_cost", "COSTS", "STATUS"]
+__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_embeddings", "pairwise_cost", "COSTS", "STATUS", "METHODS"]
 
 COSTS = ("cosine", "sqeuclidean", "dot")
+# Iteration schemes (same iterates, n_iter, stopping rule, err and gradients; only the arithmetic and the speed
+# differ): "log" = log-domain iterations (an exp per cost entry, twice per iteration); "scaling" = stabilized
+# scaling iterations with absorption (two matrix-vector products per iteration; exps only when the scalings are
+# absorbed; see fastot/reference/sinkhorn_scaling.py); "auto" = the faster one the backend has (see _method).
+METHODS = ("auto", "log", "scaling")
+_SCALING_BACKENDS = ("cpp", "torch")  # backends with scaling kernels; cuda and triton run log-domain for now
 
 # SinkhornResult.status codes. A problem with a nonzero status is flagged, never solved: its f, g, value,
 # transport_cost and err are NaN, n_iter is 0, and every gradient that flows through it is NaN. Other problems of
@@ -43,14 +51,51 @@ class _Kernels(NamedTuple):
     plan_sums: Callable  # (cost, a, b, f, g, eps) -> (<P, C> [B], sum P [B])
 
 
-def _kernels(backend: str) -> _Kernels:
+def _scaling_fwd(op):
+    """A scaling forward with the log forward's outputs (f, g, n_iter, err; its statistics dropped)."""
+    return lambda *args: op(*args)[:4]
+
+
+def _kernels(backend: str, method: str = "log") -> _Kernels:
     if backend == "torch":
-        return _Kernels(ref.sinkhorn_fwd, ref.sinkhorn_plan, ref.sinkhorn_plan_sums)
+        from .reference.sinkhorn_scaling import sinkhorn_fwd_scaling  # noqa: PLC0415 - only when asked for
+
+        fwd = sinkhorn_fwd_scaling if method == "scaling" else ref.sinkhorn_fwd
+        return _Kernels(fwd, ref.sinkhorn_plan, ref.sinkhorn_plan_sums)
     if backend in ("cpp", "cuda"):  # one registered op each; the dispatcher picks CPU or CUDA from the device
-        return _Kernels(torch.ops.fastot.sinkhorn_fwd, torch.ops.fastot.sinkhorn_plan, torch.ops.fastot.sinkhorn_plan_sums)
+        fwd = _scaling_fwd(torch.ops.fastot.sinkhorn_fwd_scaling) if method == "scaling" else torch.ops.fastot.sinkhorn_fwd
+        return _Kernels(fwd, torch.ops.fastot.sinkhorn_plan, torch.ops.fastot.sinkhorn_plan_sums)
     from .triton import sinkhorn as tsk  # noqa: PLC0415 - imported only when the backend is chosen
 
     return _Kernels(tsk.sinkhorn_fwd, tsk.sinkhorn_plan, tsk.sinkhorn_plan_sums)
+
+
+_warned_log_only: set[str] = set()
+
+
+def _method(method: str, backend: str, max_iter: int) -> str:
+    """The iteration scheme that runs: "log" or "scaling".
+
+    ``auto`` (after ``FASTOT_SINKHORN_METHOD``, which replaces it when set) is "scaling" on cpp (3.4-8x faster than its log-domain kernel on the bench grid, never less
+    accurate there; see bench/RESULTS.md) once there are at least 3 iterations (below that the log-domain first
+    iteration plus the kernel build cost as much as log-domain iterations); "log" elsewhere: the torch backend is
+    the oracle and stays log-domain unless asked, and the cuda and triton kernels are log-domain only so far.
+    Asking those for "scaling" runs their log-domain kernels (same results) with a one-time warning."""
+    if method not in METHODS:
+        raise ValueError(f"sinkhorn: method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        method = os.environ.get("FASTOT_SINKHORN_METHOD", "auto") or "auto"
+        if method not in METHODS:
+            raise ValueError(f"sinkhorn: FASTOT_SINKHORN_METHOD must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        return "scaling" if backend == "cpp" and max_iter >= 3 else "log"
+    if method == "scaling" and backend not in _SCALING_BACKENDS:
+        if backend not in _warned_log_only:
+            _warned_log_only.add(backend)
+            warnings.warn(f"sinkhorn: method='scaling' has no {backend} kernel yet; running the {backend} "
+                          "log-domain kernel (same results, only the speed differs)", stacklevel=3)
+        return "log"
+    return method
 
 
 def _phi(x: torch.Tensor, tau: float | None) -> torch.Tensor:
@@ -174,11 +219,15 @@ def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b) -> torch.Tensor
 
 
 def _flag(status: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """NaN in every entry of a flagged problem (status != 0); leading dim B."""
+    """NaN in every entry of a flagged problem (status != 0); leading dim B. Where reading the status is free
+    (CPU, eager) and nothing is flagged, the tensors come back as they are: the masking pass over a [B, N, d]
+    gradient cost more than the fused backward kernel itself (measured: 11 of 18 ms at B 64, N 64, d 384)."""
+    if _can_sync(status) and not bool((status != 0).any()):
+        return list(tensors)
     out = []
     for t in tensors:
         bad = (status != 0).view((-1,) + (1,) * (t.dim() - 1))
-        out.append(torch.where(bad, torch.full_like(t, float("nan")), t))
+        out.append(torch.where(bad, float("nan"), t))
     return out
 
 
@@ -206,8 +255,8 @@ class _SinkhornEnvelope(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, cost, a, b, status, backend, eps, max_iter, tol, tau_a, tau_b):
-        k = _kernels(backend)
+    def forward(ctx, cost, a, b, status, backend, method, eps, max_iter, tol, tau_a, tau_b):
+        k = _kernels(backend, method)
         f, g, n_iter, err = k.fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
         f, g, err = _flag(status, f, g, err)
         n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
@@ -230,16 +279,19 @@ class _SinkhornEnvelope(torch.autograd.Function):
             d_cost = (plan * (g_value + g_tc).to(plan.dtype)[:, None, None]).to(cost.dtype)
             (d_cost,) = _flag(status, d_cost)
         d_a, d_b = _weight_vjp(ctx, a, b, f, g, g_value, 1, 2, eps, tau_a, tau_b, status)
-        return d_cost, d_a, d_b, None, None, None, None, None, None, None
+        return d_cost, d_a, d_b, None, None, None, None, None, None, None, None
 
 
 _COST_KIND = {"cosine": 0, "sqeuclidean": 1, "dot": 2}
 _FUSED = ("cpp", "cuda", "triton")  # backends whose kernels build the cost from x and y themselves
 
 
-def _embedding_kernels(backend: str):
+def _embedding_kernels(backend: str, method: str = "log"):
     """(forward, backward) of the fused embeddings path of ``backend`` (one of _FUSED)."""
     if backend in ("cpp", "cuda"):  # one registered op each; the dispatcher picks CPU or CUDA from the device
+        if method == "scaling":
+            op = torch.ops.fastot.sinkhorn_embeddings_fwd_scaling
+            return (lambda *args: op(*args)[:6]), torch.ops.fastot.sinkhorn_embeddings_bwd
         return torch.ops.fastot.sinkhorn_embeddings_fwd, torch.ops.fastot.sinkhorn_embeddings_bwd
     from .triton import sinkhorn as tsk  # noqa: PLC0415 - imported only when the backend is chosen
 
@@ -252,9 +304,9 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
     from the kernel as <P*, dC/dx> with P* recomputed from the potentials."""
 
     @staticmethod
-    def forward(ctx, x, y, a, b, status, backend, cost, eps, max_iter, tol, tau_a, tau_b):
+    def forward(ctx, x, y, a, b, status, backend, method, cost, eps, max_iter, tol, tau_a, tau_b):
         kind = _COST_KIND[cost]
-        fwd, _ = _embedding_kernels(backend)
+        fwd, _ = _embedding_kernels(backend, method)
         f, g, n_iter, err, tc, mass = fwd(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b)
         value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
         f, g, err, value, tc = _flag(status, f, g, err, value, tc)
@@ -279,7 +331,7 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
             dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
             dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None
         da, db = _weight_vjp(ctx, a, b, f, g, g_value, 2, 3, eps, tau_a, tau_b, status)
-        return dx, dy, da, db, None, None, None, None, None, None, None, None
+        return dx, dy, da, db, None, None, None, None, None, None, None, None, None
 
 
 @dataclass
@@ -309,6 +361,7 @@ class SinkhornResult:
     _cost: torch.Tensor | Callable[[], torch.Tensor] = field(repr=False)
     _a: torch.Tensor = field(repr=False)
     _b: torch.Tensor = field(repr=False)
+    method: str = "log"  # the iteration scheme that ran: "log" or "scaling" (see METHODS)
 
     def check(self) -> SinkhornResult:
         """Raise ValueError if any problem was flagged (``status != 0``), naming them and why; else return self.
@@ -389,8 +442,9 @@ def sinkhorn(
     tau_b: float | None = None,
     grad: str = "envelope",
     backend: str | None = None,
+    method: str = "auto",
 ) -> SinkhornResult:
-    """Batched log-domain Sinkhorn for B entropic OT problems.
+    """Batched Sinkhorn for B entropic OT problems (log-domain iterates, by either iteration scheme).
 
     Args:
         cost: [B, N, M] float32/float64 (bfloat16/float16 are solved in float32).
@@ -404,6 +458,12 @@ def sinkhorn(
             P* constant, so d transport_cost/dC = P* with no weight gradient) or "unrolled" (autograd
             through every iteration; torch backend only).
         backend: "auto" | "torch" | "cpp" | "cuda" | "triton"; default from ``FASTOT_BACKEND``.
+        method: "auto" (default) | "log" | "scaling": the iteration scheme. Both give the log-domain iterates
+            (f, g, n_iter, err, the stopping rule and the gradients agree to rounding); "scaling" replaces the
+            exps of each iteration by two matrix-vector products, with absorption into the potentials and a
+            per-problem fall-back to log-domain iterations on underflow. "auto" picks "scaling" on cpp (for
+            ``max_iter >= 3``) and "log" elsewhere; cuda and triton have no scaling kernels yet and run
+            log-domain (a one-time warning when "scaling" is asked for). ``result.method`` says which ran.
 
     Returns:
         :class:`SinkhornResult` with f [B,N], g [B,M], value [B], transport_cost [B], n_iter [B] int32,
@@ -414,10 +474,10 @@ def sinkhorn(
     work; problems in the values (NaN, unequal masses, ...) are flagged per problem without a host sync. The
     README's "Errors and edge cases" table lists every case.
     """
-    return _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend)
+    return _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, method=method)
 
 
-def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status=None) -> SinkhornResult:
+def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status=None, method="auto") -> SinkhornResult:
     """:func:`sinkhorn`; ``status`` [B] replaces the one computed from the cost (sinkhorn_embeddings passes the
     status of its x and y, so every backend flags the same problems)."""
     if not isinstance(cost, torch.Tensor):
@@ -427,6 +487,8 @@ def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, statu
     if not cost.is_floating_point():
         raise TypeError(f"sinkhorn: cost must be floating point, got {cost.dtype}")
     eps, tol, tau_a, tau_b = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad, ref.compute_dtype(cost.dtype))
+    if method not in METHODS:
+        raise ValueError(f"sinkhorn: method must be one of {METHODS}, got {method!r}")
     B, N, M = cost.shape
     a = _weights(a, cost, N, "a", (B, N))
     b = _weights(b, cost, M, "b", (B, M))
@@ -434,7 +496,7 @@ def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, statu
         with torch.no_grad():
             status = _cost_status(cost.detach(), a.detach(), b.detach(), eps, tau_a, tau_b)
 
-    if grad == "unrolled":
+    if grad == "unrolled":  # autograd through the log-domain reference's iterations, whatever `method` says
         _unrolled_backend(backend)
         cost, a, b = (_FlagGrad.apply(t, status) if t.requires_grad else t for t in (cost, a, b))
         f, g, n_iter, err = ref.sinkhorn_fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
@@ -447,8 +509,10 @@ def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, statu
         return SinkhornResult(f, g, value, tc, n_iter, (err * nan1).detach(), status, "torch", eps, cost, a, b)
 
     be = _backend.resolve("sinkhorn", cost.device, backend)
-    f, g, value, tc, n_iter, err = _SinkhornEnvelope.apply(cost, a, b, status, be, eps, max_iter, tol, tau_a, tau_b)
-    return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps, cost, a, b)
+    how = _method(method, be, max_iter)
+    f, g, value, tc, n_iter, err = _SinkhornEnvelope.apply(cost, a, b, status, be, how, eps, max_iter, tol, tau_a,
+                                                           tau_b)
+    return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps, cost, a, b, how)
 
 
 def _unrolled_backend(backend: str | None) -> None:
@@ -518,6 +582,7 @@ def sinkhorn_embeddings(
     tau_b: float | None = None,
     grad: str = "envelope",
     backend: str | None = None,
+    method: str = "auto",
 ) -> SinkhornResult:
     """Sinkhorn between token embeddings, cost computed from x and y.
 
@@ -554,15 +619,18 @@ def sinkhorn_embeddings(
     b = _mask_weights(y_mask, b, M, like, "y_mask", "b", (B, M))
     be = None if grad == "unrolled" else _backend.resolve("sinkhorn", x.device, backend, _backend.AUTO_ORDER_FUSED)
     eps_, tol_, tau_a_, tau_b_ = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad, like.dtype)
+    if method not in METHODS:
+        raise ValueError(f"sinkhorn_embeddings: method must be one of {METHODS}, got {method!r}")
     a = _weights(a, like, N, "a", (B, N))
     b = _weights(b, like, M, "b", (B, M))
     with torch.no_grad():  # from x and y, so that every backend (fused or not) flags the same problems
         status = _embeddings_status(x.detach(), y.detach(), a.detach(), b.detach(), _COST_KIND[cost], eps_,
                                     tau_a_, tau_b_)
     if be in _FUSED:  # the cost is built per problem inside the kernel
-        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, status, be, cost, eps_,
+        how = _method(method, be, max_iter)
+        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, status, be, how, cost, eps_,
                                                                          max_iter, tol_, tau_a_, tau_b_)
         return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps_,
-                              lambda: pairwise_cost(x.detach(), y.detach(), cost), a, b)
+                              lambda: pairwise_cost(x.detach(), y.detach(), cost), a, b, how)
     C = pairwise_cost(x, y, cost)
-    return _sinkhorn(C, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status)
+    return _sinkhorn(C, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status, method)

@@ -7,6 +7,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("FASTOT_BACKEND", None)
+os.environ.pop("FASTOT_SINKHORN_METHOD", None)
 
 import pytest  # noqa: E402
 
@@ -18,12 +19,22 @@ def devices():
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+# Sinkhorn backends with both iteration schemes, and the scheme their default ("auto") runs: every test
+# parametrized by backend_params("sinkhorn") also runs the other scheme on them (FASTOT_SINKHORN_METHOD, set by
+# the sinkhorn_method mark), so each conformance, property and peer check covers log and scaling.
+_OTHER_METHOD = {"cpp": "log", "torch": "scaling"}
+
+
 def backend_params(op):
-    """(backend, device) pairs for every backend that can run ``op`` here, torch included."""
+    """(backend, device) pairs for every backend that can run ``op`` here, torch included; for sinkhorn, cpp and
+    torch twice: their default scheme, and the other one (id suffix -log / -scaling)."""
     out = []
     for dev in devices():
         for be in _backend.available(op, dev):
             out.append(pytest.param(be, dev, id=f"{be}-{dev}"))
+            if op == "sinkhorn" and be in _OTHER_METHOD:
+                m = _OTHER_METHOD[be]
+                out.append(pytest.param(be, dev, id=f"{be}-{dev}-{m}", marks=pytest.mark.sinkhorn_method(m)))
     return out
 
 
@@ -60,8 +71,13 @@ def sentencepiece_tokenizer():
 
 
 @pytest.fixture(autouse=True)
-def _no_backend_env(monkeypatch):
+def _no_backend_env(monkeypatch, request):
     monkeypatch.delenv("FASTOT_BACKEND", raising=False)
+    mark = request.node.get_closest_marker("sinkhorn_method")
+    if mark is None:
+        monkeypatch.delenv("FASTOT_SINKHORN_METHOD", raising=False)
+    else:
+        monkeypatch.setenv("FASTOT_SINKHORN_METHOD", mark.args[0])
     yield
 
 

@@ -66,7 +66,7 @@ def _per_backend(test, ci_fast: int, ci_triton: int):
     for p in SK_BACKENDS:
         be = p.values[0]
         wrapped = _settings(ci_triton if be == "triton" else ci_fast, be)(given(data=st.data())(test))
-        params.append(pytest.param(*p.values, wrapped, id=p.id))
+        params.append(pytest.param(*p.values, wrapped, id=p.id, marks=p.marks))
     return params
 
 

@@ -78,6 +78,9 @@ def sinkhorn_fwd_scaling(cost, a, b, eps: float, max_iter: int, tol: float | Non
     u = torch.ones_like(f)
     v = torch.ones_like(g)
     K = _kernel(C, fb, gb, allowed, eps)
+    # Under torch.compile the data-dependent branches below (fall-back, absorption) are taken unconditionally
+    # (their updates are masked per problem, so the result is the same): the trace has no host-side bool.
+    tracing = torch.compiler.is_compiling()
     for _ in range(max_iter - 1):
         scaling = ~log_mode
         s = torch.einsum("bnm,bm->bn", K, b_ * v)
@@ -91,13 +94,13 @@ def sinkhorn_fwd_scaling(cost, a, b, eps: float, max_iter: int, tol: float | Non
         v_new = _scale(t, gb, lam_b, eps, col_ok)
         bad = ((row_ok & ((s <= 0) | ~torch.isfinite(s) | ~torch.isfinite(u_new))).any(1)
                | (col_ok & ((t <= 0) | ~torch.isfinite(t) | ~torch.isfinite(v_new))).any(1)) & step
-        if bad.any():  # underflow: these problems go on in the log domain from where they are
+        if tracing or bad.any():  # underflow: these problems go on in the log domain from where they are
             log_mode = log_mode | bad
             step = step & ~bad
         u = torch.where(step[:, None], u_new, u)
         v = torch.where(step[:, None], v_new, v)
         n_iter = n_iter + step.to(torch.int32)
-        if log_mode.any():
+        if tracing or log_mode.any():
             lm = log_mode & ~done
             f_cur, g_cur = fb + eps * torch.log(u), gb + eps * torch.log(v)
             f_l, g_l, done, stepped = log_iteration(torch.where(row_ok | ~va, f_cur, torch.zeros_like(f_cur)),
@@ -107,7 +110,7 @@ def sinkhorn_fwd_scaling(cost, a, b, eps: float, max_iter: int, tol: float | Non
             fb, gb = torch.where(log_mode[:, None], f_l, fb), torch.where(log_mode[:, None], g_l, gb)
             u, v = torch.where(log_mode[:, None], 1.0, u), torch.where(log_mode[:, None], 1.0, v)
         far = ((torch.log(u).abs() > absorb).any(1) | (torch.log(v).abs() > absorb).any(1)) & ~log_mode
-        if far.any():  # absorb the scalings into the bases; rebuild those problems' kernels
+        if tracing or far.any():  # absorb the scalings into the bases; rebuild those problems' kernels
             fb = torch.where(far[:, None], fb + eps * torch.log(u), fb)
             gb = torch.where(far[:, None], gb + eps * torch.log(v), gb)
             u, v = torch.where(far[:, None], 1.0, u), torch.where(far[:, None], 1.0, v)

@@ -55,6 +55,7 @@ class Contender:
     skip_fwdbwd: str | None = None  # why fwd+bwd is not run (e.g. the memory it would need)
     torch_memory: bool = True  # False: the CUDA allocator does not see its memory (JAX)
     input_grad: Callable[[], torch.Tensor | None] | None = None  # the gradient fwdbwd left (tests check it)
+    method: str = ""  # fastot's Sinkhorn iteration scheme ("log" or "scaling"); "" for the peers
 
 
 @dataclasses.dataclass
@@ -97,19 +98,22 @@ def _why(exc: BaseException) -> str:
 
 
 def fastot_cost(C: torch.Tensor, eps: float, iters: int, backend: str, name: str | None = None,
-                family: str = "fastot") -> Contender:
+                family: str = "fastot", method: str = "log") -> Contender:
     Cg = _leaf(C)
 
     def fwd():
-        r = fastot.sinkhorn(C, eps=eps, max_iter=iters, backend=backend)
+        r = fastot.sinkhorn(C, eps=eps, max_iter=iters, backend=backend, method=method)
         return r.f, r.g
 
     def fwdbwd():
         _zero(Cg)
-        return fastot.sinkhorn(Cg, eps=eps, max_iter=iters, backend=backend).value.sum().backward
+        return fastot.sinkhorn(Cg, eps=eps, max_iter=iters, backend=backend, method=method).value.sum().backward
 
-    return Contender(name or f"fastot {backend}", family, fwd, fwdbwd, _sync_for(C.device),
-                     input_grad=lambda: Cg.grad)
+    return Contender(name or f"fastot {backend}" + (f" ({method})" if backend in SCALING_BACKENDS else ""), family,
+                     fwd, fwdbwd, _sync_for(C.device), input_grad=lambda: Cg.grad, method=method)
+
+
+SCALING_BACKENDS = ("cpp",)  # compiled backends with scaling kernels: benched with both schemes
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -321,7 +325,8 @@ def cost_contenders(C: torch.Tensor, eps: float, iters: int, compile_reference: 
     out: list[Contender | Missing] = []
     for be in ("cpp", "cuda", "triton"):
         if be in fastot.available_backends("sinkhorn", dev.type):
-            out.append(fastot_cost(C, eps, iters, be))
+            for method in ("log", "scaling") if be in SCALING_BACKENDS else ("log",):
+                out.append(fastot_cost(C, eps, iters, be, method=method))
         elif not (be == "cpp" and dev.type == "cuda") and not (be == "cuda" and dev.type == "cpu"):
             why = ("timed on a GPU only (on CPU it runs under the Triton interpreter)" if be == "triton"
                    and dev.type == "cpu" else "backend not built or not available here")
@@ -340,20 +345,22 @@ def cost_contenders(C: torch.Tensor, eps: float, iters: int, compile_reference: 
 # ------------------------------------------------------------------------------------------------ embeddings path
 
 
-def fastot_embeddings(x, y, eps, iters, backend, fused: bool, cost: str) -> Contender:
+def fastot_embeddings(x, y, eps, iters, backend, fused: bool, cost: str, method: str = "log") -> Contender:
     xg, yg = _leaf(x), _leaf(y)
     from fastot.sinkhorn import _FUSED  # noqa: PLC0415
 
     kind = "fused" if fused and backend in _FUSED else "materialise + solve"
-    name = f"fastot {backend} ({kind})"
+    name = f"fastot {backend} ({kind}{', ' + method if backend in SCALING_BACKENDS else ''})"
     family = "fastot"
     if backend == "torch":
         name, family = "torch reference (eager)", "reference"
 
     def solve(x_, y_):
         if fused:
-            return fastot.sinkhorn_embeddings(x_, y_, cost=cost, eps=eps, max_iter=iters, backend=backend)
-        return fastot.sinkhorn(fastot.pairwise_cost(x_, y_, cost), eps=eps, max_iter=iters, backend=backend)
+            return fastot.sinkhorn_embeddings(x_, y_, cost=cost, eps=eps, max_iter=iters, backend=backend,
+                                              method=method)
+        return fastot.sinkhorn(fastot.pairwise_cost(x_, y_, cost), eps=eps, max_iter=iters, backend=backend,
+                               method=method)
 
     def fwd():
         r = solve(x, y)
@@ -363,7 +370,7 @@ def fastot_embeddings(x, y, eps, iters, backend, fused: bool, cost: str) -> Cont
         _zero(xg, yg)
         return solve(xg, yg).value.sum().backward
 
-    return Contender(name, family, fwd, fwdbwd, _sync_for(x.device))
+    return Contender(name, family, fwd, fwdbwd, _sync_for(x.device), method=method)
 
 
 def geomloss_embeddings(x, y, eps, iters) -> Contender | Missing:
@@ -470,9 +477,10 @@ def embedding_contenders(x, y, eps, iters, cost: str = "sqeuclidean") -> list[Co
         if be not in fastot.available_backends("sinkhorn", dev.type):
             out.append(Missing(f"fastot {be}", "fastot", "backend not built or not available here"))
             continue
-        if be in _FUSED:
-            out.append(fastot_embeddings(x, y, eps, iters, be, fused=True, cost=cost))
-        out.append(fastot_embeddings(x, y, eps, iters, be, fused=False, cost=cost))
+        for method in ("log", "scaling") if be in SCALING_BACKENDS else ("log",):
+            if be in _FUSED:
+                out.append(fastot_embeddings(x, y, eps, iters, be, fused=True, cost=cost, method=method))
+            out.append(fastot_embeddings(x, y, eps, iters, be, fused=False, cost=cost, method=method))
     out.append(fastot_embeddings(x, y, eps, iters, "torch", fused=False, cost=cost))
     out.append(geomloss_embeddings(x, y, eps, iters))
     out.append(ott_embeddings(x, y, eps, iters))

@@ -3,6 +3,7 @@
     python -m bench.run                      # the preset for this machine (cpu, or gpu where CUDA is present)
     python -m bench.run --preset quick       # tiny sizes, one round: the smoke test of the suite
     python -m bench.run --preset full        # the whole grid of issue 8, no time cap
+    python -m bench.run --preset scaling     # issue 24's cells: cpp scaling vs cpp log-domain vs POT (own files)
     python -m bench.run --out DIR            # CSV and PNGs into DIR (bench/RESULTS.md is left alone)
     make bench                               # the same as the first line, then the pytest-benchmark micro-suite
 
@@ -16,6 +17,11 @@ Sections (``--ops``):
 - ``codeswitch``: the published text pipeline (decode, Python word loop with a dict, re-encode with the fast
   tokenizer), the vectorised pure-PyTorch version (fastot's torch reference) and fastot's kernels, on 1,024
   (query, passage) pairs of MAFAND text (generated text where the data is absent), p = 0.5; tokens/s.
+
+fastot's cpp backend runs both Sinkhorn iteration schemes (the ``method`` column: ``log`` and ``scaling``); the
+other fastot backends run ``log``. A scaling forward row also has its fraction of the machine's FMA rate: two
+multiply-adds per cost entry per iteration against the fp32 GEMM rate of ``torch.mm`` measured at the start of the
+run (``sgemm_fma_per_s`` in the stamp).
 
 Modes: ``fwd`` (solve), ``fwd+bwd`` (solve, then the gradient of the OT value with respect to the input) and
 ``bwd`` (the backward half of the same fwd+bwd calls, timed apart; n/a for JAX, whose value and gradient are one
@@ -77,6 +83,10 @@ PRESETS = {
                 budget_s=1500.0, pairs=1024, iters=100),
     "gpu": dict(B=[32, 256, 1024], N=[32, 128, 512], d=[384, 768], dtypes=["fp32", "bf16"], rounds=10, cap_s=1.0,
                 budget_s=240.0, pairs=1024, iters=100),  # bench/gpu.sh must end in 10 minutes, build included
+    # issue 24's cells: cpp scaling against cpp log-domain and POT (sinkhorn: B 64 / N 64 and B 256 / N 128;
+    # embeddings fwd+bwd at d 384 and 768), fp32, 100 iterations; written as <machine>-<date>-scaling.*
+    "scaling": dict(B=[64, 256], N=[64, 128], d=[384, 768], dtypes=["fp32"], rounds=7, cap_s=10.0, budget_s=1200.0,
+                    pairs=1024, iters=100),
     "full": dict(B=[32, 256, 1024], N=[32, 128, 512], d=[384, 768], dtypes=["fp32", "bf16"], rounds=10,
                  cap_s=float("inf"), budget_s=float("inf"), pairs=1024, iters=100),
 }
@@ -308,11 +318,38 @@ def run_cell(section: str, cell: dict, make_contenders, budget: Budget, rounds: 
             rows.append({**base, "contender": c.name, "family": c.family, "mode": "bwd", "status": "n/a",
                          "reason": "value and gradient come from one compiled call"})
     bound = exp_bound(device)
+    methods = {c.name: c.method for c in cands if isinstance(c, peers.Contender)}
     for r in rows:
+        r["method"] = methods.get(r["contender"], "")
         if r.get("status") == "ok" and r["mode"] == "fwd" and math.isfinite(bound):
             r["exp_bound_fraction"] = 2 * work / (r["median_ms"] * 1e-3) / bound
+        if (r.get("status") == "ok" and r["mode"] == "fwd" and r["method"] == "scaling" and section == "sinkhorn"
+                and FMA_RATE.get(device.type)):  # two multiply-adds per entry per iteration
+            r["fma_peak_fraction"] = 2 * work / (r["median_ms"] * 1e-3) / FMA_RATE[device.type]
     _speedups(rows)
     return rows
+
+
+FMA_RATE: dict[str, float] = {}  # device type -> multiply-adds per second of fp32 GEMM, measured by fma_rate()
+
+
+def fma_rate(device: torch.device, n: int = 512, calls: int = 25) -> float:
+    """fp32 multiply-adds per second of torch.mm on cache-friendly n x n matrices, all threads, median of
+    ``calls``: the machine's attainable FMA rate, the yardstick of the scaling kernel's FMA-peak fraction (an
+    optimised GEMM reaches 80-95% of the nominal peak, so the fraction against the nominal is a little lower)."""
+    a = torch.rand(n, n, device=device)
+    b = torch.rand(n, n, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        torch.mm(a, b)
+    sync()
+    ts = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return n ** 3 / statistics.median(ts)
 
 
 def _timed(mode: str, fn, sync) -> tuple[float, float | None]:
@@ -452,9 +489,10 @@ def codeswitch_section(p: dict, device, budget: Budget, rounds: int, progress) -
 
 # ---------------------------------------------------------------------------------------------------- reporting
 
-FIELDS = ["section", "op", "B", "N", "M", "d", "dtype", "iters", "eps", "contender", "family", "mode", "status",
-          "reason", "median_ms", "p20_ms", "p80_ms", "runs", "peak_MiB", "potential_err_vs_fp64",
-          "reference_marginal_err", "work_per_s", "exp_bound_fraction", "speedup_of_best_fastot", "tokens_per_s",
+FIELDS = ["section", "op", "B", "N", "M", "d", "dtype", "iters", "eps", "contender", "family", "method", "mode",
+          "status", "reason", "median_ms", "p20_ms", "p80_ms", "runs", "peak_MiB", "potential_err_vs_fp64",
+          "reference_marginal_err", "work_per_s", "exp_bound_fraction", "fma_peak_fraction", "speedup_of_best_fastot",
+          "tokens_per_s",
           "speedup_vs_text_pipeline", "equal_to_reference", "input_tokens", "text", "p"]
 
 
@@ -485,7 +523,7 @@ def read_csv(path: str) -> tuple[list[dict], dict]:
                 row[k] = int(v) if k in ("B", "N", "M", "d", "iters", "runs", "input_tokens") else float(v)
             except ValueError:
                 row[k] = v
-            if k in ("section", "op", "dtype", "contender", "family", "mode", "status", "reason", "text",
+            if k in ("section", "op", "dtype", "contender", "family", "method", "mode", "status", "reason", "text",
                      "equal_to_reference"):
                 row[k] = v
         rows.append(row)
@@ -614,6 +652,7 @@ def markdown(rows: list[dict], stamp: dict, csv_name: str, pngs: list[str]) -> s
                                                    _x(fb), _num(fb.get("peak_MiB")),
                                                    _num(f.get("potential_err_vs_fp64"), "{:.1e}")]) + " |")
         lines.append("")
+    lines += scaling_table(rows)
     cs = [r for r in rows if r["section"] == "codeswitch"]
     if cs:
         lines += ["#### Code-switching (p = 0.5, MiniLM WordPiece, longest_first to 256)", "",
@@ -627,6 +666,52 @@ def markdown(rows: list[dict], stamp: dict, csv_name: str, pngs: list[str]) -> s
         name = os.path.basename(png)
         lines += [f"![{name}](results/{name})", ""]
     return "\n".join(lines)
+
+
+def scaling_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: per cell (fp32), fastot cpp by scaling iterations against its log-domain kernel and against
+    POT, time ratios from the same run, and the scaling forward's fraction of the FMA rate; [] if not measured."""
+    out = []
+    for sec in ("sinkhorn", "embeddings"):
+        sel = [r for r in rows if r["section"] == sec and r.get("status") == "ok" and r.get("dtype") == "fp32"]
+        cells = list(dict.fromkeys((r["B"], r["N"], r.get("d", "")) for r in sel if r.get("method") == "scaling"))
+        if not cells:
+            continue
+        fused = sec == "embeddings"
+        out += [f"#### fastot cpp: scaling against log-domain iterations ({sec}, fp32, 100 iterations)", "",
+                "| B | N=M | d | mode | cpp log ms | cpp scaling ms | log / scaling | POT ms | POT / scaling "
+                "| err log | err scaling | FMA-rate fraction |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for B, N, d in cells:
+            for mode in ("fwd", "fwd+bwd"):
+                here = [r for r in sel if (r["B"], r["N"], r.get("d", "")) == (B, N, d) and r["mode"] == mode]
+
+                def pick(method, here=here):
+                    for r in here:
+                        if r.get("method") == method and r["contender"].startswith("fastot cpp") and (
+                                not fused or "(fused" in r["contender"]):
+                            return r
+                    return {}
+
+                log, sc = pick("log"), pick("scaling")
+                pot = next((r for r in here if r["contender"].startswith("POT")), {})
+                if not log or not sc:
+                    continue
+                ratio = lambda r: f"{r['median_ms'] / sc['median_ms']:.2f}×" if r else "—"  # noqa: E731
+                err = next((r for r in sel if r is not None and r["mode"] == "fwd" and r["contender"] == log["contender"]
+                            and (r["B"], r["N"], r.get("d", "")) == (B, N, d)), {})
+                err_s = next((r for r in sel if r["mode"] == "fwd" and r["contender"] == sc["contender"]
+                              and (r["B"], r["N"], r.get("d", "")) == (B, N, d)), {})
+                out.append(f"| {B} | {N} | {d or '—'} | {mode} | {_cell_ms(log)} | {_cell_ms(sc)} | {ratio(log)} | "
+                           f"{_cell_ms(pot) if pot else '—'} | {ratio(pot)} | "
+                           f"{_num(err.get('potential_err_vs_fp64'), '{:.1e}')} | "
+                           f"{_num(err_s.get('potential_err_vs_fp64'), '{:.1e}')} | "
+                           f"{_num(sc.get('fma_peak_fraction'), '{:.0%}')} |")
+        out.append("")
+    if out:
+        out.insert(0, "FMA-rate fraction: 2 multiply-adds per cost entry per iteration over the fp32 GEMM rate of "
+                      "`torch.mm` measured in the same run (an optimised GEMM reaches 80–95% of the nominal peak).")
+        out.insert(1, "")
+    return out
 
 
 def _cell_ms(r: dict, spread_: bool = True) -> str:
@@ -733,8 +818,11 @@ def main(argv=None) -> int:
     say(f"bench.run on {stamp['gpu'] or stamp['cpu']} ({device.type}), fastot {stamp['fastot_sha']}; "
         f"peers: " + ", ".join(f"{k[2:]} {v}" for k, v in stamp.items() if k.startswith("v_")))
     t0 = time.perf_counter()
+    FMA_RATE[device.type] = fma_rate(device)
+    stamp["sgemm_fma_per_s"] = f"{FMA_RATE[device.type]:.4g}"
+    say(f"fp32 GEMM rate (the FMA yardstick): {FMA_RATE[device.type] / 1e9:.1f} G multiply-adds/s")
     rows: list[dict] = []
-    quick = "-quick" if args.preset == "quick" else ""
+    quick = f"-{args.preset}" if args.preset in ("quick", "scaling") else ""  # a partial grid: its own files
     name = f"{stamp['machine']}-{stamp['date']}{quick}"
     csv_path = os.path.join(out_dir, name + ".csv")
     order = [o for o in ("sinkhorn", "embeddings", "codeswitch") if o in ops]

@@ -27,7 +27,8 @@ COSTS = ("cosine", "sqeuclidean", "dot")
 # scaling iterations with absorption (two matrix-vector products per iteration; exps only when the scalings are
 # absorbed; see fastot/reference/sinkhorn_scaling.py); "auto" = the faster one the backend has (see _method).
 METHODS = ("auto", "log", "scaling")
-_SCALING_BACKENDS = ("cpp", "torch")  # backends with scaling kernels; cuda and triton run log-domain for now
+# backends with scaling kernels (triton: on chip; its streaming path is log-domain); cuda runs log-domain for now
+_SCALING_BACKENDS = ("cpp", "torch", "triton")
 
 # SinkhornResult.status codes. A problem with a nonzero status is flagged, never solved: its f, g, value,
 # transport_cost and err are NaN, n_iter is 0, and every gradient that flows through it is NaN. Other problems of
@@ -67,7 +68,8 @@ def _kernels(backend: str, method: str = "log") -> _Kernels:
         return _Kernels(fwd, torch.ops.fastot.sinkhorn_plan, torch.ops.fastot.sinkhorn_plan_sums)
     from .triton import sinkhorn as tsk  # noqa: PLC0415 - imported only when the backend is chosen
 
-    return _Kernels(tsk.sinkhorn_fwd, tsk.sinkhorn_plan, tsk.sinkhorn_plan_sums)
+    fwd = _scaling_fwd(tsk.sinkhorn_fwd_scaling) if method == "scaling" else tsk.sinkhorn_fwd
+    return _Kernels(fwd, tsk.sinkhorn_plan, tsk.sinkhorn_plan_sums)
 
 
 _warned_log_only: set[str] = set()
@@ -76,11 +78,12 @@ _warned_log_only: set[str] = set()
 def _method(method: str, backend: str, max_iter: int) -> str:
     """The iteration scheme that runs: "log" or "scaling".
 
-    ``auto`` (after ``FASTOT_SINKHORN_METHOD``, which replaces it when set) is "scaling" on cpp (3.4-8x faster than its log-domain kernel on the bench grid, never less
-    accurate there; see bench/RESULTS.md) once there are at least 3 iterations (below that the log-domain first
-    iteration plus the kernel build cost as much as log-domain iterations); "log" elsewhere: the torch backend is
-    the oracle and stays log-domain unless asked, and the cuda and triton kernels are log-domain only so far.
-    Asking those for "scaling" runs their log-domain kernels (same results) with a one-time warning."""
+    ``auto`` (after ``FASTOT_SINKHORN_METHOD``, which replaces it when set) is "scaling" on cpp, where it was
+    measured faster than the log-domain kernel on every bench cell (bench/RESULTS.md), once there are at least 3
+    iterations (below that the log-domain first iteration plus the kernel build cost as much as log-domain
+    iterations); "log" elsewhere: the torch backend is the oracle and stays log-domain unless asked, triton's
+    scaling kernel has not run on a GPU (so nothing says it is faster there), and cuda has none. Asking cuda for
+    "scaling" runs its log-domain kernels (same results) with a one-time warning."""
     if method not in METHODS:
         raise ValueError(f"sinkhorn: method must be one of {METHODS}, got {method!r}")
     if method == "auto":
@@ -295,6 +298,8 @@ def _embedding_kernels(backend: str, method: str = "log"):
         return torch.ops.fastot.sinkhorn_embeddings_fwd, torch.ops.fastot.sinkhorn_embeddings_bwd
     from .triton import sinkhorn as tsk  # noqa: PLC0415 - imported only when the backend is chosen
 
+    if method == "scaling":
+        return (lambda *args: tsk.sinkhorn_embeddings_fwd_scaling(*args)[:6]), tsk.sinkhorn_embeddings_bwd
     return tsk.sinkhorn_embeddings_fwd, tsk.sinkhorn_embeddings_bwd
 
 

@@ -19,15 +19,15 @@ def devices():
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-# Sinkhorn backends with both iteration schemes, and the scheme their default ("auto") runs: every test
+# Sinkhorn backends with both iteration schemes, and the scheme their default ("auto") does not run: every test
 # parametrized by backend_params("sinkhorn") also runs the other scheme on them (FASTOT_SINKHORN_METHOD, set by
 # the sinkhorn_method mark), so each conformance, property and peer check covers log and scaling.
-_OTHER_METHOD = {"cpp": "log", "torch": "scaling"}
+_OTHER_METHOD = {"cpp": "log", "torch": "scaling", "triton": "scaling"}
 
 
 def backend_params(op):
-    """(backend, device) pairs for every backend that can run ``op`` here, torch included; for sinkhorn, cpp and
-    torch twice: their default scheme, and the other one (id suffix -log / -scaling)."""
+    """(backend, device) pairs for every backend that can run ``op`` here, torch included; for sinkhorn, cpp, torch
+    and triton twice: their default scheme, and the other one (id suffix -log / -scaling)."""
     out = []
     for dev in devices():
         for be in _backend.available(op, dev):

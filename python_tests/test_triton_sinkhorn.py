@@ -207,6 +207,7 @@ def test_mixed_embedding_dtypes_follow_x():
 
 _AOT = [
     ("80", ["onchip-cost-fp32-tol-unbal-64x64", "onchip-emb-bf16-cosine-128x128", "grad-bf16-cosine-64x64x128",
+            "onchip-scaling-cost-fp32-tol-unbal-64x64",
             "codeswitch-3words-8x128"]),
     ("90", None),  # every variant
 ]

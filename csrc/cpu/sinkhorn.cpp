@@ -94,10 +94,10 @@ struct EmbeddingTile {
 // stabilized kernel K = exp((fb + gb - C) / eps) (n x ld; 0 for a forbidden pair and on padding). w = b v and
 // z = a u are the vectors the products take, s = K w and t = K^T z their results; un, vn the candidate scalings;
 // wa, wb the weights, ok_a, ok_b 1 for points with at least one allowed pair, wok_a = wa ok_a. Row vectors have
-// ldT entries, column vectors ld (padding: weight 0, ok 0).
+// ldT entries, column vectors ld (padding: weight 0, ok 0). KT (m x ldT): K transposed, kept for small tiles.
 template <typename T>
 struct ScalingState {
-  std::vector<T> K, fb, gb, u, v, un, vn, w, z, s, t, wa, wb, ok_a, ok_b, wok_a;
+  std::vector<T> K, KT, fb, gb, u, v, un, vn, w, z, s, t, wa, wb, ok_a, ok_b, wok_a;
 };
 
 // One problem, gathered: valid row/column indices, their log-weights, the dense tile Cs = C/eps (n x ld,
@@ -348,10 +348,18 @@ void iterate_scaling(Tile<T>& t, const Options<T>& o, T absorb, const Passes<T>&
     for (int64_t i = 0; i < n; ++i) t.f[i] = S.ok_a[i] > 0 ? S.fb[i] + o.eps * std::log(S.u[i]) : T(0);
     for (int64_t j = 0; j < m; ++j) t.g[j] = S.ok_b[j] > 0 ? S.gb[j] + o.eps * std::log(S.v[j]) : T(0);
   };
+  // Small tiles (K in L1, one problem per task) keep K and its transpose: both products are then broadcast
+  // multiply-adds vectorised across their outputs (measured at 64 x 64: 2 x 130 ns against 392 ns for the
+  // sweep, whose row dot products end in a lane reduction); larger tiles take one sweep over K per iteration,
+  // which reads the tile from L2 once instead of twice.
+  const bool transposed = !P.parallel && ldT * ld * static_cast<int64_t>(sizeof(T)) <= 16384;
   auto rebuild = [&] {  // also leaves fb / eps in t.fs, the row bases the sweep reads
     for (int64_t i = 0; i < n; ++i) t.fs[i] = S.fb[i] * inv_eps;
     for (int64_t j = 0; j < m; ++j) t.gs[j] = S.gb[j] * inv_eps;
     P.build(t, t.fs.data(), t.gs.data());
+    if (transposed)
+      for (int64_t i = 0; i < ldT; ++i)
+        for (int64_t j = 0; j < m; ++j) S.KT[j * ldT + i] = S.K[i * ld + j];
   };
   // The error of the current state, sum_i a_i |u_i s_i - target_i| over rows with an allowed pair (s = K w).
   auto error = [&] {
@@ -411,6 +419,7 @@ void iterate_scaling(Tile<T>& t, const Options<T>& o, T absorb, const Passes<T>&
     S.s.assign(ldT, T(1));
     S.t.assign(ld, T(0));
     S.K.assign(ldT * ld, T(0));  // rows past n stay 0: the row kernels take whole vectors of rows
+    if (transposed) S.KT.assign(m * ldT, T(0));
     rebuild();
     for (; it < o.max_iter; ++it) {
       if (log_mode) {
@@ -418,7 +427,12 @@ void iterate_scaling(Tile<T>& t, const Options<T>& o, T absorb, const Passes<T>&
         continue;
       }
       int flags;
-      if (!P.parallel) {  // one sweep over K: s, the new u, and t = K^T (a u)
+      if (transposed) {  // s = K w over K^T, then t = K^T (a u) over K: both vectorised across their outputs
+        P.k->matvec_cols(S.KT.data(), m, ldT, S.w.data(), 0, ldT, S.s.data());
+        if (o.has_tol && (stopped = (err = error()) < o.tol)) break;
+        flags = update(S.s, S.ok_a, S.wa, S.fb, lam_a, ldT, S.un, S.z);
+        if (!(flags & 1)) P.k->matvec_cols(S.K.data(), n, ld, S.z.data(), 0, ld, S.t.data());
+      } else if (!P.parallel) {  // one sweep over K: s, the new u, and t = K^T (a u)
         flags = P.k->sweep(S.K.data(), ldT, ld, S.w.data(), S.ok_a.data(), S.wa.data(), t.fs.data(), lam_a, lo, hi,
                            S.s.data(), S.un.data(), S.z.data(), S.t.data());
         if (o.has_tol && (stopped = (err = error()) < o.tol)) break;

@@ -117,6 +117,106 @@ def _row_error(b_a, b_f, b_ft, m_ok, eps_tau_a, UNBAL_A: tl.constexpr):
     return tl.where(m_ok, b_a * tl.abs(tl.exp2(b_f - b_ft) - target), 0.0)
 
 
+@triton.jit
+def _log_iteration(b_kinv, b_a, b_la, b_lb, b_ft, s_lam_a, s_lam_b, s_eta, UNBAL_A: tl.constexpr):
+    """One log-domain iteration from FT (the row c-transform at the current G): (F, G, FT at the new G, err)."""
+    b_f = s_lam_a * b_ft
+    lse_c, m_okc = _lse2_cols((b_f + b_la)[:, None] - b_kinv)
+    b_g = s_lam_b * tl.where(m_okc, -lse_c, 0.0)
+    lse, m_ok = _lse2_rows((b_g + b_lb)[None, :] - b_kinv)
+    b_ft = tl.where(m_ok, -lse, 0.0)
+    return b_f, b_g, b_ft, tl.sum(_row_error(b_a, b_f, b_ft, m_ok, s_eta, UNBAL_A), 0)
+
+
+@triton.jit
+def _scaled(x, base, ok, lam):
+    """New scalings from sums x: 1/x on a balanced side (lam = 1), else 2^((lam - 1) base) x^-lam; 1 where not ok."""
+    x_safe = tl.where(ok, x, 1.0)
+    r = tl.where(lam == 1.0, 1.0 / x_safe, tl.exp2((lam - 1.0) * base - lam * tl.log2(x_safe)))
+    return tl.where(ok, r, 1.0)
+
+
+@triton.jit
+def _scaling_error(b_a, b_u, b_s, b_fb, ok_r, s_eta, UNBAL_A: tl.constexpr):
+    """sum_i a_i |u_i s_i - target_i| over rows with an allowed pair: the log-domain row error of the state."""
+    if UNBAL_A:
+        target = tl.exp2(-(b_fb + tl.log2(b_u)) * s_eta)
+    else:
+        target = 1.0
+    return tl.sum(tl.where(ok_r, b_a * tl.abs(b_u * b_s - target), 0.0), 0)
+
+
+@triton.jit
+def _scaling_loop(b_kinv, b_a, b_w, b_la, b_lb, b_f, b_g, b_ft, m_ok, err, n_it, max_iter, s_lam_a, s_lam_b, s_eta,
+                  s_tol, s_abs, HAS_TOL: tl.constexpr, UNBAL_A: tl.constexpr, DT: tl.constexpr):
+    """The iterations of _onchip_kernel's log-domain loop by stabilized scaling iterations (as the cpp kernel and
+    fastot/reference/sinkhorn_scaling.py, in base-2 units): F = FB + log2 u, G = GB + log2 v over the tile
+    E = 2^(FB_i + GB_j - K_ij) (0 outside the problem). The first iteration runs in the log domain; then
+    u <- from s = E (b v), v <- from E^T (a u): two multiply-add passes over the tile and no exp2 per entry;
+    absorbed into FB, GB (E rebuilt) once a scaling leaves [2^-absorb2, 2^absorb2]; on underflow of a sum with
+    an allowed pair the problem goes on in the log domain. Returns (F, G, n_iter, err, absorptions, fell back)."""
+    go = n_it < max_iter
+    if HAS_TOL:
+        go = go & ~(err < s_tol)
+    if go:  # the first iteration in the log domain: E then starts from O(1) entries
+        b_f, b_g, b_ft, err = _log_iteration(b_kinv, b_a, b_la, b_lb, b_ft, s_lam_a, s_lam_b, s_eta, UNBAL_A)
+        n_it += 1
+    allowed = b_kinv < float("inf")
+    ok_r = tl.max(allowed.to(tl.int32), 1) > 0  # points with at least one allowed pair
+    ok_c = tl.max(allowed.to(tl.int32), 0) > 0
+    b_fb = b_f
+    b_gb = b_g
+    b_e = tl.exp2(b_fb[:, None] + b_gb[None, :] - b_kinv)
+    b_u = tl.full(b_f.shape, 1.0, DT)
+    b_v = tl.full(b_g.shape, 1.0, DT)
+    b_s = tl.sum(b_e * (b_w * b_v)[None, :], 1)
+    hi = tl.exp2(s_abs)
+    lo = 1.0 / hi
+    n_abs = 0
+    fell = 0
+    go = n_it < max_iter
+    if HAS_TOL:
+        go = go & ~(err < s_tol)
+    while go:
+        if fell == 0:
+            u_new = _scaled(b_s, b_fb, ok_r, s_lam_a)
+            b_t = tl.sum(b_e * (b_a * u_new)[:, None], 0)
+            v_new = _scaled(b_t, b_gb, ok_c, s_lam_b)
+            bad_r = ok_r & ~((b_s > 0) & (b_s < float("inf")) & (u_new < float("inf")))
+            bad_c = ok_c & ~((b_t > 0) & (b_t < float("inf")) & (v_new < float("inf")))
+            bad = (tl.max(bad_r.to(tl.int32), 0) + tl.max(bad_c.to(tl.int32), 0)) > 0
+            if bad:  # underflow: on in the log domain from the current (not the new) scalings
+                fell = 1
+                b_f = tl.where(ok_r, b_fb + tl.log2(b_u), 0.0)
+                b_g = tl.where(ok_c, b_gb + tl.log2(b_v), 0.0)
+                lse, m_ok = _lse2_rows((b_g + b_lb)[None, :] - b_kinv)
+                b_ft = tl.where(m_ok, -lse, 0.0)
+            else:
+                b_u = u_new
+                b_v = v_new
+                far_u = (tl.max(b_u, 0) > hi) | (tl.min(b_u, 0) < lo)
+                far_v = (tl.max(b_v, 0) > hi) | (tl.min(b_v, 0) < lo)
+                if far_u | far_v:  # absorb the scalings into the bases; rebuild the tile
+                    b_fb = b_fb + tl.log2(b_u)
+                    b_gb = b_gb + tl.log2(b_v)
+                    b_u = tl.full(b_f.shape, 1.0, DT)
+                    b_v = tl.full(b_g.shape, 1.0, DT)
+                    b_e = tl.exp2(b_fb[:, None] + b_gb[None, :] - b_kinv)
+                    n_abs += 1
+                b_s = tl.sum(b_e * (b_w * b_v)[None, :], 1)
+                err = _scaling_error(b_a, b_u, b_s, b_fb, ok_r, s_eta, UNBAL_A)
+        if fell != 0:
+            b_f, b_g, b_ft, err = _log_iteration(b_kinv, b_a, b_la, b_lb, b_ft, s_lam_a, s_lam_b, s_eta, UNBAL_A)
+        n_it += 1
+        go = n_it < max_iter
+        if HAS_TOL:
+            go = go & ~(err < s_tol)
+    if fell == 0:
+        b_f = tl.where(ok_r, b_fb + tl.log2(b_u), 0.0)
+        b_g = tl.where(ok_c, b_gb + tl.log2(b_v), 0.0)
+    return b_f, b_g, n_it, err, n_abs, fell
+
+
 # --------------------------------------------------------------------------- on chip: one program per problem
 @triton.jit(do_not_specialize=["max_iter"])
 def _onchip_kernel(
@@ -136,9 +236,11 @@ def _onchip_kernel(
     tol: tl.float64,  # stop below this error (HAS_TOL)
     max_iter,
     D_KEY,  # D rounded up to a power of two: part of the autotune key (unused here)
+    absorb2: tl.float64,  # SCALING: absorb once a scaling leaves [2^-absorb2, 2^absorb2]
+    nabs_ptr, fell_ptr,  # SCALING, out: absorptions [B] int32, fell back to the log domain [B] int32
     FROM_EMB: tl.constexpr, KIND: tl.constexpr, HAS_TOL: tl.constexpr, UNBAL_A: tl.constexpr,
     SUMS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    PREC: tl.constexpr, DT: tl.constexpr, DOT_UPCAST: tl.constexpr, SCALING: tl.constexpr = False,
 ):
     i_b = tl.program_id(0).to(tl.int64)
     o_n = tl.arange(0, BLOCK_N)
@@ -170,19 +272,26 @@ def _onchip_kernel(
     go = n_it < max_iter
     if HAS_TOL:
         go = go & ~(err < s_tol)
-    while go:
-        b_f = s_lam_a * b_ft
-        lse_c, m_okc = _lse2_cols((b_f + b_la)[:, None] - b_kinv)
-        b_g = s_lam_b * tl.where(m_okc, -lse_c, 0.0)
-        lse, m_ok = _lse2_rows((b_g + b_lb)[None, :] - b_kinv)
-        b_ft = tl.where(m_ok, -lse, 0.0)
-        n_it += 1
-        go = n_it < max_iter
-        if HAS_TOL:
+    if SCALING:
+        b_f, b_g, n_it, err, n_abs, fell = _scaling_loop(
+            b_kinv, b_a, b_w, b_la, b_lb, b_f, b_g, b_ft, m_ok, err, n_it, max_iter, s_lam_a, s_lam_b, s_eta, s_tol,
+            tl.full((), absorb2, DT), HAS_TOL, UNBAL_A, DT)
+        tl.store(nabs_ptr + i_b, n_abs)
+        tl.store(fell_ptr + i_b, fell)
+    else:
+        while go:
+            b_f = s_lam_a * b_ft
+            lse_c, m_okc = _lse2_cols((b_f + b_la)[:, None] - b_kinv)
+            b_g = s_lam_b * tl.where(m_okc, -lse_c, 0.0)
+            lse, m_ok = _lse2_rows((b_g + b_lb)[None, :] - b_kinv)
+            b_ft = tl.where(m_ok, -lse, 0.0)
+            n_it += 1
+            go = n_it < max_iter
+            if HAS_TOL:
+                err = tl.sum(_row_error(b_a, b_f, b_ft, m_ok, s_eta, UNBAL_A), 0)
+                go = go & ~(err < s_tol)
+        if not HAS_TOL:
             err = tl.sum(_row_error(b_a, b_f, b_ft, m_ok, s_eta, UNBAL_A), 0)
-            go = go & ~(err < s_tol)
-    if not HAS_TOL:
-        err = tl.sum(_row_error(b_a, b_f, b_ft, m_ok, s_eta, UNBAL_A), 0)
 
     s_un = tl.full((), unscale, DT)
     tl.store(f_ptr + i_b * N + o_n, b_f * s_un, mask=m_n)

@@ -23,8 +23,8 @@ import triton.language as tl
 
 from . import _sinkhorn_kernels as K
 
-__all__ = ["sinkhorn_fwd", "sinkhorn_plan", "sinkhorn_plan_sums", "sinkhorn_embeddings_fwd",
-           "sinkhorn_embeddings_bwd", "ONCHIP_MAX"]
+__all__ = ["sinkhorn_fwd", "sinkhorn_fwd_scaling", "sinkhorn_plan", "sinkhorn_plan_sums", "sinkhorn_embeddings_fwd",
+           "sinkhorn_embeddings_fwd_scaling", "sinkhorn_embeddings_bwd", "ONCHIP_MAX"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = math.log2(math.e)
@@ -158,8 +158,13 @@ def _lam(tau, eps):
     return 1.0 if tau is None else tau / (tau + eps)
 
 
-def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool):
-    """(f, g, n_iter, err, tc, mass); tc and mass only when ``sums`` (else None)."""
+def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool, stats: list | None = None,
+           absorb: float = 20.0):
+    """(f, g, n_iter, err, tc, mass); tc and mass only when ``sums`` (else None).
+
+    ``stats`` (a list): scaling iterations (method "scaling") where the problem is solved on chip; the list gets
+    the absorptions [B] int32 and whether each problem ran log-domain iterations [B] bool (after an underflow,
+    or, for problems too large for the chip, all of them: the streaming path is log-domain only)."""
     B, N, M, D = op.B, op.N, op.M, op.D
     dev = op.like.device
     a, b = _weights(op, a, b)
@@ -178,15 +183,23 @@ def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool):
     tol_v = -1.0 if tol is None else tol
     bn, bm = _block(N), _block(M)
     onchip_max = ONCHIP_MAX // (2 if op.dt == torch.float64 else 1)
+    scaling = stats is not None
     if bn * bm <= onchip_max:
         # Pointers the kernel does not write get buffers of their own: an output passed twice is an alias that
         # torch.compile's functionalisation may resolve to the unwritten copy.
         tc_out, mass_out = (tc, mass) if sums else (_unused(op), _unused(op))
+        n_abs = torch.zeros(B, dtype=torch.int32, device=dev) if scaling else torch.zeros(1, dtype=torch.int32, device=dev)
+        fell = torch.zeros(B, dtype=torch.int32, device=dev) if scaling else torch.zeros(1, dtype=torch.int32, device=dev)
         _wrap(_onchip)[(B,)](*op.args, a, b, f, g, n_iter, err, tc_out, mass_out,
                              N, M, D, scale, 1.0 / scale, lam_a, lam_b, eps_tau_a, tol_v, max_iter,
-                             _keys(N, M, D)[2], HAS_TOL=has_tol, UNBAL_A=tau_a is not None, SUMS=sums,
-                             BLOCK_N=bn, BLOCK_M=bm, **op.consts())
+                             _keys(N, M, D)[2], min(absorb, 1e30) * LOG2E, n_abs, fell,
+                             HAS_TOL=has_tol, UNBAL_A=tau_a is not None, SUMS=sums,
+                             BLOCK_N=bn, BLOCK_M=bm, SCALING=scaling, **op.consts())
+        if scaling:
+            stats += [n_abs, fell.bool()]
         return f, g, n_iter, err, tc, mass
+    if scaling:
+        stats += [torch.zeros(B, dtype=torch.int32, device=dev), torch.ones(B, dtype=torch.bool, device=dev)]
 
     # Streaming: state in base-2 units; F, G start at 0 (= f, g).
     ft = torch.zeros(B, N, dtype=op.dt, device=dev)
@@ -240,6 +253,25 @@ def sinkhorn_fwd(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: floa
     return f, g, n_iter, err
 
 
+@_define("fastot::triton_sinkhorn_fwd_scaling")
+def sinkhorn_fwd_scaling(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iter: int,
+                         tol: float | None = None, tau_a: float | None = None, tau_b: float | None = None,
+                         absorb: float = 20.0
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As ``torch.ops.fastot.sinkhorn_fwd_scaling``: (f, g, n_iter, err, absorptions, fell_back). Scaling
+    iterations on chip; a problem too large for the chip runs the log-domain streaming path (fell_back True)."""
+    stats: list = []
+    f, g, n_iter, err, _, _ = _solve(_Operand(cost=cost), a, b, eps, max_iter, tol, tau_a, tau_b, sums=False,
+                                     stats=stats, absorb=absorb)
+    return f, g, n_iter, err, *_stats(stats, cost, cost.shape[0])
+
+
+def _stats(stats: list, like: torch.Tensor, B: int):
+    if stats:
+        return stats[0], stats[1]
+    return (torch.zeros(B, dtype=torch.int32, device=like.device), torch.zeros(B, dtype=torch.bool, device=like.device))
+
+
 @_define("fastot::triton_sinkhorn_plan")
 def sinkhorn_plan(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
                   eps: float) -> torch.Tensor:
@@ -260,6 +292,19 @@ def sinkhorn_embeddings_fwd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b
                                        torch.Tensor]:
     """Same contract as ``torch.ops.fastot.sinkhorn_embeddings_fwd``: (f, g, n_iter, err, <P,C>, sum P)."""
     return _solve(_Operand(x=x, y=y, kind=cost), a, b, eps, max_iter, tol, tau_a, tau_b, sums=True)
+
+
+@_define("fastot::triton_sinkhorn_embeddings_fwd_scaling")
+def sinkhorn_embeddings_fwd_scaling(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, cost: int,
+                                    eps: float, max_iter: int, tol: float | None = None, tau_a: float | None = None,
+                                    tau_b: float | None = None, absorb: float = 20.0
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                               torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As ``torch.ops.fastot.sinkhorn_embeddings_fwd_scaling`` (on chip; larger problems stream log-domain)."""
+    stats: list = []
+    out = _solve(_Operand(x=x, y=y, kind=cost), a, b, eps, max_iter, tol, tau_a, tau_b, sums=True, stats=stats,
+                 absorb=absorb)
+    return (*out, *_stats(stats, x, x.shape[0]))
 
 
 @_define("fastot::triton_sinkhorn_embeddings_bwd")
@@ -291,6 +336,24 @@ def sinkhorn_embeddings_bwd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b
 
 def _fake_dtype(t):
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+@sinkhorn_fwd_scaling.register_fake
+def _(cost, a, b, eps, max_iter, tol=None, tau_a=None, tau_b=None, absorb=20.0):
+    B, N, M = cost.shape
+    dt = _fake_dtype(cost)
+    return (cost.new_empty((B, N), dtype=dt), cost.new_empty((B, M), dtype=dt),
+            cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=dt),
+            cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=torch.bool))
+
+
+@sinkhorn_embeddings_fwd_scaling.register_fake
+def _(x, y, a, b, cost, eps, max_iter, tol=None, tau_a=None, tau_b=None, absorb=20.0):
+    B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    dt = _fake_dtype(x)
+    e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731
+    return (e(B, N), e(B, M), x.new_empty((B,), dtype=torch.int32), e(B), e(B), e(B),
+            x.new_empty((B,), dtype=torch.int32), x.new_empty((B,), dtype=torch.bool))
 
 
 @sinkhorn_fwd.register_fake

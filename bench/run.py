@@ -84,7 +84,7 @@ PRESETS = {
     "gpu": dict(B=[32, 256, 1024], N=[32, 128, 512], d=[384, 768], dtypes=["fp32", "bf16"], rounds=10, cap_s=1.0,
                 budget_s=240.0, pairs=1024, iters=100),  # bench/gpu.sh must end in 10 minutes, build included
     # issue 24's cells: cpp scaling against cpp log-domain and POT (sinkhorn: B 64 / N 64 and B 256 / N 128;
-    # embeddings fwd+bwd at d 384 and 768), fp32, 100 iterations; written as <machine>-<date>-scaling.*
+    # embeddings fwd+bwd at d 384 and 768), fp32, 100 iterations; written as <machine>-<date>-sinkhorn-methods.*
     "scaling": dict(B=[64, 256], N=[64, 128], d=[384, 768], dtypes=["fp32"], rounds=7, cap_s=10.0, budget_s=1200.0,
                     pairs=1024, iters=100),
     "full": dict(B=[32, 256, 1024], N=[32, 128, 512], d=[384, 768], dtypes=["fp32", "bf16"], rounds=10,
@@ -822,7 +822,8 @@ def main(argv=None) -> int:
     stamp["sgemm_fma_per_s"] = f"{FMA_RATE[device.type]:.4g}"
     say(f"fp32 GEMM rate (the FMA yardstick): {FMA_RATE[device.type] / 1e9:.1f} G multiply-adds/s")
     rows: list[dict] = []
-    quick = f"-{args.preset}" if args.preset in ("quick", "scaling") else ""  # a partial grid: its own files
+    # a partial grid gets its own files (the scaling preset's name would collide with bench.scaling's CSV)
+    quick = {"quick": "-quick", "scaling": "-sinkhorn-methods"}.get(args.preset, "")
     name = f"{stamp['machine']}-{stamp['date']}{quick}"
     csv_path = os.path.join(out_dir, name + ".csv")
     order = [o for o in ("sinkhorn", "embeddings", "codeswitch") if o in ops]

@@ -128,6 +128,8 @@ def test_float32_no_less_accurate_than_the_log_domain(impl, eps_rel):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's numpy, on the way down
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_underflow_falls_back_to_the_log_domain(impl):
     """With absorption switched off, balanced problems whose masses differ (b has 1e-3 of a's mass) drift their
     scalings out of float64's range within a few hundred iterations: those problems go on in the log domain

@@ -697,14 +697,11 @@ def scaling_table(rows: list[dict]) -> list[str]:
                 if not log or not sc:
                     continue
                 ratio = lambda r: f"{r['median_ms'] / sc['median_ms']:.2f}×" if r else "—"  # noqa: E731
-                err = next((r for r in sel if r is not None and r["mode"] == "fwd" and r["contender"] == log["contender"]
-                            and (r["B"], r["N"], r.get("d", "")) == (B, N, d)), {})
-                err_s = next((r for r in sel if r["mode"] == "fwd" and r["contender"] == sc["contender"]
-                              and (r["B"], r["N"], r.get("d", "")) == (B, N, d)), {})
+                # every ok row of a contender carries its forward's potential error
                 out.append(f"| {B} | {N} | {d or '—'} | {mode} | {_cell_ms(log)} | {_cell_ms(sc)} | {ratio(log)} | "
                            f"{_cell_ms(pot) if pot else '—'} | {ratio(pot)} | "
-                           f"{_num(err.get('potential_err_vs_fp64'), '{:.1e}')} | "
-                           f"{_num(err_s.get('potential_err_vs_fp64'), '{:.1e}')} | "
+                           f"{_num(log.get('potential_err_vs_fp64'), '{:.1e}')} | "
+                           f"{_num(sc.get('potential_err_vs_fp64'), '{:.1e}')} | "
                            f"{_num(sc.get('fma_peak_fraction'), '{:.0%}')} |")
         out.append("")
     if out:

@@ -78,6 +78,9 @@ struct Options {
   T tol;
   bool unb_a, unb_b;
   T tau_a, tau_b;
+  // the damping of each side's update: tau / (tau + eps) on a KL-relaxed side, 1 on a balanced one
+  T lam_a() const { return unb_a ? tau_a / (tau_a + eps) : T(1); }
+  T lam_b() const { return unb_b ? tau_b / (tau_b + eps) : T(1); }
 };
 
 // sinkhorn_embeddings: buffers of one problem's embeddings (part of its Tile, so one per thread).
@@ -208,8 +211,7 @@ void iterate(Tile<T>& t, const Options<T>& o, int32_t* n_iter, T* err_out, RowPa
     return;
   }
   const T inv_eps = T(1) / o.eps;
-  const T lam_a = o.unb_a ? o.tau_a / (o.tau_a + o.eps) : T(1);
-  const T lam_b = o.unb_b ? o.tau_b / (o.tau_b + o.eps) : T(1);
+  const T lam_a = o.lam_a(), lam_b = o.lam_b();
   auto rows = [&] {
     for (int64_t j = 0; j < m; ++j) t.gs[j] = t.g[j] * inv_eps + t.logb[j];
     row_pass();
@@ -290,18 +292,25 @@ struct Passes {
 
 // One log-domain iteration on the tile's f, g (the row pass on the tile itself, no transpose): returns true when
 // the row error of (f, g) is below tol (the problem stops; *err holds it), else updates f and g.
+// The log-domain row pass at the tile's g (lse_r, on the tile itself) and the row error of (f, g).
+template <typename T>
+T log_row_error(Tile<T>& t, const Options<T>& o, const Passes<T>& P) {
+  const T inv_eps = T(1) / o.eps;
+  for (int64_t j = 0; j < t.m(); ++j) t.gs[j] = t.g[j] * inv_eps + t.logb[j];
+  P.lse_rows(t, t.gs.data(), t.lse_r.data());
+  return row_error(t, o);
+}
+
 template <typename T>
 bool log_step(Tile<T>& t, const Options<T>& o, const Passes<T>& P, T* err) {
   constexpr T NEG_INF = -std::numeric_limits<T>::infinity();
   const int64_t n = t.n(), m = t.m();
   const T inv_eps = T(1) / o.eps;
-  const T lam_a = o.unb_a ? o.tau_a / (o.tau_a + o.eps) : T(1);
-  const T lam_b = o.unb_b ? o.tau_b / (o.tau_b + o.eps) : T(1);
-  for (int64_t j = 0; j < m; ++j) t.gs[j] = t.g[j] * inv_eps + t.logb[j];
-  P.lse_rows(t, t.gs.data(), t.lse_r.data());
+  const T lam_a = o.lam_a(), lam_b = o.lam_b();
+  const T e = log_row_error(t, o, P);  // (lse_r is needed below; the error is cheap beside it)
   if (o.has_tol) {
-    *err = row_error(t, o);
-    if (*err < o.tol) return true;
+    *err = e;
+    if (e < o.tol) return true;
   }
   for (int64_t i = 0; i < n; ++i) {
     t.f[i] = t.lse_r[i] > NEG_INF ? -lam_a * o.eps * t.lse_r[i] : T(0);
@@ -331,8 +340,7 @@ void iterate_scaling(Tile<T>& t, const Options<T>& o, T absorb, const Passes<T>&
     return;
   }
   const T inv_eps = T(1) / o.eps;
-  const T lam_a = o.unb_a ? o.tau_a / (o.tau_a + o.eps) : T(1);
-  const T lam_b = o.unb_b ? o.tau_b / (o.tau_b + o.eps) : T(1);
+  const T lam_a = o.lam_a(), lam_b = o.lam_b();
   T err = 0;
   int64_t it = 0;
   bool stopped = false, scaling = false, log_mode = false;
@@ -469,9 +477,7 @@ void iterate_scaling(Tile<T>& t, const Options<T>& o, T absorb, const Passes<T>&
       P.rows(t);
       err = error();
     } else {
-      for (int64_t j = 0; j < m; ++j) t.gs[j] = t.g[j] * inv_eps + t.logb[j];
-      P.lse_rows(t, t.gs.data(), t.lse_r.data());
-      err = row_error(t, o);
+      err = log_row_error(t, o, P);
     }
   }
   *n_iter = static_cast<int32_t>(it);

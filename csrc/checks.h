@@ -47,6 +47,18 @@ inline void check_potentials(const char* op, const at::Tensor& f, const at::Tens
   TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
 }
 
+// A warm start f0 [B, N] / g0 [B, M] (name says which) as the kernels read it: floating, on `device`, cast to the
+// compute dtype `dt` and contiguous; an undefined tensor when none is given.
+inline at::Tensor warm_start_data(const char* op, const c10::optional<at::Tensor>& w, const char* name, int64_t B,
+                                  int64_t len, const at::Device& device, at::ScalarType dt) {
+  if (!w.has_value() || !w->defined()) return at::Tensor();
+  TORCH_CHECK(w->dim() == 2 && w->size(0) == B && w->size(1) == len, op, ": ", name, " must be [", B, ", ", len,
+              "], got ", w->sizes());
+  TORCH_CHECK(at::isFloatingType(w->scalar_type()), op, ": ", name, " must be floating point, got ", w->scalar_type());
+  TORCH_CHECK(w->device() == device, op, ": ", name, " is on ", w->device(), " but the inputs are on ", device);
+  return w->detach().to(dt).contiguous();
+}
+
 // fp64 stays fp64; every other floating dtype is solved in fp32.
 inline at::ScalarType sinkhorn_compute_dtype(const at::Tensor& cost) {
   return cost.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

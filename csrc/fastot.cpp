@@ -25,17 +25,19 @@ TORCH_LIBRARY(fastot, m) {
   m.set_python_module("fastot._fakes");
   // Log-domain Sinkhorn solve. cost [B,N,M] (fp32/fp64; fp16/bf16 are solved in fp32), a [B,N], b [B,M]
   // nonnegative weights (0 = padded point). Returns potentials f [B,N], g [B,M] in the compute dtype,
-  // iterations applied n_iter [B] (int32) and the final L1 marginal violation err [B].
+  // iterations applied n_iter [B] (int32) and the final L1 marginal violation err [B]. f0 [B,N], g0 [B,M]: an
+  // optional warm start (the potentials before the first iteration on the real points of problems with mass on
+  // both sides; see fastot/reference/sinkhorn.py). Every forward below takes one too.
   m.def(
       "sinkhorn_fwd(Tensor cost, Tensor a, Tensor b, float eps, int max_iter, float? tol, float? tau_a, "
-      "float? tau_b) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err)");
+      "float? tau_b, Tensor? f0=None, Tensor? g0=None) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err)");
   // The same solve by stabilized scaling iterations with absorption (same iterates, n_iter, stopping rule and err;
   // CPU only): scalings are absorbed into the potentials once one leaves [e^-absorb, e^absorb]. Also returns the
   // absorptions per problem [B] (int32) and whether a problem fell back to log-domain iterations [B] (bool).
   m.def(
       "sinkhorn_fwd_scaling(Tensor cost, Tensor a, Tensor b, float eps, int max_iter, float? tol, float? tau_a, "
-      "float? tau_b, float absorb=20.0) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, Tensor absorptions, "
-      "Tensor fell_back)");
+      "float? tau_b, float absorb=20.0, Tensor? f0=None, Tensor? g0=None) -> (Tensor f, Tensor g, Tensor n_iter, "
+      "Tensor err, Tensor absorptions, Tensor fell_back)");
   // The plan P_ij = a_i b_j exp((f_i + g_j - C_ij)/eps), recomputed from the potentials. [B,N,M]
   m.def("sinkhorn_plan(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> Tensor");
   // (<P, C>, sum P) per problem, [B] each, without storing P; forbidden (+inf cost) pairs contribute 0.
@@ -46,13 +48,20 @@ TORCH_LIBRARY(fastot, m) {
   // stored as [B,N,M]). cost: 0 cosine, 1 sqeuclidean, 2 dot. Returns f, g, n_iter, err, <P,C>, sum P.
   m.def(
       "sinkhorn_embeddings_fwd(Tensor x, Tensor y, Tensor a, Tensor b, int cost, float eps, int max_iter, float? tol, "
-      "float? tau_a, float? tau_b) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, Tensor transport_cost, "
-      "Tensor mass)");
+      "float? tau_a, float? tau_b, Tensor? f0=None, Tensor? g0=None) -> (Tensor f, Tensor g, Tensor n_iter, "
+      "Tensor err, Tensor transport_cost, Tensor mass)");
   // sinkhorn_embeddings_fwd by scaling iterations (as sinkhorn_fwd_scaling; CPU only), + absorptions, fell_back.
   m.def(
       "sinkhorn_embeddings_fwd_scaling(Tensor x, Tensor y, Tensor a, Tensor b, int cost, float eps, int max_iter, "
-      "float? tol, float? tau_a, float? tau_b, float absorb=20.0) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, "
-      "Tensor transport_cost, Tensor mass, Tensor absorptions, Tensor fell_back)");
+      "float? tol, float? tau_a, float? tau_b, float absorb=20.0, Tensor? f0=None, Tensor? g0=None) -> (Tensor f, "
+      "Tensor g, Tensor n_iter, Tensor err, Tensor transport_cost, Tensor mass, Tensor absorptions, "
+      "Tensor fell_back)");
+  // The symmetric problems (x, x) with weights a [B,N] (the self-terms of the Sinkhorn divergence; CPU only): averaged
+  // updates h <- (T(h) + T(T(h))) / 2 from h0 (or 0), T the c-transform, up to max_iter steps (tol as
+  // sinkhorn_fwd, on the state (h, h)). Returns h [B,N], the steps n_iter [B] and the final error err [B].
+  m.def(
+      "sinkhorn_embeddings_symmetric_fwd(Tensor x, Tensor a, int cost, float eps, int max_iter, float? tol, "
+      "Tensor? h0=None) -> (Tensor h, Tensor n_iter, Tensor err)");
   // Envelope backward: dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* recomputed from the potentials. A side
   // whose gradient is not needed (need_dx/need_dy false, e.g. the frozen teacher) is returned as zeros, not computed.
   m.def(

@@ -14,7 +14,7 @@ from .reference.codeswitch import codeswitch_fake
 
 
 @torch.library.register_fake("fastot::sinkhorn_fwd")
-def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b):
+def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b, f0=None, g0=None):
     B, N, M = cost.shape
     dt = ref.compute_dtype(cost.dtype)
     return (cost.new_empty((B, N), dtype=dt), cost.new_empty((B, M), dtype=dt),
@@ -22,7 +22,7 @@ def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b):
 
 
 @torch.library.register_fake("fastot::sinkhorn_fwd_scaling")
-def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb=20.0):
+def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb=20.0, f0=None, g0=None):
     B = cost.shape[0]
     stats = cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=torch.bool)
     return (*torch.ops.fastot.sinkhorn_fwd.default(cost, a, b, eps, max_iter, tol, tau_a, tau_b), *stats)
@@ -40,7 +40,7 @@ def _(cost, a, b, f, g, eps):
 
 
 @torch.library.register_fake("fastot::sinkhorn_embeddings_fwd")
-def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b):
+def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, f0=None, g0=None):
     B, N, M = x.shape[0], x.shape[1], y.shape[1]
     dt = ref.compute_dtype(x.dtype)
     e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731
@@ -48,11 +48,18 @@ def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b):
 
 
 @torch.library.register_fake("fastot::sinkhorn_embeddings_fwd_scaling")
-def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=20.0):
+def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=20.0, f0=None, g0=None):
     B = x.shape[0]
     stats = x.new_empty((B,), dtype=torch.int32), x.new_empty((B,), dtype=torch.bool)
     return (*torch.ops.fastot.sinkhorn_embeddings_fwd.default(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b),
             *stats)
+
+
+@torch.library.register_fake("fastot::sinkhorn_embeddings_symmetric_fwd")
+def _(x, a, cost, eps, max_iter, tol, h0=None):
+    B, N = x.shape[0], x.shape[1]
+    dt = ref.compute_dtype(x.dtype)
+    return x.new_empty((B, N), dtype=dt), x.new_empty((B,), dtype=torch.int32), x.new_empty((B,), dtype=dt)
 
 
 @torch.library.register_fake("fastot::sinkhorn_embeddings_bwd")

@@ -19,7 +19,8 @@ import torch
 from . import _backend
 from .reference import sinkhorn as ref
 
-__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_embeddings", "pairwise_cost", "COSTS", "STATUS", "METHODS"]
+__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_embeddings", "pairwise_cost", "geometric_eps_schedule", "COSTS",
+           "STATUS", "METHODS"]
 
 COSTS = ("cosine", "sqeuclidean", "dot")
 # Iteration schemes (same iterates, n_iter, stopping rule, err and gradients; only the arithmetic and the speed
@@ -42,19 +43,20 @@ STATUS = {
     4: "infeasible: a real point of a balanced side has every pair forbidden (+inf cost)",
     5: "unequal total masses of a and b in a balanced problem (relative difference above 1e-4, or above the "
        "weights' dtype eps for half-precision weights)",
+    6: "bad warm start: a NaN or infinite f0 / g0 entry on a real point",
 }
 MASS_RTOL = 1e-4
 
 
 class _Kernels(NamedTuple):
-    fwd: Callable  # (cost, a, b, eps, max_iter, tol, tau_a, tau_b) -> (f, g, n_iter, err)
+    fwd: Callable  # (cost, a, b, eps, max_iter, tol, tau_a, tau_b, f0=None, g0=None) -> (f, g, n_iter, err)
     plan: Callable  # (cost, a, b, f, g, eps) -> P [B,N,M]
     plan_sums: Callable  # (cost, a, b, f, g, eps) -> (<P, C> [B], sum P [B])
 
 
 def _scaling_fwd(op):
     """A scaling forward with the log forward's outputs (f, g, n_iter, err; its statistics dropped)."""
-    return lambda *args: op(*args)[:4]
+    return lambda *args, **warm: op(*args, **warm)[:4]
 
 
 def _kernels(backend: str, method: str = "log") -> _Kernels:
@@ -258,9 +260,9 @@ class _SinkhornEnvelope(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, cost, a, b, status, backend, method, eps, max_iter, tol, tau_a, tau_b):
+    def forward(ctx, cost, a, b, status, backend, method, eps, max_iter, tol, tau_a, tau_b, f0, g0, stages):
         k = _kernels(backend, method)
-        f, g, n_iter, err = k.fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
+        f, g, n_iter, err = _staged(k.fwd, (cost, a, b), eps, max_iter, tol, tau_a, tau_b, f0, g0, stages)
         f, g, err = _flag(status, f, g, err)
         n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
         tc, mass = k.plan_sums(cost, a, b, f, g, eps)
@@ -282,7 +284,20 @@ class _SinkhornEnvelope(torch.autograd.Function):
             d_cost = (plan * (g_value + g_tc).to(plan.dtype)[:, None, None]).to(cost.dtype)
             (d_cost,) = _flag(status, d_cost)
         d_a, d_b = _weight_vjp(ctx, a, b, f, g, g_value, 1, 2, eps, tau_a, tau_b, status)
-        return d_cost, d_a, d_b, None, None, None, None, None, None, None, None
+        return d_cost, d_a, d_b, None, None, None, None, None, None, None, None, None, None, None
+
+
+def _staged(fwd, inputs: tuple, eps, max_iter, tol, tau_a, tau_b, f0, g0, stages: tuple) -> tuple:
+    """fwd(*inputs, eps, max_iter, tol, tau_a, tau_b, f0=, g0=) after an eps schedule: one iteration at each eps of
+    ``stages``, each warm-started from the one before (from f0, g0 first), then the solve at ``eps`` from there.
+    ``n_iter`` counts the stages' iterations too. Without stages and warm start: fwd as it always was called."""
+    for e in stages:
+        f0, g0 = fwd(*inputs, e, 1, None, tau_a, tau_b, f0=f0, g0=g0)[:2]
+    warm = {} if f0 is None and g0 is None else {"f0": f0, "g0": g0}
+    out = fwd(*inputs, eps, max_iter, tol, tau_a, tau_b, **warm)
+    if not stages:
+        return out
+    return (*out[:2], out[2] + len(stages), *out[3:])
 
 
 _COST_KIND = {"cosine": 0, "sqeuclidean": 1, "dot": 2}
@@ -294,12 +309,12 @@ def _embedding_kernels(backend: str, method: str = "log"):
     if backend in ("cpp", "cuda"):  # one registered op each; the dispatcher picks CPU or CUDA from the device
         if method == "scaling":
             op = torch.ops.fastot.sinkhorn_embeddings_fwd_scaling
-            return (lambda *args: op(*args)[:6]), torch.ops.fastot.sinkhorn_embeddings_bwd
+            return (lambda *args, **warm: op(*args, **warm)[:6]), torch.ops.fastot.sinkhorn_embeddings_bwd
         return torch.ops.fastot.sinkhorn_embeddings_fwd, torch.ops.fastot.sinkhorn_embeddings_bwd
     from .triton import sinkhorn as tsk  # noqa: PLC0415 - imported only when the backend is chosen
 
     if method == "scaling":
-        return (lambda *args: tsk.sinkhorn_embeddings_fwd_scaling(*args)[:6]), tsk.sinkhorn_embeddings_bwd
+        return (lambda *args, **warm: tsk.sinkhorn_embeddings_fwd_scaling(*args, **warm)[:6]), tsk.sinkhorn_embeddings_bwd
     return tsk.sinkhorn_embeddings_fwd, tsk.sinkhorn_embeddings_bwd
 
 
@@ -309,10 +324,11 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
     from the kernel as <P*, dC/dx> with P* recomputed from the potentials."""
 
     @staticmethod
-    def forward(ctx, x, y, a, b, status, backend, method, cost, eps, max_iter, tol, tau_a, tau_b):
+    def forward(ctx, x, y, a, b, status, backend, method, cost, eps, max_iter, tol, tau_a, tau_b, f0, g0, stages):
         kind = _COST_KIND[cost]
         fwd, _ = _embedding_kernels(backend, method)
-        f, g, n_iter, err, tc, mass = fwd(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b)
+        f, g, n_iter, err, tc, mass = _staged(fwd, (x, y, a, b, kind), eps, max_iter, tol, tau_a, tau_b, f0, g0,
+                                              stages)
         value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
         f, g, err, value, tc = _flag(status, f, g, err, value, tc)
         n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
@@ -336,7 +352,7 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
             dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
             dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None
         da, db = _weight_vjp(ctx, a, b, f, g, g_value, 2, 3, eps, tau_a, tau_b, status)
-        return dx, dy, da, db, None, None, None, None, None, None, None, None, None
+        return dx, dy, da, db, None, None, None, None, None, None, None, None, None, None, None, None
 
 
 @dataclass
@@ -420,6 +436,65 @@ def _solver_args(eps, max_iter, tol, tau_a, tau_b, grad, dtype: torch.dtype | No
     return float(eps), as_float(tol), as_float(tau_a), as_float(tau_b)
 
 
+def _warm(w, like: torch.Tensor, name: str, shape: tuple[int, int], fn: str = "sinkhorn") -> torch.Tensor | None:
+    """A warm start f0 / g0 as given (checked: tensor, shape, floating, device), detached; None stays None."""
+    if w is None:
+        return None
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a tensor or None, got {type(w).__name__}")
+    if tuple(w.shape) != shape:
+        raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(w.shape)}")
+    if not w.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be floating point, got {w.dtype}")
+    if w.device != like.device:
+        raise ValueError(f"{fn}: {name} is on {w.device} but the inputs are on {like.device}")
+    return w.detach()
+
+
+def _warm_status(status: torch.Tensor, f0, g0, a, b) -> torch.Tensor:
+    """status with code 6 where a warm start has a non-finite entry on a real point (other codes come first)."""
+    for w, wt in ((f0, a), (g0, b)):
+        if w is not None:
+            bad = ((wt > 0) & ~torch.isfinite(w)).any(1)
+            status = torch.where((status == 0) & bad, 6, status).to(torch.int8)
+    return status
+
+
+def geometric_eps_schedule(start: float, eps: float, ratio: float = 0.5) -> list[float]:
+    """The eps values above ``eps`` of the geometric sequence start, start * ratio, start * ratio^2, ... (as
+    geomloss's eps-scaling: a large eps first, then down to the target). ``[]`` when start <= eps."""
+    _check_positive("start", start, allow_none=False)
+    _check_positive("eps", eps, allow_none=False)
+    if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
+        raise ValueError(f"sinkhorn: ratio must be in (0, 1), got {ratio!r}")
+    out, e = [], float(start)
+    while e > eps and len(out) < 1000:
+        out.append(e)
+        e *= ratio
+    return out
+
+
+def _stages(eps_schedule, eps: float, cost_range: Callable[[], float], fn: str = "sinkhorn") -> tuple[float, ...]:
+    """The eps values run (one iteration each) before the solve at eps: eps_schedule None -> none, "geometric" ->
+    geometric_eps_schedule(cost range, eps, 0.5), a sequence -> its values (positive, finite)."""
+    if eps_schedule is None:
+        return ()
+    if isinstance(eps_schedule, str):
+        if eps_schedule != "geometric":
+            raise ValueError(f"{fn}: eps_schedule must be None, 'geometric' or a sequence of eps values, got "
+                             f"{eps_schedule!r}")
+        return tuple(geometric_eps_schedule(max(cost_range(), eps), eps))
+    try:
+        vals = tuple(eps_schedule)
+    except TypeError:
+        raise TypeError(f"{fn}: eps_schedule must be None, 'geometric' or a sequence of eps values, got "
+                        f"{type(eps_schedule).__name__}") from None
+    for v in vals:
+        if (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v == float("inf")):
+            raise ValueError(f"{fn}: every eps_schedule value must be a positive finite number, got {v!r}")
+    return tuple(float(v) for v in vals)
+
+
 def _weights(w, like: torch.Tensor, n: int, name: str, shape: tuple[int, int]) -> torch.Tensor:
     if w is None:
         return torch.full(shape, 1.0 / max(n, 1), dtype=ref.compute_dtype(like.dtype), device=like.device)
@@ -448,6 +523,9 @@ def sinkhorn(
     grad: str = "envelope",
     backend: str | None = None,
     method: str = "auto",
+    f0: torch.Tensor | None = None,
+    g0: torch.Tensor | None = None,
+    eps_schedule=None,
 ) -> SinkhornResult:
     """Batched Sinkhorn for B entropic OT problems (log-domain iterates, by either iteration scheme).
 
@@ -469,6 +547,16 @@ def sinkhorn(
             per-problem fall-back to log-domain iterations on underflow. "auto" picks "scaling" on cpp (for
             ``max_iter >= 3``) and "log" elsewhere; cuda and triton have no scaling kernels yet and run
             log-domain (a one-time warning when "scaling" is asked for). ``result.method`` says which ran.
+        f0, g0: warm start [B, N], [B, M] (e.g. the potentials of the previous training step on the same pairs):
+            the potentials before the first iteration, on the real points (positive weight) of problems with mass on
+            both sides; 0 elsewhere and at a point with every pair forbidden. The stopping rule checks this state
+            first, so a warm start that already meets ``tol`` returns with ``n_iter`` 0. Never differentiated. A
+            NaN or infinite entry on a real point flags its problem (status 6).
+        eps_schedule: eps-scaling (annealing). None (default): the solve runs at ``eps``. "geometric": first one
+            iteration at each eps of ``geometric_eps_schedule(max |C|, eps, 0.5)`` (max over the real, finite
+            entries: one host read on an accelerator), each warm-started from the one before, then the solve at
+            ``eps`` from there (as geomloss's eps-scaling). A sequence of eps values: those stages instead.
+            ``n_iter`` counts the stages' iterations too; gradients are those of the final solve (envelope).
 
     Returns:
         :class:`SinkhornResult` with f [B,N], g [B,M], value [B], transport_cost [B], n_iter [B] int32,
@@ -479,12 +567,14 @@ def sinkhorn(
     work; problems in the values (NaN, unequal masses, ...) are flagged per problem without a host sync. The
     README's "Errors and edge cases" table lists every case.
     """
-    return _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, method=method)
+    return _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, method=method, f0=f0, g0=g0,
+                     eps_schedule=eps_schedule)
 
 
-def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status=None, method="auto") -> SinkhornResult:
+def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status=None, method="auto", f0=None,
+              g0=None, eps_schedule=None, stages=None) -> SinkhornResult:
     """:func:`sinkhorn`; ``status`` [B] replaces the one computed from the cost (sinkhorn_embeddings passes the
-    status of its x and y, so every backend flags the same problems)."""
+    status of its x and y, so every backend flags the same problems, and its eps ``stages``)."""
     if not isinstance(cost, torch.Tensor):
         raise TypeError(f"sinkhorn: cost must be a tensor, got {type(cost).__name__}")
     if cost.dim() != 3:
@@ -497,14 +587,25 @@ def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, statu
     B, N, M = cost.shape
     a = _weights(a, cost, N, "a", (B, N))
     b = _weights(b, cost, M, "b", (B, M))
+    f0, g0 = _warm(f0, cost, "f0", (B, N)), _warm(g0, cost, "g0", (B, M))
+    if stages is None:
+        stages = _stages(eps_schedule, eps, lambda: _cost_range(cost, a, b))
     if status is None:
         with torch.no_grad():
             status = _cost_status(cost.detach(), a.detach(), b.detach(), eps, tau_a, tau_b)
+    if f0 is not None or g0 is not None:
+        with torch.no_grad():
+            status = _warm_status(status, f0, g0, a.detach(), b.detach())
+            f0, g0 = _allowed_warm(cost.detach(), a.detach(), b.detach(), f0, g0)
 
     if grad == "unrolled":  # autograd through the log-domain reference's iterations, whatever `method` says
         _unrolled_backend(backend)
         cost, a, b = (_FlagGrad.apply(t, status) if t.requires_grad else t for t in (cost, a, b))
-        f, g, n_iter, err = ref.sinkhorn_fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b)
+        with torch.no_grad():  # the eps stages (if any) give the warm start; autograd sees the final solve only
+            for e in stages:
+                f0, g0 = ref.sinkhorn_fwd(cost.detach(), a.detach(), b.detach(), e, 1, None, tau_a, tau_b, f0, g0)[:2]
+        f, g, n_iter, err = ref.sinkhorn_fwd(cost, a, b, eps, max_iter, tol, tau_a, tau_b, f0, g0)
+        n_iter = n_iter + len(stages)
         tc, mass = ref.sinkhorn_plan_sums(cost, a, b, f, g, eps)
         value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
         # NaN times the outputs: a flagged problem's gradients are NaN too, as on the envelope path
@@ -516,8 +617,26 @@ def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, statu
     be = _backend.resolve("sinkhorn", cost.device, backend)
     how = _method(method, be, max_iter)
     f, g, value, tc, n_iter, err = _SinkhornEnvelope.apply(cost, a, b, status, be, how, eps, max_iter, tol, tau_a,
-                                                           tau_b)
+                                                           tau_b, f0, g0, tuple(stages))
     return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps, cost, a, b, how)
+
+
+def _cost_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |C| over the real, finite entries (0 if none): the first eps of eps_schedule="geometric"."""
+    with torch.no_grad():
+        c = cost.detach()
+        keep = (a.detach() > 0)[:, :, None] & (b.detach() > 0)[:, None, :] & torch.isfinite(c)
+        return float(torch.where(keep, c.abs(), 0).amax()) if c.numel() else 0.0
+
+
+def _allowed_warm(cost, a, b, f0, g0):
+    """The warm start with 0 at points every pair of which is forbidden (+inf cost): their potential is 0."""
+    if _can_sync(cost) and not bool(torch.isinf(cost).any()):
+        return f0, g0
+    allowed = (a > 0)[:, :, None] & (b > 0)[:, None, :] & (cost < float("inf"))
+    f0 = None if f0 is None else torch.where(allowed.any(2), f0, 0)
+    g0 = None if g0 is None else torch.where(allowed.any(1), g0, 0)
+    return f0, g0
 
 
 def _unrolled_backend(backend: str | None) -> None:
@@ -588,6 +707,9 @@ def sinkhorn_embeddings(
     grad: str = "envelope",
     backend: str | None = None,
     method: str = "auto",
+    f0: torch.Tensor | None = None,
+    g0: torch.Tensor | None = None,
+    eps_schedule=None,
 ) -> SinkhornResult:
     """Sinkhorn between token embeddings, cost computed from x and y.
 
@@ -596,7 +718,9 @@ def sinkhorn_embeddings(
         x_mask: [B, N] bool/0-1, True = real token (padding gets zero weight). y_mask: [B, M].
         a, b: optional weights; default uniform over the unmasked tokens.
         cost: "cosine" (default), "sqeuclidean" or "dot".
-        Other arguments as :func:`sinkhorn`. Gradients reach x and y through the cost.
+        Other arguments (``f0``, ``g0`` and ``eps_schedule`` included) as :func:`sinkhorn`. Gradients reach x and y
+        through the cost. ``eps_schedule="geometric"`` starts from a bound on the cost: 2 (cosine),
+        (max |x| + max |y|)^2 (sqeuclidean), max |x| max |y| (dot), over the real tokens.
 
     On the cpp, cuda and triton backends the cost is computed per problem inside the kernels (forward and
     backward), so no [B,N,M] tensor is stored: memory is O(B (N + M) d) plus, on cpp, the current problem's N x M
@@ -628,14 +752,33 @@ def sinkhorn_embeddings(
         raise ValueError(f"sinkhorn_embeddings: method must be one of {METHODS}, got {method!r}")
     a = _weights(a, like, N, "a", (B, N))
     b = _weights(b, like, M, "b", (B, M))
+    f0 = _warm(f0, like, "f0", (B, N), "sinkhorn_embeddings")
+    g0 = _warm(g0, like, "g0", (B, M), "sinkhorn_embeddings")
+    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a, b, cost), "sinkhorn_embeddings")
     with torch.no_grad():  # from x and y, so that every backend (fused or not) flags the same problems
         status = _embeddings_status(x.detach(), y.detach(), a.detach(), b.detach(), _COST_KIND[cost], eps_,
                                     tau_a_, tau_b_)
+        status = _warm_status(status, f0, g0, a.detach(), b.detach())
     if be in _FUSED:  # the cost is built per problem inside the kernel
         how = _method(method, be, max_iter)
         f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, status, be, how, cost, eps_,
-                                                                         max_iter, tol_, tau_a_, tau_b_)
+                                                                         max_iter, tol_, tau_a_, tau_b_, f0, g0,
+                                                                         stages)
         return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps_,
                               lambda: pairwise_cost(x.detach(), y.detach(), cost), a, b, how)
     C = pairwise_cost(x, y, cost)
-    return _sinkhorn(C, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status, method)
+    return _sinkhorn(C, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status, method, f0, g0,
+                     stages=stages)
+
+
+def _embeddings_range(x, y, a, b, cost: str) -> float:
+    """A bound on the cost between real tokens (the first eps of eps_schedule="geometric"): cosine 2,
+    sqeuclidean (max |x| + max |y|)^2, dot max |x| max |y| (0 without real tokens)."""
+    if cost == "cosine":
+        return 2.0
+    with torch.no_grad():
+        nx = torch.where(a.detach() > 0, x.detach().double().norm(dim=-1), 0)
+        ny = torch.where(b.detach() > 0, y.detach().double().norm(dim=-1), 0)
+        mx = float(nx.amax()) if nx.numel() else 0.0
+        my = float(ny.amax()) if ny.numel() else 0.0
+    return (mx + my) ** 2 if cost == "sqeuclidean" else mx * my

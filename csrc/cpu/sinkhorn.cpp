@@ -78,6 +78,12 @@ struct Options {
   T tol;
   bool unb_a, unb_b;
   T tau_a, tau_b;
+  // warm start [B, N], [B, M] in the compute dtype, or null (potentials start at 0); read on real points only
+  const T* f0 = nullptr;
+  const T* g0 = nullptr;
+  // a symmetric problem (x = y, a = b: rows and columns are the same points): each iteration ends with the averaged
+  // state f = g = (f + g) / 2, i.e. h <- (T(h) + T(T(h))) / 2 (log-domain iterations only)
+  bool symmetric = false;
   // the damping of each side's update: tau / (tau + eps) on a KL-relaxed side, 1 on a balanced one
   T lam_a() const { return unb_a ? tau_a / (tau_a + eps) : T(1); }
   T lam_b() const { return unb_b ? tau_b / (tau_b + eps) : T(1); }
@@ -231,6 +237,8 @@ void iterate(Tile<T>& t, const Options<T>& o, int32_t* n_iter, T* err_out, RowPa
     }
     col_pass();
     for (int64_t j = 0; j < m; ++j) t.g[j] = t.lse_c[j] > NEG_INF ? -lam_b * o.eps * t.lse_c[j] : T(0);
+    if (o.symmetric)  // n == m, the same points in the same order
+      for (int64_t j = 0; j < m; ++j) t.f[j] = t.g[j] = T(0.5) * (t.f[j] + t.g[j]);
   }
   if (!o.has_tol || it == o.max_iter) {
     rows();
@@ -502,6 +510,16 @@ struct ScalingArgs {
   bool* fell_back;
 };
 
+// The warm start of problem k into a filled tile (its real points; a problem with an empty side keeps 0).
+template <typename T>
+void warm_start(Tile<T>& t, const Options<T>& o, int64_t k, int64_t N, int64_t M) {
+  if (t.n() == 0 || t.m() == 0) return;
+  if (o.f0)
+    for (int64_t i = 0; i < t.n(); ++i) t.f[i] = o.f0[k * N + t.rows[i]];
+  if (o.g0)
+    for (int64_t j = 0; j < t.m(); ++j) t.g[j] = o.g0[k * M + t.cols[j]];
+}
+
 // Solves B problems. fill(k, tile) gathers problem k into the tile; after(k, tile) runs once its iterations
 // are done (while the tile is still there). Schedules as described at the top of this file. With `sc` the
 // scaling iterations run instead of the log-domain ones (fill need not build the transposed tile then).
@@ -515,6 +533,7 @@ void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill f
       const Passes<T> serial{K, false};
       for (int64_t k = begin; k < end; ++k) {
         fill(k, t);
+        warm_start(t, o, k, N, M);
         const int64_t n = t.n(), m = t.m();
         if (sc) {
           iterate_scaling(t, o, sc->absorb, serial, n_iter + k, err + k, sc->absorptions + k, sc->fell_back + k);
@@ -542,6 +561,7 @@ void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill f
   const Passes<T> blocked{K, true};
   for (int64_t k = 0; k < B; ++k) {
     fill(k, t);
+    warm_start(t, o, k, N, M);
     const int64_t n = t.n(), m = t.m(), W = kLanes<T>;
     if (sc) {
       iterate_scaling(t, o, sc->absorb, blocked, n_iter + k, err + k, sc->absorptions + k, sc->fell_back + k);
@@ -620,7 +640,8 @@ Options<T> make_options(double eps, int64_t max_iter, c10::optional<double> tol,
 // sinkhorn_fwd (log-domain) and, with `absorb`, sinkhorn_fwd_scaling (+ absorptions [B] int32, fell_back [B] bool).
 std::vector<at::Tensor> fwd_impl(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps,
                                  int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a,
-                                 c10::optional<double> tau_b, c10::optional<double> absorb) {
+                                 c10::optional<double> tau_b, c10::optional<double> absorb,
+                                 const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
   const char* op = absorb ? "sinkhorn_fwd_scaling" : "sinkhorn";
   check_sinkhorn_inputs(cost, a, b);
   TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
@@ -631,6 +652,8 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& cost, const at::Tensor& a, co
   const at::Tensor A = a.to(dt).contiguous();
   const at::Tensor Bw = b.to(dt).contiguous();
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
+  const at::Tensor F0 = warm_start_data(op, f0, "f0", B, N, C.device(), dt);
+  const at::Tensor G0 = warm_start_data(op, g0, "g0", B, M, C.device(), dt);
   at::Tensor f = at::zeros({B, N}, C.options());
   at::Tensor g = at::zeros({B, M}, C.options());
   at::Tensor n_iter = at::zeros({B}, C.options().dtype(at::kInt));
@@ -638,7 +661,9 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& cost, const at::Tensor& a, co
   at::Tensor absorptions = at::zeros({B}, C.options().dtype(at::kInt));
   at::Tensor fell_back = at::zeros({B}, C.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_fwd_cpu", [&] {
-    const auto o = make_options<scalar_t>(eps, max_iter, tol, tau_a, tau_b);
+    auto o = make_options<scalar_t>(eps, max_iter, tol, tau_a, tau_b);
+    o.f0 = F0.defined() ? F0.data_ptr<scalar_t>() : nullptr;
+    o.g0 = G0.defined() ? G0.data_ptr<scalar_t>() : nullptr;
     const ScalingArgs<scalar_t> sc{static_cast<scalar_t>(absorb.value_or(0.0)), absorptions.data_ptr<int32_t>(),
                                    fell_back.data_ptr<bool>()};
     solve_batch<scalar_t>(C.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), Bw.data_ptr<scalar_t>(), B, N, M, o,
@@ -651,15 +676,17 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& cost, const at::Tensor& a, co
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(
     const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps, int64_t max_iter,
-    c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
-  auto r = fwd_impl(cost, a, b, eps, max_iter, tol, tau_a, tau_b, c10::nullopt);
+    c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b,
+    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
+  auto r = fwd_impl(cost, a, b, eps, max_iter, tol, tau_a, tau_b, c10::nullopt, f0, g0);
   return {r[0], r[1], r[2], r[3]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_scaling_cpu(
     const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps, int64_t max_iter,
-    c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b, double absorb) {
-  auto r = fwd_impl(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb);
+    c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b, double absorb,
+    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
+  auto r = fwd_impl(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 
@@ -809,7 +836,9 @@ at::Tensor embeddings_data(const at::Tensor& x, at::ScalarType dt) {
 std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a,
                                             const at::Tensor& b, int64_t kind, double eps, int64_t max_iter,
                                             c10::optional<double> tol, c10::optional<double> tau_a,
-                                            c10::optional<double> tau_b, c10::optional<double> absorb) {
+                                            c10::optional<double> tau_b, c10::optional<double> absorb,
+                                            const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0,
+                                            bool symmetric = false) {
   const char* op = absorb ? "sinkhorn_embeddings_fwd_scaling" : "sinkhorn_embeddings";
   check_embeddings_inputs(x, y, a, b, kind);
   TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
@@ -819,6 +848,8 @@ std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tenso
   const at::Tensor X = embeddings_data(x, dt), Y = embeddings_data(y, dt);
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = X.size(0), N = X.size(1), M = Y.size(1);
+  const at::Tensor F0 = warm_start_data(op, f0, "f0", B, N, x.device(), dt);
+  const at::Tensor G0 = warm_start_data(op, g0, "g0", B, M, x.device(), dt);
   const auto opts = A.options();
   at::Tensor f = at::zeros({B, N}, opts), g = at::zeros({B, M}, opts), err = at::zeros({B}, opts);
   at::Tensor n_iter = at::zeros({B}, opts.dtype(at::kInt));
@@ -826,7 +857,10 @@ std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tenso
   at::Tensor absorptions = at::zeros({B}, opts.dtype(at::kInt)), fell_back = at::zeros({B}, opts.dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_embeddings_fwd_cpu", [&] {
     using T = scalar_t;
-    const auto o = make_options<T>(eps, max_iter, tol, tau_a, tau_b);
+    auto o = make_options<T>(eps, max_iter, tol, tau_a, tau_b);
+    o.f0 = F0.defined() ? F0.data_ptr<T>() : nullptr;
+    o.g0 = G0.defined() ? G0.data_ptr<T>() : nullptr;
+    o.symmetric = symmetric;
     const ScalingArgs<T> sc{static_cast<T>(absorb.value_or(0.0)), absorptions.data_ptr<int32_t>(),
                             fell_back.data_ptr<bool>()};
     const T inv_eps = T(1) / o.eps;
@@ -858,16 +892,18 @@ std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tenso
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_fwd_cpu(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, int64_t kind, double eps,
-    int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
-  auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, c10::nullopt);
+    int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b,
+    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
+  auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, c10::nullopt, f0, g0);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 sinkhorn_embeddings_fwd_scaling_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b,
                                     int64_t kind, double eps, int64_t max_iter, c10::optional<double> tol,
-                                    c10::optional<double> tau_a, c10::optional<double> tau_b, double absorb) {
-  auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb);
+                                    c10::optional<double> tau_a, c10::optional<double> tau_b, double absorb,
+                                    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
+  auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0);
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
 }
 
@@ -998,6 +1034,16 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
 // The instruction set the CPU kernels run with here ("base", "avx2" or "avx512").
 std::string cpu_isa() { return kernels<float>()->isa; }
 
+// The symmetric problems (x, x) with weights a: averaged updates h <- (T(h) + T(T(h))) / 2 from h0 (or 0), each
+// step one log-domain iteration and the average; tol stops a problem once the state (h, h) meets it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_symmetric_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& a, int64_t kind, double eps, int64_t max_iter, c10::optional<double> tol,
+    const c10::optional<at::Tensor>& h0) {
+  auto r = embeddings_fwd_impl(x, x, a, a, kind, eps, max_iter, tol, c10::nullopt, c10::nullopt, c10::nullopt, h0, h0,
+                               /*symmetric=*/true);
+  return {r[0], r[2], r[3]};
+}
+
 TORCH_LIBRARY_IMPL(fastot, CPU, m) {
   m.impl("sinkhorn_fwd", &sinkhorn_fwd_cpu);
   m.impl("sinkhorn_fwd_scaling", &sinkhorn_fwd_scaling_cpu);
@@ -1005,6 +1051,7 @@ TORCH_LIBRARY_IMPL(fastot, CPU, m) {
   m.impl("sinkhorn_plan_sums", &sinkhorn_plan_sums_cpu);
   m.impl("sinkhorn_embeddings_fwd", &sinkhorn_embeddings_fwd_cpu);
   m.impl("sinkhorn_embeddings_fwd_scaling", &sinkhorn_embeddings_fwd_scaling_cpu);
+  m.impl("sinkhorn_embeddings_symmetric_fwd", &sinkhorn_embeddings_symmetric_fwd_cpu);
   m.impl("sinkhorn_embeddings_bwd", &sinkhorn_embeddings_bwd_cpu);
 }
 

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -34,11 +35,34 @@ bool on_chip_allowed() {
   return v == nullptr || std::string(v) != "0";
 }
 
+// The state before the first iteration, as fastot/reference/sinkhorn.py (initial_potentials) defines it, written
+// into the contiguous output buffers f [B,N], g [B,M]: the warm start F0 / G0 (compute dtype, from warm_start_data)
+// on the real points (weight > 0) of problems with a real point on both sides, 0 elsewhere; a missing one is 0.
+// Returns false, leaving f, g untouched, when neither is given: the kernels then start at 0 on their own, exactly
+// as a solve without warm start always did.
+bool fill_warm_start(const at::Tensor& F0, const at::Tensor& G0, const at::Tensor& A, const at::Tensor& Bw,
+                     at::Tensor& f, at::Tensor& g) {
+  if (!F0.defined() && !G0.defined()) return false;
+  const at::Tensor va = A > 0, vb = Bw > 0;
+  const at::Tensor both = va.any(1).logical_and(vb.any(1)).unsqueeze(1);  // [B,1]; false when N = 0 or M = 0
+  if (F0.defined())
+    f.copy_(at::where(va.logical_and(both), F0, 0));
+  else
+    f.zero_();
+  if (G0.defined())
+    g.copy_(at::where(vb.logical_and(both), G0, 0));
+  else
+    g.zero_();
+  return true;
+}
+
 // Runs the forward solve on contiguous C, A, Bw of one dtype into f, g, n_iter, err; on chip or streaming (with a
-// workspace from the caching allocator, so graph capture works).
+// workspace from the caching allocator, so graph capture works). warm: f, g already hold the starting point
+// (fill_warm_start); otherwise the solve starts at 0.
 void solve_into(const at::Tensor& C, const at::Tensor& A, const at::Tensor& Bw, double eps, int64_t max_iter,
                 c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b, int64_t max_smem,
-                at::Tensor& f, at::Tensor& g, at::Tensor& n_iter, at::Tensor& err, const char* op = "sinkhorn") {
+                at::Tensor& f, at::Tensor& g, at::Tensor& n_iter, at::Tensor& err, bool warm = false,
+                const char* op = "sinkhorn") {
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
   const bool allow_on_chip = on_chip_allowed();
   const SinkhornPlan plan = sinkhorn_fwd_plan(B, N, M, C.element_size(), max_smem, allow_on_chip);
@@ -50,6 +74,7 @@ void solve_into(const at::Tensor& C, const at::Tensor& A, const at::Tensor& Bw, 
     workspace = at::empty({static_cast<int64_t>(plan.workspace_bytes)}, C.options().dtype(at::kByte));
   SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
                     tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value(), max_smem, allow_on_chip};
+  args.warm_start = warm;
   void* ws = workspace.defined() ? workspace.data_ptr() : nullptr;
   auto stream = c10::cuda::getCurrentCUDAStream();
   cudaError_t e;
@@ -67,7 +92,8 @@ void solve_into(const at::Tensor& C, const at::Tensor& A, const at::Tensor& Bw, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
     const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps, int64_t max_iter,
-    c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
+    c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b,
+    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
   check_sinkhorn_inputs(cost, a, b);
   TORCH_CHECK(eps > 0, "sinkhorn: eps must be > 0, got ", eps);
   TORCH_CHECK(max_iter >= 0, "sinkhorn: max_iter must be >= 0, got ", max_iter);
@@ -75,9 +101,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cuda(
   const auto dt = sinkhorn_compute_dtype(cost);
   const at::Tensor C = cost.to(dt).contiguous(), A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = C.size(0), N = C.size(1), M = C.size(2);
+  const at::Tensor F0 = warm_start_data("sinkhorn", f0, "f0", B, N, cost.device(), dt);
+  const at::Tensor G0 = warm_start_data("sinkhorn", g0, "g0", B, M, cost.device(), dt);
   at::Tensor f = at::empty({B, N}, C.options()), g = at::empty({B, M}, C.options());
   at::Tensor n_iter = at::empty({B}, C.options().dtype(at::kInt)), err = at::empty({B}, C.options());
-  solve_into(C, A, Bw, eps, max_iter, tol, tau_a, tau_b, max_smem_of(cost.device()), f, g, n_iter, err);
+  const bool warm = fill_warm_start(F0, G0, A, Bw, f, g);
+  solve_into(C, A, Bw, eps, max_iter, tol, tau_a, tau_b, max_smem_of(cost.device()), f, g, n_iter, err, warm);
   return {f, g, n_iter, err};
 }
 
@@ -170,7 +199,8 @@ at::Tensor chunk_cost(const at::Tensor& X, const at::Tensor& Y, int64_t kind, at
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_fwd_cuda(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, int64_t kind, double eps,
-    int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b) {
+    int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b,
+    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
   check_embeddings_inputs(x, y, a, b, kind);
   TORCH_CHECK(eps > 0, "sinkhorn_embeddings: eps must be > 0, got ", eps);
   TORCH_CHECK(max_iter >= 0, "sinkhorn_embeddings: max_iter must be >= 0, got ", max_iter);
@@ -179,16 +209,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto [X, Y] = embeddings_data(x, y, dt);
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = X.size(0), N = X.size(1), M = Y.size(1), d = X.size(2);
+  const at::Tensor F0 = warm_start_data("sinkhorn_embeddings", f0, "f0", B, N, x.device(), dt);
+  const at::Tensor G0 = warm_start_data("sinkhorn_embeddings", g0, "g0", B, M, x.device(), dt);
   const auto opts = A.options();
   at::Tensor f = at::empty({B, N}, opts), g = at::empty({B, M}, opts), err = at::empty({B}, opts);
   at::Tensor n_iter = at::empty({B}, opts.dtype(at::kInt)), tc = at::empty({B}, opts), mass = at::empty({B}, opts);
   if (B == 0) return {f, g, n_iter, err, tc, mass};
+  // f, g hold the warm start (on every path below: the fused kernel reads it, the chunks solve from their slices).
+  const bool warm = fill_warm_start(F0, G0, A, Bw, f, g);
   const int64_t max_smem = max_smem_of(x.device());
   const EmbDtype edt = emb_dtype_of(X.scalar_type());
   auto stream = c10::cuda::getCurrentCUDAStream();
   if (on_chip_allowed() && sinkhorn_embeddings_fwd_smem(N, M, edt, max_smem) > 0) {
     SinkhornArgs args{B, N, M, eps, max_iter, tol.value_or(0.0), tol.has_value(), tau_a.value_or(0.0),
                       tau_b.value_or(0.0), tau_a.has_value(), tau_b.has_value(), max_smem};
+    args.warm_start = warm;
     cudaError_t e;
     if (dt == at::kDouble)
       e = launch_sinkhorn_embeddings_fwd(X.data_ptr(), Y.data_ptr(), edt, d, static_cast<int>(kind),
@@ -214,7 +249,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor C = chunk_cost(X.slice(0, k0, k1).to(dt), Y.slice(0, k0, k1).to(dt), kind, nx, ny).contiguous();
     const at::Tensor Ak = A.slice(0, k0, k1), Bk = Bw.slice(0, k0, k1);
     at::Tensor fk = f.slice(0, k0, k1), gk = g.slice(0, k0, k1), nk = n_iter.slice(0, k0, k1), ek = err.slice(0, k0, k1);
-    solve_into(C, Ak, Bk, eps, max_iter, tol, tau_a, tau_b, max_smem, fk, gk, nk, ek, "sinkhorn_embeddings");
+    solve_into(C, Ak, Bk, eps, max_iter, tol, tau_a, tau_b, max_smem, fk, gk, nk, ek, warm, "sinkhorn_embeddings");
     at::Tensor mk;
     tc.slice(0, k0, k1).copy_(plan_or_cost(C, Ak, Bk, fk, gk, eps, false, &mk));
     mass.slice(0, k0, k1).copy_(mk);

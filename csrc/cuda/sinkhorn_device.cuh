@@ -106,25 +106,40 @@ struct SolveVectors {
 __host__ __device__ inline constexpr size_t solve_vector_elems(int64_t N, int64_t M) { return static_cast<size_t>(4 * N + 3 * M + 32); }
 
 // Every iteration of one problem in one thread block, on a cost tile in shared memory (tile[i * ld + j], base-2
-// units, +inf where masked). Leaves f, g (and u, v consistent with them) in `s`; returns the iterations applied
-// and sets `err` to the final row-marginal error. Per-problem early stop is a block-uniform flag.
+// units, +inf where masked). Starts from f0k [N], g0k [M] in global memory (a warm start, already 0 on padded points;
+// read once, before the first barrier) or, where they are nullptr, from 0. Leaves f, g (and u, v consistent with
+// them) in `s`; returns the iterations applied and sets `err` to the final row-marginal error. Per-problem early
+// stop is a block-uniform flag.
 //   f-update: one warp per row, lanes strided over columns (coalesced, bank-conflict free), an online
 //             log-sum-exp per lane, then a shuffle merge across the warp;
 //   g-update: one thread per column streaming over rows (consecutive threads read consecutive addresses).
 template <typename T>
 __device__ int64_t solve_on_chip(const T* tile, int64_t ld, const T* ak, const T* bk, int64_t N, int64_t M,
-                                 const SinkhornArgs& args, SolveVectors<T> s, T& err) {
+                                 const SinkhornArgs& args, SolveVectors<T> s, T& err, const T* f0k = nullptr,
+                                 const T* g0k = nullptr) {
   const Consts<T> c(args);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  // Each thread writes and reads only its own entries here; the barrier below publishes them. u, v stay -inf on
+  // padded points whatever the warm start holds there.
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
-    s.fv[i] = 0;
     s.la[i] = ak[i] > 0 ? fast_log2(ak[i]) : T(-INFINITY);
-    s.u[i] = s.la[i];
+    if (f0k) {
+      s.fv[i] = f0k[i];
+      s.u[i] = s.la[i] > -INFINITY ? s.fv[i] * c.scale + s.la[i] : T(-INFINITY);
+    } else {
+      s.fv[i] = 0;
+      s.u[i] = s.la[i];
+    }
   }
   for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
-    s.gv[j] = 0;
     s.lb[j] = bk[j] > 0 ? fast_log2(bk[j]) : T(-INFINITY);
-    s.v[j] = s.lb[j];
+    if (g0k) {
+      s.gv[j] = g0k[j];
+      s.v[j] = s.lb[j] > -INFINITY ? s.gv[j] * c.scale + s.lb[j] : T(-INFINITY);
+    } else {
+      s.gv[j] = 0;
+      s.v[j] = s.lb[j];
+    }
   }
   __syncthreads();
 

@@ -262,7 +262,9 @@ __global__ void __launch_bounds__(kThreads) emb_fwd_kernel(
     t = (ak[i] > 0 && bk[j] > 0) ? cost_of(t, nx[i], ny[j], kind) * scale : T(INFINITY);
   }
   T err;
-  const int64_t it = dev::solve_on_chip(tile, ld, ak, bk, N, M, args, s, err);  // barrier first and last
+  // With a warm start f, g hold the starting point (read in the solve's set-up, written below by this block only).
+  const int64_t it = dev::solve_on_chip(tile, ld, ak, bk, N, M, args, s, err, args.warm_start ? f + k * N : nullptr,
+                                        args.warm_start ? g + k * M : nullptr);  // barrier first and last
   T tc, mass;
   dev::plan_sums_on_chip(tile, ld, N, M, scale, s, tc, mass);
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) f[k * N + i] = s.fv[i];

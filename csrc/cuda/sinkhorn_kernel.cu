@@ -38,7 +38,10 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_onchip_kernel(
     tile[idx] = (ak[i] > 0 && bk[j] > 0) ? Ck[idx] * scale : T(INFINITY);
   }
   T err;
-  const int64_t it = dev::solve_on_chip(tile, M, ak, bk, N, M, args, s, err);  // ends with a barrier
+  // With a warm start f, g hold the starting point: read in the solve's set-up (before its first barrier), written
+  // below, by the same block only.
+  const int64_t it = dev::solve_on_chip(tile, M, ak, bk, N, M, args, s, err, args.warm_start ? f + k * N : nullptr,
+                                        args.warm_start ? g + k * M : nullptr);  // ends with a barrier
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) f[k * N + i] = s.fv[i];
   for (int64_t j = threadIdx.x; j < M; j += blockDim.x) g[k * M + j] = s.gv[j];
   if (threadIdx.x == 0) {
@@ -266,9 +269,13 @@ cudaError_t launch_sinkhorn_fwd(const T* C, const T* a, const T* b, T* f, T* g, 
   const int64_t B = args.B, N = args.N, M = args.M, R = plan.rows, strips = stream_strips(N, R);
   const StreamWorkspace<T> w = carve<T>(workspace, B, N, M, strips, nullptr);
   if ((e = allow_smem(stream_rows_kernel<T>, plan.smem)) != cudaSuccess) return e;
-  // The starting point f = g = 0 and the per-problem state; memsets are stream operations (graph-capturable).
-  if ((e = cudaMemsetAsync(f, 0, sizeof(T) * B * N, stream)) != cudaSuccess) return e;
-  if ((e = cudaMemsetAsync(g, 0, sizeof(T) * B * M, stream)) != cudaSuccess) return e;
+  // The starting point (f = g = 0, or the warm start already in f, g) and the per-problem state; memsets are stream
+  // operations (graph-capturable). The first rows pass reads f, g: the error check of iteration 1 (or, for
+  // max_iter = 0, the final error) is that of the starting point.
+  if (!args.warm_start) {
+    if ((e = cudaMemsetAsync(f, 0, sizeof(T) * B * N, stream)) != cudaSuccess) return e;
+    if ((e = cudaMemsetAsync(g, 0, sizeof(T) * B * M, stream)) != cudaSuccess) return e;
+  }
   if ((e = cudaMemsetAsync(n_iter, 0, sizeof(int32_t) * B, stream)) != cudaSuccess) return e;
   if ((e = cudaMemsetAsync(w.done, 0, sizeof(int32_t) * B, stream)) != cudaSuccess) return e;
   const unsigned row_blocks = static_cast<unsigned>(B * strips);

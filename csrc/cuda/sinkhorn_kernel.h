@@ -15,6 +15,8 @@ struct SinkhornArgs {
   bool unb_a, unb_b;
   int64_t max_smem;     // shared memory a block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin)
   bool allow_on_chip = true;  // false: stream even when the tile fits (FASTOT_CUDA_ONCHIP=0, for tests)
+  bool warm_start = false;    // true: f, g hold the starting point on entry (a warm start, masked by the glue);
+                              // false: the solve starts at f = g = 0 and f, g are outputs only
 };
 
 // How sinkhorn_fwd solves problems of this shape (sinkhorn_kernel.cu):
@@ -31,8 +33,10 @@ struct SinkhornPlan {
 SinkhornPlan sinkhorn_fwd_plan(int64_t B, int64_t N, int64_t M, size_t elem, int64_t max_smem,
                                bool allow_on_chip = true);
 
-// Contiguous inputs: C [B,N,M], a [B,N], b [B,M]; outputs f [B,N], g [B,M], n_iter [B], err [B]. `workspace`
-// holds plan.workspace_bytes (may be nullptr on chip). Enqueues on `stream` only: no host synchronisation.
+// Contiguous inputs: C [B,N,M], a [B,N], b [B,M]; outputs f [B,N], g [B,M], n_iter [B], err [B]. With
+// args.warm_start, f and g are read first: they hold the state before the first iteration (0 on padded points and
+// on problems with an empty side). `workspace` holds plan.workspace_bytes (may be nullptr on chip). Enqueues on
+// `stream` only: no host synchronisation.
 template <typename T>
 cudaError_t launch_sinkhorn_fwd(const T* C, const T* a, const T* b, T* f, T* g, int32_t* n_iter, T* err,
                                 void* workspace, const SinkhornArgs& args, cudaStream_t stream);
@@ -54,7 +58,8 @@ size_t sinkhorn_embeddings_fwd_smem(int64_t N, int64_t M, EmbDtype dt, int64_t m
 size_t sinkhorn_embeddings_bwd_smem(int64_t N, int64_t M, EmbDtype dt, int64_t max_smem);
 
 // x, y: device pointers of type dt; a, b and the outputs in fp64 for kFloat64 inputs, fp32 otherwise.
-// Outputs f [B,N], g [B,M], n_iter [B], err [B], tc [B] = <P, C>, mass [B] = sum P.
+// Outputs f [B,N], g [B,M], n_iter [B], err [B], tc [B] = <P, C>, mass [B] = sum P; f, g are read first (the
+// starting point) when args.warm_start, as for launch_sinkhorn_fwd.
 cudaError_t launch_sinkhorn_embeddings_fwd(const void* x, const void* y, EmbDtype dt, int64_t d, int kind,
                                            const float* a, const float* b, float* f, float* g, int32_t* n_iter,
                                            float* err, float* tc, float* mass, const SinkhornArgs& args,

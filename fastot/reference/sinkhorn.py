@@ -7,7 +7,9 @@ Convention (the one every backend implements). For weights ``a`` [B,N], ``b`` [B
     g_j <- lam_b * (-eps * LSE_i((f_i - C_ij) / eps + log a_i))        over i with a_i > 0
 
 with ``lam = tau / (tau + eps)`` for a KL-relaxed (unbalanced) side and ``lam = 1`` for a balanced one.
-Potentials start at 0. One iteration is an f-update followed by a g-update. A point with zero weight
+Potentials start at 0, or at a warm start ``(f0, g0)``: taken as given on the real points (positive weight)
+of a problem with mass on both sides, 0 elsewhere (a caller passes 0 for a point with no allowed pair: such a
+point's potential is 0). One iteration is an f-update followed by a g-update. A point with zero weight
 is outside its problem: it receives no mass, its potential is 0, and cost entries in its row or
 column are never used (they may hold anything, even NaN). A cost of +inf between two real points
 forbids that pair (P_ij = 0); a point all of whose pairs are forbidden gets potential 0.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sinkhorn_fwd", "sinkhorn_plan", "sinkhorn_plan_sums", "compute_dtype"]
+__all__ = ["sinkhorn_fwd", "sinkhorn_plan", "sinkhorn_plan_sums", "compute_dtype", "initial_potentials"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -76,6 +78,17 @@ def _row_error(a, f, ft, ok, eps, tau_a):
     return torch.where(ok, viol, torch.zeros_like(viol)).sum(1)
 
 
+def initial_potentials(f0, g0, a, b, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state before the first iteration: (f0, g0) in ``dtype`` on the real points (weight > 0) of problems with
+    a real point on both sides, 0 elsewhere; a missing warm start is 0. a [B,N], b [B,M]."""
+    va, vb = a > 0, b > 0
+    both = (va.any(1) & vb.any(1))[:, None]
+    zero = torch.zeros((), dtype=dtype, device=a.device)
+    f = zero.expand(a.shape) if f0 is None else torch.where(va & both, f0.detach().to(dtype), zero)
+    g = zero.expand(b.shape) if g0 is None else torch.where(vb & both, g0.detach().to(dtype), zero)
+    return f.contiguous(), g.contiguous()
+
+
 def _prepare(cost, a, b):
     dt = compute_dtype(cost.dtype)
     C, a, b = cost.to(dt), a.to(dt), b.to(dt)
@@ -97,12 +110,15 @@ def sinkhorn_fwd(
     tol: float | None = None,
     tau_a: float | None = None,
     tau_b: float | None = None,
+    f0: torch.Tensor | None = None,
+    g0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve B entropic OT problems.
 
     Args:
         cost: [B, N, M] fp16/bf16/fp32/fp64 (half types are solved in fp32).
         a: [B, N] nonnegative weights. b: [B, M] nonnegative weights.
+        f0, g0: optional warm start [B, N], [B, M] (see the module docstring; never differentiated).
     Returns:
         f [B, N], g [B, M] in the compute dtype; n_iter [B] int32; err [B] in the compute dtype.
 
@@ -111,8 +127,7 @@ def sinkhorn_fwd(
     C, a_, b_, va, vb, loga, logb = _prepare(cost, a, b)
     B, N, M = C.shape
     lam_a, lam_b = _lam(tau_a, eps), _lam(tau_b, eps)
-    f = torch.zeros(B, N, dtype=C.dtype, device=C.device)
-    g = torch.zeros(B, M, dtype=C.dtype, device=C.device)
+    f, g = initial_potentials(f0, g0, a_, b_, C.dtype)
     n_iter = torch.zeros(B, dtype=torch.int32, device=C.device)
     done = torch.zeros(B, dtype=torch.bool, device=C.device)
     for _ in range(max_iter):

@@ -1,5 +1,5 @@
 """Plain PyTorch stabilized scaling-domain Sinkhorn with absorption (Schmitzer 2019): the oracle for the
-``method="scaling"`` kernels of issue 24 (not yet a public method: the cpp and Triton kernels come first).
+``method="scaling"`` kernels of issue 24 (the public method is ``method=`` on ``fastot.sinkhorn`` and friends).
 
 The iterates are those of the log-domain reference (:mod:`fastot.reference.sinkhorn`, same convention, same
 ``n_iter``, stopping rule and ``err``); only the arithmetic differs. The potentials are kept as absorbed bases
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .sinkhorn import _col_ctransform, _lam, _prepare, _row_ctransform, _row_error
+from .sinkhorn import _col_ctransform, _lam, _prepare, _row_ctransform, _row_error, initial_potentials
 
 __all__ = ["sinkhorn_fwd_scaling"]
 
@@ -43,20 +43,20 @@ def _scale(x, base, lam, eps, ok):
 
 def sinkhorn_fwd_scaling(cost, a, b, eps: float, max_iter: int, tol: float | None = None,
                          tau_a: float | None = None, tau_b: float | None = None, absorb: float = 20.0,
-                         return_stats: bool = False):
+                         return_stats: bool = False, f0=None, g0=None):
     """``fastot.reference.sinkhorn.sinkhorn_fwd`` by stabilized scaling iterations; same arguments and outputs.
 
     Args:
         absorb: absorption threshold on ``|log u|``, ``|log v|`` (default 20: scalings within e^±20).
         return_stats: also return ``{"absorptions": [B] int32, "fallback": [B] bool}``.
+        f0, g0: optional warm start, as in the log-domain reference.
     """
     C, a_, b_, va, vb, loga, logb = _prepare(cost, a, b)
     B, N, M = C.shape
     lam_a, lam_b = _lam(tau_a, eps), _lam(tau_b, eps)
     allowed = va[:, :, None] & vb[:, None, :] & (C < float("inf"))
     row_ok, col_ok = allowed.any(2), allowed.any(1)  # points with at least one allowed pair
-    f = torch.zeros(B, N, dtype=C.dtype, device=C.device)
-    g = torch.zeros(B, M, dtype=C.dtype, device=C.device)
+    f, g = initial_potentials(f0, g0, a_, b_, C.dtype)
     n_iter = torch.zeros(B, dtype=torch.int32, device=C.device)
     done = torch.zeros(B, dtype=torch.bool, device=C.device)
     absorptions = torch.zeros(B, dtype=torch.int32, device=C.device)

@@ -11,11 +11,13 @@ its problem (zero weight on either side, out of range, or a +inf/NaN cost), so t
 Two ways through a solve:
 - on chip (``_onchip_kernel``): one program per problem holds its whole [BLOCK_N, BLOCK_M] cost tile in
   registers, computed from the cost or from x and y with ``tl.dot``, and runs every iteration in one launch;
-  a problem stops on its own once its marginal error is below ``tol``.
+  a problem stops on its own once its marginal error is below ``tol``. With WARM it starts from a warm start
+  read from separate input buffers, not from 0.
 - streaming (``_row_pass_kernel`` / ``_col_pass_kernel``): one launch per half-iteration; each program owns a
   block of rows (columns) and sweeps the other side in tiles with a running-max log-sum-exp. The cost tile is
   read from C or recomputed from x, y in every pass (FlashAttention-style), so [B,N,M] is never stored.
   Per-problem early stop is a flag in global memory that the next launches read: no host synchronisation.
+  The state F, G lives in global memory; a warm start is simply its initial content.
 
 Scalar arguments that feed fp64 arithmetic are declared ``tl.float64`` (a plain float argument would be fp32)
 and cast to the compute dtype ``DT`` inside the kernel.
@@ -238,9 +240,11 @@ def _onchip_kernel(
     D_KEY,  # D rounded up to a power of two: part of the autotune key (unused here)
     absorb2: tl.float64,  # SCALING: absorb once a scaling leaves [2^-absorb2, 2^absorb2]
     nabs_ptr, fell_ptr,  # SCALING, out: absorptions [B] int32, fell back to the log domain [B] int32
+    f0_ptr, g0_ptr,  # WARM: initial potentials [B,N], [B,M] (natural units, dtype DT; 0 off the problem)
     FROM_EMB: tl.constexpr, KIND: tl.constexpr, HAS_TOL: tl.constexpr, UNBAL_A: tl.constexpr,
     SUMS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     PREC: tl.constexpr, DT: tl.constexpr, DOT_UPCAST: tl.constexpr, SCALING: tl.constexpr = False,
+    WARM: tl.constexpr = False,
 ):
     i_b = tl.program_id(0).to(tl.int64)
     o_n = tl.arange(0, BLOCK_N)
@@ -263,8 +267,14 @@ def _onchip_kernel(
                                      rx_ptr, ry_ptr, i_b, o_n, o_m, m_n, m_m, N, M, D, m_a, m_b, s_k,
                                      FROM_EMB, KIND, BLOCK_N, BLOCK_M, BLOCK_K, PREC, DT, DOT_UPCAST)
 
-    b_f = tl.zeros((BLOCK_N,), dtype=DT)
-    b_g = tl.zeros((BLOCK_M,), dtype=DT)
+    if WARM:  # the iterations start from the warm start (separate buffers: autotuning reruns the kernel)
+        b_f0 = tl.load(f0_ptr + i_b * N + o_n, mask=m_n, other=0.0)
+        b_g0 = tl.load(g0_ptr + i_b * M + o_m, mask=m_m, other=0.0)
+        b_f = b_f0 * s_k
+        b_g = b_g0 * s_k
+    else:
+        b_f = tl.zeros((BLOCK_N,), dtype=DT)
+        b_g = tl.zeros((BLOCK_M,), dtype=DT)
     lse, m_ok = _lse2_rows((b_g + b_lb)[None, :] - b_kinv)
     b_ft = tl.where(m_ok, -lse, 0.0)
     err = tl.sum(_row_error(b_a, b_f, b_ft, m_ok, s_eta, UNBAL_A), 0)
@@ -294,8 +304,17 @@ def _onchip_kernel(
             err = tl.sum(_row_error(b_a, b_f, b_ft, m_ok, s_eta, UNBAL_A), 0)
 
     s_un = tl.full((), unscale, DT)
-    tl.store(f_ptr + i_b * N + o_n, b_f * s_un, mask=m_n)
-    tl.store(g_ptr + i_b * M + o_m, b_g * s_un, mask=m_m)
+    b_fo = b_f * s_un
+    b_go = b_g * s_un
+    if WARM:
+        if n_it == 0:  # no iteration ran: return the warm start as given (not rescaled twice), except where the
+            # scaling path zeroed a point with no allowed pair. Loaded again, here: not live across the loop.
+            b_f0 = tl.load(f0_ptr + i_b * N + o_n, mask=m_n, other=0.0)
+            b_g0 = tl.load(g0_ptr + i_b * M + o_m, mask=m_m, other=0.0)
+            b_fo = tl.where(b_f == b_f0 * s_k, b_f0, b_fo)
+            b_go = tl.where(b_g == b_g0 * s_k, b_g0, b_go)
+    tl.store(f_ptr + i_b * N + o_n, b_fo, mask=m_n)
+    tl.store(g_ptr + i_b * M + o_m, b_go, mask=m_m)
     tl.store(nit_ptr + i_b, n_it)
     tl.store(err_ptr + i_b, err)
     if SUMS:

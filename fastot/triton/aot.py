@@ -36,7 +36,7 @@ def _variants():
     tl = _tl()
     f32, f64 = tl.float32, tl.float64
     base = dict(FROM_EMB=False, KIND=0, BLOCK_K=16, PREC="tf32x3", DT=f32, DOT_UPCAST=False)
-    onchip = dict(HAS_TOL=False, UNBAL_A=False, SUMS=False, SCALING=False)
+    onchip = dict(HAS_TOL=False, UNBAL_A=False, SUMS=False, SCALING=False, WARM=False)
     i32 = {"nit_ptr": "*i32", "done_ptr": "*i32", "nabs_ptr": "*i32", "fell_ptr": "*i32"}
     half = lambda t: {"x_ptr": t, "y_ptr": t}  # noqa: E731
     # Integer scalars compile as Triton types them at a call: i32 below 2^31. The random prefixes are 32-bit
@@ -56,6 +56,11 @@ def _variants():
         ("onchip-cost-fp32-128x128", "_onchip_kernel", merge(base, onchip, BLOCK_N=128, BLOCK_M=128), i32, 16),
         ("onchip-scaling-cost-fp32-tol-unbal-64x64", "_onchip_kernel",
          merge(base, onchip, HAS_TOL=True, UNBAL_A=True, SCALING=True, BLOCK_N=64, BLOCK_M=64), i32, 8),
+        ("onchip-warm-cost-fp32-tol-64x64", "_onchip_kernel",
+         merge(base, onchip, HAS_TOL=True, WARM=True, BLOCK_N=64, BLOCK_M=64), i32, 8),
+        ("onchip-scaling-warm-emb-fp32-dot-tol-unbal-64x64", "_onchip_kernel",
+         merge(base, onchip, FROM_EMB=True, KIND=2, HAS_TOL=True, UNBAL_A=True, SUMS=True, SCALING=True, WARM=True,
+               BLOCK_K=64, BLOCK_N=64, BLOCK_M=64), i32, 8),
         ("onchip-scaling-emb-bf16-cosine-128x128", "_onchip_kernel",
          merge(base, onchip, FROM_EMB=True, SUMS=True, SCALING=True, BLOCK_K=64, BLOCK_N=128, BLOCK_M=128),
          {**i32, **half("*bf16")}, 16),

@@ -10,6 +10,9 @@ Path choice per call: a problem whose padded tile BLOCK_N x BLOCK_M (powers of t
 is solved on chip in one launch; larger problems stream (2 launches per iteration, plus 2 for the final error).
 Under ``torch.compile`` a traced ``triton_op`` unrolls those launches into the graph, so streaming solves with
 many iterations compile slowly; on-chip solves are one node.
+
+Warm starts: every forward takes optional ``f0`` [B,N], ``g0`` [B,M] (any floating dtype, never differentiated);
+the state before the first iteration is ``fastot.reference.sinkhorn.initial_potentials(f0, g0, a, b, dtype)``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.sinkhorn import initial_potentials
 from . import _sinkhorn_kernels as K
 
 __all__ = ["sinkhorn_fwd", "sinkhorn_fwd_scaling", "sinkhorn_plan", "sinkhorn_plan_sums", "sinkhorn_embeddings_fwd",
@@ -158,9 +162,22 @@ def _lam(tau, eps):
     return 1.0 if tau is None else tau / (tau + eps)
 
 
+def _check_warm(f0, g0, B: int, N: int, M: int, device) -> None:
+    """ValueError unless the warm start f0 [B,N] / g0 [B,M] (each optional) is floating and on ``device``."""
+    for name, w, n in (("f0", f0, N), ("g0", g0, M)):
+        if w is None:
+            continue
+        if tuple(w.shape) != (B, n):
+            raise ValueError(f"{name} must be [{B}, {n}] ([B, {'N' if name == 'f0' else 'M'}]), got {list(w.shape)}")
+        if not w.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {w.dtype}")
+        if w.device != device:
+            raise ValueError(f"{name} is on {w.device} but the inputs are on {device}")
+
+
 def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool, stats: list | None = None,
-           absorb: float = 20.0):
-    """(f, g, n_iter, err, tc, mass); tc and mass only when ``sums`` (else None).
+           absorb: float = 20.0, f0=None, g0=None):
+    """(f, g, n_iter, err, tc, mass); tc and mass only when ``sums`` (else None). ``f0``, ``g0``: warm start.
 
     ``stats`` (a list): scaling iterations (method "scaling") where the problem is solved on chip; the list gets
     the absorptions [B] int32 and whether each problem ran log-domain iterations [B] bool (after an underflow,
@@ -168,6 +185,10 @@ def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool, sta
     B, N, M, D = op.B, op.N, op.M, op.D
     dev = op.like.device
     a, b = _weights(op, a, b)
+    _check_warm(f0, g0, B, N, M, dev)
+    warm = f0 is not None or g0 is not None
+    # The warm state (f0, g0 where the problem has them, 0 elsewhere), in natural units and the compute dtype.
+    f_init, g_init = initial_potentials(f0, g0, a, b, op.dt) if warm else (None, None)
     f = torch.zeros(B, N, dtype=op.dt, device=dev)
     g = torch.zeros(B, M, dtype=op.dt, device=dev)
     n_iter = torch.zeros(B, dtype=torch.int32, device=dev)
@@ -190,18 +211,22 @@ def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool, sta
         tc_out, mass_out = (tc, mass) if sums else (_unused(op), _unused(op))
         n_abs = torch.zeros(B, dtype=torch.int32, device=dev) if scaling else torch.zeros(1, dtype=torch.int32, device=dev)
         fell = torch.zeros(B, dtype=torch.int32, device=dev) if scaling else torch.zeros(1, dtype=torch.int32, device=dev)
+        f0_in, g0_in = (f_init, g_init) if warm else (_unused(op), _unused(op))
         _wrap(_onchip)[(B,)](*op.args, a, b, f, g, n_iter, err, tc_out, mass_out,
                              N, M, D, scale, 1.0 / scale, lam_a, lam_b, eps_tau_a, tol_v, max_iter,
-                             _keys(N, M, D)[2], min(absorb, 1e30) * LOG2E, n_abs, fell,
+                             _keys(N, M, D)[2], min(absorb, 1e30) * LOG2E, n_abs, fell, f0_in, g0_in,
                              HAS_TOL=has_tol, UNBAL_A=tau_a is not None, SUMS=sums,
-                             BLOCK_N=bn, BLOCK_M=bm, SCALING=scaling, **op.consts())
+                             BLOCK_N=bn, BLOCK_M=bm, SCALING=scaling, WARM=warm, **op.consts())
         if scaling:
             stats += [n_abs, fell.bool()]
         return f, g, n_iter, err, tc, mass
     if scaling:
         stats += [torch.zeros(B, dtype=torch.int32, device=dev), torch.ones(B, dtype=torch.bool, device=dev)]
 
-    # Streaming: state in base-2 units; F, G start at 0 (= f, g).
+    # Streaming: state in base-2 units; F, G start at 0, or at the warm start. The row and column passes read
+    # F, G from these buffers (the first row pass and the first error check see the warm state).
+    if warm:
+        f, g = f_init * scale, g_init * scale
     ft = torch.zeros(B, N, dtype=op.dt, device=dev)
     row_err = torch.zeros(B, N, dtype=op.dt, device=dev)
     done = torch.zeros(B, dtype=torch.int32, device=dev)
@@ -219,6 +244,9 @@ def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool, sta
             HAS_TOL=has_tol, ERR_ONLY=last, **op.consts())
     unscale = 1.0 / scale
     f, g = f * unscale, g * unscale
+    if warm:  # a problem that ran no iteration returns its warm start as given (not rescaled twice)
+        idle = (n_iter == 0)[:, None]
+        f, g = torch.where(idle, f_init, f), torch.where(idle, g_init, g)
     if sums:
         tc, mass = _plan_pass(op, a, b, f, g, eps, write_plan=False)
     return f, g, n_iter, err, tc, mass
@@ -246,23 +274,25 @@ def _plan_pass(op: _Operand, a, b, f, g, eps, write_plan: bool):
 # --------------------------------------------------------------------------- registered ops
 @_define("fastot::triton_sinkhorn_fwd")
 def sinkhorn_fwd(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iter: int,
-                 tol: float | None = None, tau_a: float | None = None, tau_b: float | None = None
+                 tol: float | None = None, tau_a: float | None = None, tau_b: float | None = None,
+                 f0: torch.Tensor | None = None, g0: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Same contract as ``fastot.reference.sinkhorn.sinkhorn_fwd``."""
-    f, g, n_iter, err, _, _ = _solve(_Operand(cost=cost), a, b, eps, max_iter, tol, tau_a, tau_b, sums=False)
+    """Same contract as ``fastot.reference.sinkhorn.sinkhorn_fwd`` (warm start f0 [B,N], g0 [B,M] included)."""
+    f, g, n_iter, err, _, _ = _solve(_Operand(cost=cost), a, b, eps, max_iter, tol, tau_a, tau_b, sums=False,
+                                     f0=f0, g0=g0)
     return f, g, n_iter, err
 
 
 @_define("fastot::triton_sinkhorn_fwd_scaling")
 def sinkhorn_fwd_scaling(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iter: int,
                          tol: float | None = None, tau_a: float | None = None, tau_b: float | None = None,
-                         absorb: float = 20.0
+                         absorb: float = 20.0, f0: torch.Tensor | None = None, g0: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """As ``torch.ops.fastot.sinkhorn_fwd_scaling``: (f, g, n_iter, err, absorptions, fell_back). Scaling
     iterations on chip; a problem too large for the chip runs the log-domain streaming path (fell_back True)."""
     stats: list = []
     f, g, n_iter, err, _, _ = _solve(_Operand(cost=cost), a, b, eps, max_iter, tol, tau_a, tau_b, sums=False,
-                                     stats=stats, absorb=absorb)
+                                     stats=stats, absorb=absorb, f0=f0, g0=g0)
     return f, g, n_iter, err, *_stats(stats, cost, cost.shape[0])
 
 
@@ -287,23 +317,24 @@ def sinkhorn_plan_sums(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: 
 @_define("fastot::triton_sinkhorn_embeddings_fwd")
 def sinkhorn_embeddings_fwd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, cost: int,
                             eps: float, max_iter: int, tol: float | None = None, tau_a: float | None = None,
-                            tau_b: float | None = None
+                            tau_b: float | None = None, f0: torch.Tensor | None = None, g0: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                        torch.Tensor]:
     """Same contract as ``torch.ops.fastot.sinkhorn_embeddings_fwd``: (f, g, n_iter, err, <P,C>, sum P)."""
-    return _solve(_Operand(x=x, y=y, kind=cost), a, b, eps, max_iter, tol, tau_a, tau_b, sums=True)
+    return _solve(_Operand(x=x, y=y, kind=cost), a, b, eps, max_iter, tol, tau_a, tau_b, sums=True, f0=f0, g0=g0)
 
 
 @_define("fastot::triton_sinkhorn_embeddings_fwd_scaling")
 def sinkhorn_embeddings_fwd_scaling(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, cost: int,
                                     eps: float, max_iter: int, tol: float | None = None, tau_a: float | None = None,
-                                    tau_b: float | None = None, absorb: float = 20.0
+                                    tau_b: float | None = None, absorb: float = 20.0,
+                                    f0: torch.Tensor | None = None, g0: torch.Tensor | None = None
                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                torch.Tensor, torch.Tensor, torch.Tensor]:
     """As ``torch.ops.fastot.sinkhorn_embeddings_fwd_scaling`` (on chip; larger problems stream log-domain)."""
     stats: list = []
     out = _solve(_Operand(x=x, y=y, kind=cost), a, b, eps, max_iter, tol, tau_a, tau_b, sums=True, stats=stats,
-                 absorb=absorb)
+                 absorb=absorb, f0=f0, g0=g0)
     return (*out, *_stats(stats, x, x.shape[0]))
 
 
@@ -339,8 +370,9 @@ def _fake_dtype(t):
 
 
 @sinkhorn_fwd_scaling.register_fake
-def _(cost, a, b, eps, max_iter, tol=None, tau_a=None, tau_b=None, absorb=20.0):
+def _(cost, a, b, eps, max_iter, tol=None, tau_a=None, tau_b=None, absorb=20.0, f0=None, g0=None):
     B, N, M = cost.shape
+    _check_warm(f0, g0, B, N, M, cost.device)
     dt = _fake_dtype(cost)
     return (cost.new_empty((B, N), dtype=dt), cost.new_empty((B, M), dtype=dt),
             cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=dt),
@@ -348,8 +380,9 @@ def _(cost, a, b, eps, max_iter, tol=None, tau_a=None, tau_b=None, absorb=20.0):
 
 
 @sinkhorn_embeddings_fwd_scaling.register_fake
-def _(x, y, a, b, cost, eps, max_iter, tol=None, tau_a=None, tau_b=None, absorb=20.0):
+def _(x, y, a, b, cost, eps, max_iter, tol=None, tau_a=None, tau_b=None, absorb=20.0, f0=None, g0=None):
     B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    _check_warm(f0, g0, B, N, M, x.device)
     dt = _fake_dtype(x)
     e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731
     return (e(B, N), e(B, M), x.new_empty((B,), dtype=torch.int32), e(B), e(B), e(B),
@@ -357,8 +390,9 @@ def _(x, y, a, b, cost, eps, max_iter, tol=None, tau_a=None, tau_b=None, absorb=
 
 
 @sinkhorn_fwd.register_fake
-def _(cost, a, b, eps, max_iter, tol=None, tau_a=None, tau_b=None):
+def _(cost, a, b, eps, max_iter, tol=None, tau_a=None, tau_b=None, f0=None, g0=None):
     B, N, M = cost.shape
+    _check_warm(f0, g0, B, N, M, cost.device)
     dt = _fake_dtype(cost)
     return (cost.new_empty((B, N), dtype=dt), cost.new_empty((B, M), dtype=dt),
             cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=dt))
@@ -376,8 +410,9 @@ def _(cost, a, b, f, g, eps):
 
 
 @sinkhorn_embeddings_fwd.register_fake
-def _(x, y, a, b, cost, eps, max_iter, tol=None, tau_a=None, tau_b=None):
+def _(x, y, a, b, cost, eps, max_iter, tol=None, tau_a=None, tau_b=None, f0=None, g0=None):
     B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    _check_warm(f0, g0, B, N, M, x.device)
     dt = _fake_dtype(x)
     e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731
     return e(B, N), e(B, M), x.new_empty((B,), dtype=torch.int32), e(B), e(B), e(B)

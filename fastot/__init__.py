@@ -29,8 +29,15 @@ from . import triton as _triton  # noqa: E402,F401  (tells _backend which ops ha
 _backend.enforce_required()  # FASTOT_REQUIRE: a missing part is an ImportError, not a warning
 from .codeswitch import CodeSwitcher, CodeSwitchOutput, Lexicon  # noqa: E402
 from .collate import BitextCollator, CodeSwitchCollator  # noqa: E402
+from .divergence import SinkhornDivergence, sinkhorn_divergence  # noqa: E402
 from .losses import OTDistillationLoss, content_mask, ot_distillation_loss  # noqa: E402
-from .sinkhorn import SinkhornResult, pairwise_cost, sinkhorn, sinkhorn_embeddings  # noqa: E402
+from .sinkhorn import (  # noqa: E402
+    SinkhornResult,
+    geometric_eps_schedule,
+    pairwise_cost,
+    sinkhorn,
+    sinkhorn_embeddings,
+)
 
 if _backend._EXT_ERROR is None:
     from . import _fakes  # noqa: E402,F401  (the compiled ops' fake implementations, registered once)
@@ -48,12 +55,15 @@ __all__ = [
     "CodeSwitcher",
     "Lexicon",
     "OTDistillationLoss",
+    "SinkhornDivergence",
     "SinkhornResult",
     "available_backends",
     "content_mask",
+    "geometric_eps_schedule",
     "ot_distillation_loss",
     "pairwise_cost",
     "show_backends",
     "sinkhorn",
+    "sinkhorn_divergence",
     "sinkhorn_embeddings",
 ]

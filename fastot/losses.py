@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .divergence import sinkhorn_divergence
 from .sinkhorn import COSTS, METHODS, sinkhorn_embeddings
 
 OBJECTIVES = ("transport_cost", "sinkhorn")
@@ -72,6 +73,18 @@ def _check_hidden(name: str, h, mask_name: str, mask) -> None:
                              f"{list(h.shape[:2])}, got {list(mask.shape) if isinstance(mask, torch.Tensor) else mask!r}")
 
 
+def _objective(objective: str | None, debias) -> str:
+    """The objective that runs: None -> "sinkhorn" with debias, else "transport_cost"."""
+    if not isinstance(debias, bool):
+        raise ValueError(f"OTDistillationLoss: debias must be True or False, got {debias!r}")
+    if objective is None:
+        return "sinkhorn" if debias else "transport_cost"
+    if debias and objective != "sinkhorn":
+        raise ValueError(f"OTDistillationLoss: debias=True is the Sinkhorn divergence of the entropic values "
+                         f"(objective='sinkhorn'), got objective={objective!r}")
+    return objective
+
+
 def _check_options(cost: str, reduction: str, objective: str, eps, max_iter) -> None:
     if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"OTDistillationLoss: eps must be a positive number, got {eps!r}")
@@ -95,7 +108,7 @@ def ot_distillation_loss(
     max_iter: int = 50,
     cost: str = "cosine",
     reduction: str = "mean",
-    objective: str = "transport_cost",
+    objective: str | None = None,
     tol: float | None = None,
     grad: str = "envelope",
     student_weights: torch.Tensor | None = None,
@@ -103,6 +116,7 @@ def ot_distillation_loss(
     projection: nn.Module | None = None,
     backend: str | None = None,
     method: str = "auto",
+    debias: bool = False,
 ) -> torch.Tensor:
     """The OT distillation loss as a function; see :class:`OTDistillationLoss` for the arguments.
 
@@ -113,7 +127,10 @@ def ot_distillation_loss(
     if student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise ValueError(f"OTDistillationLoss: student_hidden has {student_hidden.shape[0]} pairs but "
                          f"teacher_hidden has {teacher_hidden.shape[0]}")
+    objective = _objective(objective, debias)
     _check_options(cost, reduction, objective, eps, max_iter)
+    if debias and grad != "envelope":
+        raise ValueError(f"OTDistillationLoss: debias=True supports grad='envelope' only, got {grad!r}")
     x = student_hidden
     if projection is not None:
         # under autocast the hidden states may be bf16/fp16 while the projection's weights are fp32
@@ -127,17 +144,29 @@ def ot_distillation_loss(
     if y.dtype != x.dtype:  # e.g. an fp32 teacher with a bf16 autocast student: solve in the wider type
         wide = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(wide), y.to(wide)
-    res = sinkhorn_embeddings(x, y, student_mask, teacher_mask, a=student_weights, b=teacher_weights, cost=cost,
-                              eps=eps, max_iter=max_iter, tol=tol, grad=grad, backend=backend, method=method)
-    per_pair = res.transport_cost if objective == "transport_cost" else res.value
+    if debias:
+        div = sinkhorn_divergence(x, y, student_mask, teacher_mask, a=student_weights, b=teacher_weights, cost=cost,
+                                  eps=eps, max_iter=max_iter, tol=tol, backend=backend, method=method)
+        per_pair = div.value
+        a, b = _weights_of(student_mask, student_weights, x), _weights_of(teacher_mask, teacher_weights, y)
+    else:
+        res = sinkhorn_embeddings(x, y, student_mask, teacher_mask, a=student_weights, b=teacher_weights, cost=cost,
+                                  eps=eps, max_iter=max_iter, tol=tol, grad=grad, backend=backend, method=method)
+        per_pair = res.transport_cost if objective == "transport_cost" else res.value
+        a, b = res._a, res._b
     if reduction == "none":
         return per_pair
     if reduction == "sum":
         return per_pair.sum()
     # mean over the pairs that have tokens on both sides (a pair with an empty side carries no loss)
-    a, b = res._a, res._b
     has_mass = (a.sum(1) > 0) & (b.sum(1) > 0)
     return per_pair.sum() / has_mass.sum().clamp_min(1).to(per_pair.dtype)
+
+
+def _weights_of(mask, weights, h) -> torch.Tensor:
+    """The [B, L] weights sinkhorn_embeddings gives a side (only whether a pair has mass is read from them)."""
+    w = torch.ones(h.shape[:2], device=h.device) if weights is None else weights
+    return w if mask is None else w * (mask != 0)
 
 
 class OTDistillationLoss(nn.Module):
@@ -148,8 +177,12 @@ class OTDistillationLoss(nn.Module):
         max_iter: Sinkhorn iterations per pair (default 50; fixed count unless ``tol`` is set).
         cost: "cosine" (default, 1 - cos), "sqeuclidean" or "dot".
         reduction: "mean" (over pairs with tokens on both sides), "sum" or "none" ([B] per-pair losses).
-        objective: "transport_cost" (default, <P*, C>, the OPTICAL loss) or "sinkhorn" (the entropic OT value,
-            <P*, C> minus eps times the plan's entropy term).
+        objective: "transport_cost" (the default without debias: <P*, C>, the OPTICAL loss) or "sinkhorn" (the
+            entropic OT value, <P*, C> minus eps times the plan's entropy term; the default with debias).
+        debias: False (default) or True: the loss is the debiased Sinkhorn divergence
+            S = OT(student, teacher) - OT(student, student) / 2 - OT(teacher, teacher) / 2 of the entropic values
+            (:func:`fastot.sinkhorn_divergence`; nonnegative, 0 when the two token clouds are equal). Three solves
+            per pair instead of one (the self-problems by symmetric updates, which converge in a few iterations).
         tol: optional per-pair early stop on the marginal error (no host sync).
         grad: "envelope" (default: P* is a constant, d loss / dC = P*) or "unrolled" (autograd through every
             iteration; torch backend, materialised cost: for experiments only).
@@ -168,10 +201,15 @@ class OTDistillationLoss(nn.Module):
     """
 
     def __init__(self, eps: float = 0.05, max_iter: int = 50, cost: str = "cosine", reduction: str = "mean",
-                 objective: str = "transport_cost", tol: float | None = None, grad: str = "envelope",
-                 projection: nn.Module | None = None, backend: str | None = None, method: str = "auto"):
+                 objective: str | None = None, tol: float | None = None, grad: str = "envelope",
+                 projection: nn.Module | None = None, backend: str | None = None, method: str = "auto",
+                 debias: bool = False):
         super().__init__()
+        objective = _objective(objective, debias)
         _check_options(cost, reduction, objective, eps, max_iter)
+        if debias and grad != "envelope":
+            raise ValueError(f"OTDistillationLoss: debias=True supports grad='envelope' only, got {grad!r}")
+        self.debias = debias
         self.eps, self.max_iter, self.cost, self.reduction = float(eps), max_iter, cost, reduction
         self.objective, self.tol, self.grad, self.backend = objective, tol, grad, backend
         if method not in METHODS:
@@ -185,8 +223,8 @@ class OTDistillationLoss(nn.Module):
             student_hidden, student_mask, teacher_hidden, teacher_mask, eps=self.eps, max_iter=self.max_iter,
             cost=self.cost, reduction=self.reduction, objective=self.objective, tol=self.tol, grad=self.grad,
             student_weights=student_weights, teacher_weights=teacher_weights, projection=self.projection,
-            backend=self.backend, method=self.method)
+            backend=self.backend, method=self.method, debias=self.debias)
 
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, max_iter={self.max_iter}, cost={self.cost!r}, reduction={self.reduction!r}, "
-                f"objective={self.objective!r}")
+                f"objective={self.objective!r}" + (", debias=True" if self.debias else ""))

@@ -1,0 +1,174 @@
+"""The debiased Sinkhorn divergence (Feydy et al., "Interpolating between Optimal Transport and MMD using Sinkhorn
+Divergences", AISTATS 2019), batched over B pairs of point clouds:
+
+    S(x, y) = OT_eps(a, b) - 1/2 OT_eps(a, a) - 1/2 OT_eps(b, b)
+
+with OT_eps the entropic OT value of :func:`fastot.sinkhorn_embeddings`. For a cost whose Gibbs kernel
+exp(-C / eps) is positive definite (``sqeuclidean``; ``cosine`` on the unit sphere) S is nonnegative and 0 exactly
+when the two weighted clouds are equal, at convergence; it is geomloss's ``SamplesLoss("sinkhorn", debias=True)``
+(whose cost is |x - y|^2 / 2: geomloss with ``blur`` equals S / 2 for ``cost="sqeuclidean"`` and ``eps = 2 blur^2``).
+
+The cross problems run as :func:`fastot.sinkhorn_embeddings` (every backend, iteration scheme and eps schedule).
+The self-problems (x, x) and (y, y), one batch of 2B padded to max(N, M) points with zero weights, run the
+symmetric update h <- (T(h) + T(T(h))) / 2 (as geomloss), each step one iteration of the same backend's kernel
+warm-started from h; their value and gradient then come from the same kernels at (h, h). Gradients reach x and y
+through all three terms (envelope theorem).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .reference import sinkhorn as ref
+from .sinkhorn import (
+    _COST_KIND,
+    _FUSED,
+    COSTS,
+    METHODS,
+    _can_sync,
+    _embedding_kernels,
+    _embeddings_range,
+    _kernels,
+    _mask_weights,
+    _stages,
+    _weights,
+    pairwise_cost,
+    sinkhorn_embeddings,
+)
+
+__all__ = ["SinkhornDivergence", "sinkhorn_divergence"]
+
+
+@dataclass
+class SinkhornDivergence:
+    """Result of :func:`sinkhorn_divergence`.
+
+    ``value`` [B]: S = ot_xy - (ot_xx + ot_yy) / 2 (differentiable in x and y). ``ot_xy``, ``ot_xx``, ``ot_yy`` [B]:
+    the three entropic OT values. ``n_iter``, ``err`` [3, B]: iterations (a symmetric step counts as one) and final
+    marginal error of the xy, xx and yy problems. ``status`` [B] int8: 0, or the first nonzero :data:`fastot.sinkhorn.STATUS` code of the pair's
+    three problems (the pair's outputs are then NaN).
+    """
+
+    value: torch.Tensor
+    ot_xy: torch.Tensor
+    ot_xx: torch.Tensor
+    ot_yy: torch.Tensor
+    n_iter: torch.Tensor
+    err: torch.Tensor
+    status: torch.Tensor
+    backend: str
+    method: str
+
+
+def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, n, ...] -> [B, length, ...] with zeros after the first n rows."""
+    extra = length - t.shape[1]
+    if extra == 0:
+        return t
+    return F.pad(t, (0, 0) * (t.dim() - 2) + (0, extra))
+
+
+def sinkhorn_divergence(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_mask: torch.Tensor | None = None,
+    y_mask: torch.Tensor | None = None,
+    *,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    cost: str = "cosine",
+    eps: float,
+    max_iter: int = 100,
+    tol: float | None = None,
+    eps_schedule=None,
+    backend: str | None = None,
+    method: str = "auto",
+) -> SinkhornDivergence:
+    """Batched debiased Sinkhorn divergence between x [B, N, d] and y [B, M, d] (balanced, probability weights).
+
+    Args:
+        x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, eps_schedule, backend, method: as
+            :func:`fastot.sinkhorn_embeddings` (weights default to uniform over the unmasked tokens; ``a`` and
+            ``b`` must have equal masses per pair). ``max_iter`` and ``tol`` bound each of the three solves.
+
+    Returns:
+        :class:`SinkhornDivergence`; ``.value`` [B] is S.
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"sinkhorn_divergence: x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.dim() != 3 or y.dim() != 3:
+        raise ValueError(f"sinkhorn_divergence: x and y must be [B, N, d] and [B, M, d], got {list(x.shape)} and "
+                         f"{list(y.shape)}")
+    if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+        raise ValueError(f"sinkhorn_divergence: x {list(x.shape)} and y {list(y.shape)} must agree on B and d")
+    if not x.is_floating_point() or not y.is_floating_point():
+        raise TypeError(f"sinkhorn_divergence: x and y must be floating point, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"sinkhorn_divergence: x is on {x.device} but y is on {y.device}")
+    if cost not in COSTS:
+        raise ValueError(f"sinkhorn_divergence: cost must be one of {COSTS}, got {cost!r}")
+    if method not in METHODS:
+        raise ValueError(f"sinkhorn_divergence: method must be one of {METHODS}, got {method!r}")
+    B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    like = x.new_empty(0, dtype=ref.compute_dtype(torch.promote_types(x.dtype, y.dtype)))
+    a = _weights(_mask_weights(x_mask, a, N, like, "x_mask", "a", (B, N)), like, N, "a", (B, N))
+    b = _weights(_mask_weights(y_mask, b, M, like, "y_mask", "b", (B, M)), like, M, "b", (B, M))
+    if x.dtype != y.dtype:
+        wide = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(wide), y.to(wide)
+    L = max(N, M)
+    xy = sinkhorn_embeddings(x, y, a=a, b=b, cost=cost, eps=eps, max_iter=max_iter, tol=tol,
+                             eps_schedule=eps_schedule, backend=backend, method=method)
+    # the self-problems (x, x) and (y, y), one batch of 2B padded to L points: symmetric updates, then their value
+    xs, ws = torch.cat([_pad(x, L), _pad(y, L)]), torch.cat([_pad(a, L), _pad(b, L)])
+    stages = _stages(eps_schedule, float(eps), lambda: _embeddings_range(x, y, a, b, cost), "sinkhorn_divergence")
+    h, n_sym = _symmetric_potentials(xs, ws, cost, float(eps), max_iter, tol, stages, xy.backend, xy.method)
+    self_ = sinkhorn_embeddings(xs, xs, a=ws, b=ws, cost=cost, eps=eps, max_iter=0, f0=h, g0=h, backend=xy.backend,
+                                method=xy.method)
+    vs, st = self_.value.view(2, B), self_.status.view(2, B)
+    status = torch.where(xy.status != 0, xy.status, torch.where(st[0] != 0, st[0], st[1]))
+    n_iter = torch.stack([xy.n_iter, *n_sym.view(2, B)])
+    err = torch.stack([xy.err, *self_.err.view(2, B)])
+    return SinkhornDivergence(xy.value - 0.5 * (vs[0] + vs[1]), xy.value, vs[0], vs[1], n_iter, err, status,
+                              xy.backend, xy.method)
+
+
+def _symmetric_potentials(xs, ws, cost: str, eps: float, max_iter: int, tol, stages, backend: str, method: str):
+    """The potential h [S, L] of the symmetric problems (xs, xs) with weights ws, by averaged symmetric updates
+    h <- (T(h) + T(T(h))) / 2, T the c-transform (one solver iteration from the warm start g0 = h gives f = T(h)
+    and g = T(T(h))): one iteration at each eps of ``stages``, then up to ``max_iter`` at eps; with ``tol`` a
+    problem stops (its solver iteration count is then 0) once the state (h, h) meets it. Returns (h, iterations [S]).
+    cpp runs the steps inside its kernel (``sinkhorn_embeddings_symmetric_fwd``: one call, the cost tile built once);
+    the other backends call their solver once per step.
+    Averaging cancels the oscillation that slows alternating updates on a symmetric problem (measured: cosine,
+    eps 0.05, N 32: marginal error 4e-7 after 50 alternating iterations, 4e-16 after 5 averaged ones)."""
+    S, L = ws.shape
+    dt = ref.compute_dtype(xs.dtype)
+    n_iter = torch.zeros(S, dtype=torch.int32, device=xs.device)
+    h = torch.zeros(S, L, dtype=dt, device=xs.device)
+    if S == 0 or L == 0:
+        return h, n_iter
+    with torch.no_grad():
+        xd, wd = xs.detach(), ws.detach().to(dt)
+        if backend == "cpp":  # the averaged steps inside one kernel call per eps (the cost tile built once)
+            op = torch.ops.fastot.sinkhorn_embeddings_symmetric_fwd
+            for e in stages:
+                h = op(xd, wd, _COST_KIND[cost], e, 1, None, h)[0]
+            h, n, _ = op(xd, wd, _COST_KIND[cost], eps, max_iter, tol, h)
+            return h, n + len(stages)
+        if backend in _FUSED:
+            fwd, inputs = _embedding_kernels(backend, method)[0], (xd, xd, wd, wd, _COST_KIND[cost])
+        else:
+            fwd, inputs = _kernels(backend, method).fwd, (pairwise_cost(xd, xd, cost), wd, wd)
+        for k, e in enumerate((*stages, *([eps] * max_iter))):
+            annealing = k < len(stages)
+            f1, g1, n, _ = fwd(*inputs, e, 1, None if annealing else tol, None, None, f0=h, g0=h)[:4]
+            # a stopped problem (n = 0) returned the warm start (h, h) itself: its h stays
+            h = torch.where((wd > 0) & (n[:, None] > 0), 0.5 * (f1 + g1), h)
+            n_iter = n_iter + n
+            if not annealing and tol is not None and _can_sync(n) and not bool(n.any()):
+                break
+    return h, n_iter

@@ -777,8 +777,10 @@ def _embeddings_range(x, y, a, b, cost: str) -> float:
     if cost == "cosine":
         return 2.0
     with torch.no_grad():
-        nx = torch.where(a.detach() > 0, x.detach().double().norm(dim=-1), 0)
-        ny = torch.where(b.detach() > 0, y.detach().double().norm(dim=-1), 0)
+        nx, ny = x.detach().double().norm(dim=-1), y.detach().double().norm(dim=-1)
+        # a non-finite real token is flagged (status 2), not a range
+        nx = torch.where((a.detach() > 0) & torch.isfinite(nx), nx, 0)
+        ny = torch.where((b.detach() > 0) & torch.isfinite(ny), ny, 0)
         mx = float(nx.amax()) if nx.numel() else 0.0
         my = float(ny.amax()) if ny.numel() else 0.0
     return (mx + my) ** 2 if cost == "sqeuclidean" else mx * my

@@ -209,3 +209,15 @@ def test_eps_schedule_embeddings_reaches_the_fixed_eps_value(backend, device):
     fixed = fastot.sinkhorn_embeddings(x, y, **kw)
     assert (annealed.err < 1e-10).all() and (fixed.err < 1e-10).all()
     torch.testing.assert_close(annealed.value, fixed.value, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in PARAMS if "triton" not in p.id])
+def test_geometric_schedule_with_a_bad_problem_flags_only_it(backend, device):
+    """A NaN token is status 2 for its problem; it does not become the schedule's starting eps."""
+    x, y = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 6, 4, dtype=torch.float64)
+    x[1, 2, 0] = float("nan")
+    kw = dict(cost="sqeuclidean", eps=0.5, tol=1e-8, max_iter=2000, backend=backend)
+    r = fastot.sinkhorn_embeddings(x.to(device), y.to(device), eps_schedule="geometric", **kw)
+    assert r.status.tolist() == [0, 2, 0]
+    clean = fastot.sinkhorn_embeddings(x[[0, 2]].to(device), y[[0, 2]].to(device), **kw)
+    torch.testing.assert_close(r.value[[0, 2]], clean.value, atol=1e-7, rtol=0)

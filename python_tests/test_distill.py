@@ -69,6 +69,15 @@ def test_trains_and_writes_the_run(bitext, tmp_path):
     assert set(init) == set(final) and any(not torch.equal(init[k], final[k]) for k in init)
 
 
+def test_debiased_loss_trains(bitext, tmp_path):
+    """debias=True (``--debias``): the Sinkhorn divergence as the loss; it is >= 0 and goes down."""
+    out = tmp_path / "run"
+    distill(cfg(bitext, out, eval_split=None, debias=True))
+    steps = [r for r in map(json.loads, open(out / "log.jsonl")) if "loss" in r]
+    assert all(r["loss"] > -1e-6 for r in steps) and steps[-1]["loss"] < steps[0]["loss"]
+    assert json.load(open(out / "config.json"))["debias"] is True
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(bitext, tmp_path, monkeypatch):
     full = tmp_path / "full"
     distill(cfg(bitext, full, eval_split=None, save_every=0))

@@ -55,7 +55,7 @@ _RUN_FILES = {_MARKER, "config.json", "log.jsonl", "metrics.json", "student"}
 # Fields that fix the data order and the optimisation: a resumed run must agree on them.
 _RESUME_KEYS = ("bitext", "lang", "train_split", "teacher", "student", "max_length", "batch_size", "grad_accum",
                 "lr", "weight_decay", "warmup_steps", "epochs", "max_steps", "max_train_pairs", "eps", "max_iter",
-                "cost", "objective", "include_special", "seed", "length_grouping", "max_grad_norm")
+                "cost", "objective", "debias", "include_special", "seed", "length_grouping", "max_grad_norm")
 
 
 @dataclass
@@ -83,6 +83,8 @@ class DistillConfig:
     max_iter: int = 50  # OT loss: Sinkhorn iterations
     cost: str = "cosine"
     objective: str = "transport_cost"
+    # the debiased Sinkhorn divergence of the entropic values (OTDistillationLoss(debias=True); objective unused)
+    debias: bool = False
     include_special: bool = False  # give [CLS]/[SEP] mass in the OT marginals
     precision: str = "auto"  # auto: bf16 (fp16 without bf16) autocast on CUDA, fp32 on CPU
     seed: int = 0
@@ -238,7 +240,8 @@ def _distill(cfg, out, group, device, teacher_model, student_model, teacher_toke
         d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
         # different widths: a linear map from the student's to the teacher's, trained with the student
         proj = torch.nn.Linear(d_s, d_t) if d_s != d_t else None
-        criterion = OTDistillationLoss(eps=cfg.eps, max_iter=cfg.max_iter, cost=cfg.cost, objective=cfg.objective,
+        criterion = OTDistillationLoss(eps=cfg.eps, max_iter=cfg.max_iter, cost=cfg.cost,
+                                       objective="sinkhorn" if cfg.debias else cfg.objective, debias=cfg.debias,
                                        projection=proj, backend=cfg.backend)
     criterion.to(device)
     st = read_trainer_state(ckpt) if ckpt is not None else None

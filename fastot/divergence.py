@@ -26,9 +26,9 @@ from .reference import sinkhorn as ref
 from .sinkhorn import (
     _COST_KIND,
     _FUSED,
-    COSTS,
     METHODS,
     _can_sync,
+    _check_embeddings,
     _embedding_kernels,
     _embeddings_range,
     _kernels,
@@ -97,19 +97,7 @@ def sinkhorn_divergence(
     Returns:
         :class:`SinkhornDivergence`; ``.value`` [B] is S.
     """
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(f"sinkhorn_divergence: x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
-    if x.dim() != 3 or y.dim() != 3:
-        raise ValueError(f"sinkhorn_divergence: x and y must be [B, N, d] and [B, M, d], got {list(x.shape)} and "
-                         f"{list(y.shape)}")
-    if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"sinkhorn_divergence: x {list(x.shape)} and y {list(y.shape)} must agree on B and d")
-    if not x.is_floating_point() or not y.is_floating_point():
-        raise TypeError(f"sinkhorn_divergence: x and y must be floating point, got {x.dtype} and {y.dtype}")
-    if x.device != y.device:
-        raise ValueError(f"sinkhorn_divergence: x is on {x.device} but y is on {y.device}")
-    if cost not in COSTS:
-        raise ValueError(f"sinkhorn_divergence: cost must be one of {COSTS}, got {cost!r}")
+    _check_embeddings(x, y, cost, "sinkhorn_divergence")
     if method not in METHODS:
         raise ValueError(f"sinkhorn_divergence: method must be one of {METHODS}, got {method!r}")
     B, N, M = x.shape[0], x.shape[1], y.shape[1]

@@ -690,6 +690,22 @@ def _mask_weights(mask, w, n, like, name, w_name, shape):
     return w * m
 
 
+def _check_embeddings(x, y, cost: str, fn: str) -> None:
+    """The argument checks of x [B, N, d], y [B, M, d] and the cost name shared by the embedding entry points."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"{fn}: x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.dim() != 3 or y.dim() != 3:
+        raise ValueError(f"{fn}: x and y must be [B, N, d] and [B, M, d], got {list(x.shape)} and {list(y.shape)}")
+    if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+        raise ValueError(f"{fn}: x {list(x.shape)} and y {list(y.shape)} must agree on B and d")
+    if not x.is_floating_point() or not y.is_floating_point():
+        raise TypeError(f"{fn}: x and y must be floating point, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"{fn}: x is on {x.device} but y is on {y.device}")
+    if cost not in COSTS:
+        raise ValueError(f"{fn}: cost must be one of {COSTS}, got {cost!r}")
+
+
 def sinkhorn_embeddings(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -732,16 +748,7 @@ def sinkhorn_embeddings(
     tile per program in registers. The torch backend materialises the cost. On CUDA devices ``auto`` tries triton
     before cuda here (see ``fastot._backend``).
     """
-    if x.dim() != 3 or y.dim() != 3:
-        raise ValueError(f"sinkhorn_embeddings: x and y must be [B, N, d] and [B, M, d], got {list(x.shape)} and {list(y.shape)}")
-    if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"sinkhorn_embeddings: x {list(x.shape)} and y {list(y.shape)} must agree on B and d")
-    if not x.is_floating_point() or not y.is_floating_point():
-        raise TypeError(f"sinkhorn_embeddings: x and y must be floating point, got {x.dtype} and {y.dtype}")
-    if x.device != y.device:
-        raise ValueError(f"sinkhorn_embeddings: x is on {x.device} but y is on {y.device}")
-    if cost not in COSTS:
-        raise ValueError(f"sinkhorn_embeddings: cost must be one of {COSTS}, got {cost!r}")
+    _check_embeddings(x, y, cost, "sinkhorn_embeddings")
     B, N, M = x.shape[0], x.shape[1], y.shape[1]
     like = x.new_empty(0, dtype=ref.compute_dtype(x.dtype))
     a = _mask_weights(x_mask, a, N, like, "x_mask", "a", (B, N))

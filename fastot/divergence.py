@@ -10,8 +10,9 @@ when the two weighted clouds are equal, at convergence; it is geomloss's ``Sampl
 
 The cross problems run as :func:`fastot.sinkhorn_embeddings` (every backend, iteration scheme and eps schedule).
 The self-problems (x, x) and (y, y), one batch of 2B padded to max(N, M) points with zero weights, run the
-symmetric update h <- (T(h) + T(T(h))) / 2 (as geomloss), each step one iteration of the same backend's kernel
-warm-started from h; their value and gradient then come from the same kernels at (h, h). Gradients reach x and y
+symmetric update h <- (T(h) + T(T(h))) / 2 (as geomloss): on cpp all steps inside one kernel call, elsewhere each
+step one iteration of the same backend's solver warm-started from h; their value and gradient then come from the
+same kernels at (h, h). Gradients reach x and y
 through all three terms (envelope theorem).
 """
 
@@ -48,8 +49,8 @@ class SinkhornDivergence:
 
     ``value`` [B]: S = ot_xy - (ot_xx + ot_yy) / 2 (differentiable in x and y). ``ot_xy``, ``ot_xx``, ``ot_yy`` [B]:
     the three entropic OT values. ``n_iter``, ``err`` [3, B]: iterations (a symmetric step counts as one) and final
-    marginal error of the xy, xx and yy problems. ``status`` [B] int8: 0, or the first nonzero :data:`fastot.sinkhorn.STATUS` code of the pair's
-    three problems (the pair's outputs are then NaN).
+    marginal error of the xy, xx and yy problems. ``status`` [B] int8: 0, or the first nonzero
+    :data:`fastot.sinkhorn.STATUS` code of the pair's three problems (the pair's outputs are then NaN).
     """
 
     value: torch.Tensor

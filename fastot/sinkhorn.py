@@ -437,18 +437,8 @@ def _solver_args(eps, max_iter, tol, tau_a, tau_b, grad, dtype: torch.dtype | No
 
 
 def _warm(w, like: torch.Tensor, name: str, shape: tuple[int, int], fn: str = "sinkhorn") -> torch.Tensor | None:
-    """A warm start f0 / g0 as given (checked: tensor, shape, floating, device), detached; None stays None."""
-    if w is None:
-        return None
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a tensor or None, got {type(w).__name__}")
-    if tuple(w.shape) != shape:
-        raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(w.shape)}")
-    if not w.is_floating_point():
-        raise TypeError(f"{fn}: {name} must be floating point, got {w.dtype}")
-    if w.device != like.device:
-        raise ValueError(f"{fn}: {name} is on {w.device} but the inputs are on {like.device}")
-    return w.detach()
+    """A warm start f0 / g0 as given (checked as a weight vector is), detached; None stays None."""
+    return None if w is None else _checked(w, like, name, shape, fn).detach()
 
 
 def _warm_status(status: torch.Tensor, f0, g0, a, b) -> torch.Tensor:
@@ -495,19 +485,25 @@ def _stages(eps_schedule, eps: float, cost_range: Callable[[], float], fn: str =
     return tuple(float(v) for v in vals)
 
 
+def _checked(w, like: torch.Tensor, name: str, shape: tuple[int, int], fn: str = "sinkhorn") -> torch.Tensor:
+    """w itself, once it is a floating tensor of ``shape`` on ``like``'s device (else TypeError / ValueError naming
+    it); its values are not read."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a tensor or None, got {type(w).__name__}")
+    if tuple(w.shape) != shape:
+        raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(w.shape)}")
+    if not w.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be floating point, got {w.dtype}")
+    if w.device != like.device:
+        raise ValueError(f"{fn}: {name} is on {w.device} but the inputs are on {like.device}")
+    return w
+
+
 def _weights(w, like: torch.Tensor, n: int, name: str, shape: tuple[int, int]) -> torch.Tensor:
     if w is None:
         return torch.full(shape, 1.0 / max(n, 1), dtype=ref.compute_dtype(like.dtype), device=like.device)
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"sinkhorn: {name} must be a tensor or None, got {type(w).__name__}")
-    if tuple(w.shape) != shape:
-        raise ValueError(f"sinkhorn: {name} must have shape {list(shape)}, got {list(w.shape)}")
-    if not w.is_floating_point():
-        raise TypeError(f"sinkhorn: {name} must be floating point, got {w.dtype}")
-    if w.device != like.device:
-        raise ValueError(f"sinkhorn: {name} is on {w.device} but cost is on {like.device}")
     # Values (NaN, inf, negative) are checked on the device, per problem: see STATUS and _weight_status.
-    return w
+    return _checked(w, like, name, shape)
 
 
 def sinkhorn(
@@ -590,12 +586,12 @@ def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, statu
     f0, g0 = _warm(f0, cost, "f0", (B, N)), _warm(g0, cost, "g0", (B, M))
     if stages is None:
         stages = _stages(eps_schedule, eps, lambda: _cost_range(cost, a, b))
-    if status is None:
+    if status is None:  # (a status passed in already has the warm start's code 6)
         with torch.no_grad():
-            status = _cost_status(cost.detach(), a.detach(), b.detach(), eps, tau_a, tau_b)
+            status = _warm_status(_cost_status(cost.detach(), a.detach(), b.detach(), eps, tau_a, tau_b), f0, g0,
+                                  a.detach(), b.detach())
     if f0 is not None or g0 is not None:
         with torch.no_grad():
-            status = _warm_status(status, f0, g0, a.detach(), b.detach())
             f0, g0 = _allowed_warm(cost.detach(), a.detach(), b.detach(), f0, g0)
 
     if grad == "unrolled":  # autograd through the log-domain reference's iterations, whatever `method` says

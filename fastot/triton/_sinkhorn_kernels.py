@@ -268,10 +268,8 @@ def _onchip_kernel(
                                      FROM_EMB, KIND, BLOCK_N, BLOCK_M, BLOCK_K, PREC, DT, DOT_UPCAST)
 
     if WARM:  # the iterations start from the warm start (separate buffers: autotuning reruns the kernel)
-        b_f0 = tl.load(f0_ptr + i_b * N + o_n, mask=m_n, other=0.0)
-        b_g0 = tl.load(g0_ptr + i_b * M + o_m, mask=m_m, other=0.0)
-        b_f = b_f0 * s_k
-        b_g = b_g0 * s_k
+        b_f = tl.load(f0_ptr + i_b * N + o_n, mask=m_n, other=0.0) * s_k
+        b_g = tl.load(g0_ptr + i_b * M + o_m, mask=m_m, other=0.0) * s_k
     else:
         b_f = tl.zeros((BLOCK_N,), dtype=DT)
         b_g = tl.zeros((BLOCK_M,), dtype=DT)
@@ -304,17 +302,8 @@ def _onchip_kernel(
             err = tl.sum(_row_error(b_a, b_f, b_ft, m_ok, s_eta, UNBAL_A), 0)
 
     s_un = tl.full((), unscale, DT)
-    b_fo = b_f * s_un
-    b_go = b_g * s_un
-    if WARM:
-        if n_it == 0:  # no iteration ran: return the warm start as given (not rescaled twice), except where the
-            # scaling path zeroed a point with no allowed pair. Loaded again, here: not live across the loop.
-            b_f0 = tl.load(f0_ptr + i_b * N + o_n, mask=m_n, other=0.0)
-            b_g0 = tl.load(g0_ptr + i_b * M + o_m, mask=m_m, other=0.0)
-            b_fo = tl.where(b_f == b_f0 * s_k, b_f0, b_fo)
-            b_go = tl.where(b_g == b_g0 * s_k, b_g0, b_go)
-    tl.store(f_ptr + i_b * N + o_n, b_fo, mask=m_n)
-    tl.store(g_ptr + i_b * M + o_m, b_go, mask=m_m)
+    tl.store(f_ptr + i_b * N + o_n, b_f * s_un, mask=m_n)
+    tl.store(g_ptr + i_b * M + o_m, b_g * s_un, mask=m_m)
     tl.store(nit_ptr + i_b, n_it)
     tl.store(err_ptr + i_b, err)
     if SUMS:

@@ -244,9 +244,6 @@ def _solve(op: _Operand, a, b, eps, max_iter, tol, tau_a, tau_b, sums: bool, sta
             HAS_TOL=has_tol, ERR_ONLY=last, **op.consts())
     unscale = 1.0 / scale
     f, g = f * unscale, g * unscale
-    if warm:  # a problem that ran no iteration returns its warm start as given (not rescaled twice)
-        idle = (n_iter == 0)[:, None]
-        f, g = torch.where(idle, f_init, f), torch.where(idle, g_init, g)
     if sums:
         tc, mass = _plan_pass(op, a, b, f, g, eps, write_plan=False)
     return f, g, n_iter, err, tc, mass

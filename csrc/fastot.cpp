@@ -59,14 +59,30 @@ TORCH_LIBRARY(fastot, m) {
   // The symmetric problems (x, x) with weights a [B,N] (the self-terms of the Sinkhorn divergence; CPU only): averaged
   // updates h <- (T(h) + T(T(h))) / 2 from h0 (or 0), T the c-transform, up to max_iter steps (tol as
   // sinkhorn_fwd, on the state (h, h)). Returns h [B,N], the steps n_iter [B] and the final error err [B].
+  // With cu_seqlens [B+1]: packed x [T,d], a [T], h0 and h [T], as sinkhorn_embeddings_varlen_fwd.
   m.def(
       "sinkhorn_embeddings_symmetric_fwd(Tensor x, Tensor a, int cost, float eps, int max_iter, float? tol, "
-      "Tensor? h0=None) -> (Tensor h, Tensor n_iter, Tensor err)");
+      "Tensor? h0=None, Tensor? cu_seqlens=None) -> (Tensor h, Tensor n_iter, Tensor err)");
   // Envelope backward: dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* recomputed from the potentials. A side
   // whose gradient is not needed (need_dx/need_dy false, e.g. the frozen teacher) is returned as zeros, not computed.
   m.def(
       "sinkhorn_embeddings_bwd(Tensor x, Tensor y, Tensor a, Tensor b, Tensor f, Tensor g, Tensor scale, int cost, "
       "float eps, bool need_dx=True, bool need_dy=True) -> (Tensor dx, Tensor dy)");
+  // sinkhorn_embeddings on packed (varlen, as flash-attention's) inputs, read in place: x [Tx,d] and y [Ty,d] hold the
+  // B problems' rows back to back, problem k's at cu_seqlens_x[k] .. cu_seqlens_x[k+1]-1 (int32/int64 [B+1], from 0
+  // to Tx, nondecreasing) and likewise for y; weights a [Tx], b [Ty], warm start f0 [Tx], g0 [Ty]. The same solve as
+  // the padded op on the padded equivalent; f [Tx], g [Ty]. absorb given: scaling iterations (as
+  // sinkhorn_embeddings_fwd_scaling), else log-domain ones (absorptions 0, fell_back false). CPU only.
+  m.def(
+      "sinkhorn_embeddings_varlen_fwd(Tensor x, Tensor y, Tensor cu_seqlens_x, Tensor cu_seqlens_y, Tensor a, "
+      "Tensor b, int cost, float eps, int max_iter, float? tol, float? tau_a, float? tau_b, float? absorb=None, "
+      "Tensor? f0=None, Tensor? g0=None) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, Tensor transport_cost, "
+      "Tensor mass, Tensor absorptions, Tensor fell_back)");
+  // sinkhorn_embeddings_bwd on packed inputs (f [Tx], g [Ty], scale [B]): dx [Tx,d], dy [Ty,d]. CPU only.
+  m.def(
+      "sinkhorn_embeddings_varlen_bwd(Tensor x, Tensor y, Tensor cu_seqlens_x, Tensor cu_seqlens_y, Tensor a, "
+      "Tensor b, Tensor f, Tensor g, Tensor scale, int cost, float eps, bool need_dx=True, bool need_dy=True) -> "
+      "(Tensor dx, Tensor dy)");
   // The instruction set the CPU kernels were chosen for at run time ("base", "avx2", "avx512").
   m.def("cpu_isa() -> str", &fastot::cpu::cpu_isa);
   // Code-switch token substitution on a tokenized batch; see fastot/reference/codeswitch.py for the contract.

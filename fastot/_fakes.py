@@ -56,14 +56,29 @@ def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=20.0, f0=None, 
 
 
 @torch.library.register_fake("fastot::sinkhorn_embeddings_symmetric_fwd")
-def _(x, a, cost, eps, max_iter, tol, h0=None):
-    B, N = x.shape[0], x.shape[1]
+def _(x, a, cost, eps, max_iter, tol, h0=None, cu_seqlens=None):
+    B = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     dt = ref.compute_dtype(x.dtype)
-    return x.new_empty((B, N), dtype=dt), x.new_empty((B,), dtype=torch.int32), x.new_empty((B,), dtype=dt)
+    return a.new_empty(a.shape, dtype=dt), x.new_empty((B,), dtype=torch.int32), x.new_empty((B,), dtype=dt)
 
 
 @torch.library.register_fake("fastot::sinkhorn_embeddings_bwd")
 def _(x, y, a, b, f, g, scale, cost, eps, need_dx=True, need_dy=True):
+    dt = ref.compute_dtype(x.dtype)
+    return x.new_empty(x.shape, dtype=dt), y.new_empty(y.shape, dtype=dt)
+
+
+@torch.library.register_fake("fastot::sinkhorn_embeddings_varlen_fwd")
+def _(x, y, cu_seqlens_x, cu_seqlens_y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=None, f0=None, g0=None):
+    B = cu_seqlens_x.shape[0] - 1
+    dt = ref.compute_dtype(x.dtype)
+    e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731
+    return (e(x.shape[0]), e(y.shape[0]), x.new_empty((B,), dtype=torch.int32), e(B), e(B), e(B),
+            x.new_empty((B,), dtype=torch.int32), x.new_empty((B,), dtype=torch.bool))
+
+
+@torch.library.register_fake("fastot::sinkhorn_embeddings_varlen_bwd")
+def _(x, y, cu_seqlens_x, cu_seqlens_y, a, b, f, g, scale, cost, eps, need_dx=True, need_dy=True):
     dt = ref.compute_dtype(x.dtype)
     return x.new_empty(x.shape, dtype=dt), y.new_empty(y.shape, dtype=dt)
 

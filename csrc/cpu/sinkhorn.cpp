@@ -510,34 +510,44 @@ struct ScalingArgs {
   bool* fell_back;
 };
 
+// Where the points of problem k lie along one side of the inputs (weights, potentials, embedding rows): padded
+// (points k * len .. k * len + len - 1 of a [B, len] layout) or packed (points cu[k] .. cu[k + 1] - 1 of the
+// concatenation, flash-attention's varlen layout; len is then the longest problem).
+struct Segments {
+  int64_t len;
+  const int64_t* cu = nullptr;
+  int64_t start(int64_t k) const { return cu ? cu[k] : k * len; }
+  int64_t count(int64_t k) const { return cu ? cu[k + 1] - cu[k] : len; }
+};
+
 // The warm start of problem k into a filled tile (its real points; a problem with an empty side keeps 0).
 template <typename T>
-void warm_start(Tile<T>& t, const Options<T>& o, int64_t k, int64_t N, int64_t M) {
+void warm_start(Tile<T>& t, const Options<T>& o, int64_t k, const Segments& sx, const Segments& sy) {
   if (t.n() == 0 || t.m() == 0) return;
   if (o.f0)
-    for (int64_t i = 0; i < t.n(); ++i) t.f[i] = o.f0[k * N + t.rows[i]];
+    for (int64_t i = 0; i < t.n(); ++i) t.f[i] = o.f0[sx.start(k) + t.rows[i]];
   if (o.g0)
-    for (int64_t j = 0; j < t.m(); ++j) t.g[j] = o.g0[k * M + t.cols[j]];
+    for (int64_t j = 0; j < t.m(); ++j) t.g[j] = o.g0[sy.start(k) + t.cols[j]];
 }
 
 // Solves B problems. fill(k, tile) gathers problem k into the tile; after(k, tile) runs once its iterations
 // are done (while the tile is still there). Schedules as described at the top of this file. With `sc` the
 // scaling iterations run instead of the log-domain ones (fill need not build the transposed tile then).
 template <typename T, typename Fill, typename After>
-void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill fill, After after, T* f, T* g,
-                    int32_t* n_iter, T* err, const ScalingArgs<T>* sc = nullptr) {
+void solve_problems(int64_t B, const Segments& sx, const Segments& sy, const Options<T>& o, Fill fill, After after,
+                    T* f, T* g, int32_t* n_iter, T* err, const ScalingArgs<T>* sc = nullptr) {
   const Kernels<T>* K = kernels<T>();
-  if (per_problem_schedule(B, N, M)) {
+  if (per_problem_schedule(B, sx.len, sy.len)) {
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       Tile<T> t;  // per chunk (one per thread per call): freed when the call ends
       const Passes<T> serial{K, false};
       for (int64_t k = begin; k < end; ++k) {
         fill(k, t);
-        warm_start(t, o, k, N, M);
+        warm_start(t, o, k, sx, sy);
         const int64_t n = t.n(), m = t.m();
         if (sc) {
           iterate_scaling(t, o, sc->absorb, serial, n_iter + k, err + k, sc->absorptions + k, sc->fell_back + k);
-          scatter(t, f + k * N, g + k * M);
+          scatter(t, f + sx.start(k), g + sy.start(k));
           after(k, t);
           continue;
         }
@@ -551,7 +561,7 @@ void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill f
               K->lse_columns(t.Cs.data(), n, t.ld, t.fs.data(), 0, t.ld, t.lse_c.data(), t.colmax.data(),
                              t.colsum.data());
             });
-        scatter(t, f + k * N, g + k * M);
+        scatter(t, f + sx.start(k), g + sy.start(k));
         after(k, t);
       }
     });
@@ -561,11 +571,11 @@ void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill f
   const Passes<T> blocked{K, true};
   for (int64_t k = 0; k < B; ++k) {
     fill(k, t);
-    warm_start(t, o, k, N, M);
+    warm_start(t, o, k, sx, sy);
     const int64_t n = t.n(), m = t.m(), W = kLanes<T>;
     if (sc) {
       iterate_scaling(t, o, sc->absorb, blocked, n_iter + k, err + k, sc->absorptions + k, sc->fell_back + k);
-      scatter(t, f + k * N, g + k * M);
+      scatter(t, f + sx.start(k), g + sy.start(k));
       after(k, t);
       continue;
     }
@@ -583,7 +593,7 @@ void solve_problems(int64_t B, int64_t N, int64_t M, const Options<T>& o, Fill f
                            t.colsum.data());
           });
         });
-    scatter(t, f + k * N, g + k * M);
+    scatter(t, f + sx.start(k), g + sy.start(k));
     after(k, t);
   }
 }
@@ -593,7 +603,7 @@ void solve_batch(const T* C, const T* A, const T* Bw, int64_t B, int64_t N, int6
                  T* g, int32_t* n_iter, T* err, const ScalingArgs<T>* sc = nullptr) {
   const T inv_eps = T(1) / o.eps;
   solve_problems<T>(
-      B, N, M, o,
+      B, Segments{N}, Segments{M}, o,
       [&](int64_t k, Tile<T>& t) { t.gather(C + k * N * M, A + k * N, Bw + k * M, N, M, inv_eps, sc == nullptr); },
       [](int64_t, Tile<T>&) {}, f, g, n_iter, err, sc);
 }
@@ -730,16 +740,18 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_plan_sums_cpu(const at::Tensor& cost
 // inputs are read in their own dtype (bf16/fp16 rows are converted per problem, never as a whole copy).
 enum CostKind : int64_t { kCosine = 0, kSqEuclidean = 1, kDot = 2 };
 
-// The rows `idx` of problem k of X [B, N, d] as a contiguous T [n, d] matrix: a pointer into X when it already is
-// one (dtype T, every row valid), otherwise gathered and converted into `buf`: bf16 -> fp32 by a bit shift (the
-// loop vectorises), other conversions by one ATen copy per run of consecutive rows.
+// The rows `idx` of one problem (its `count` rows from row `start` of X, [B, N, d] or packed [T, d]) as a contiguous
+// T [n, d] matrix: a pointer into X when it already is one (dtype T, every row valid), otherwise gathered and
+// converted into `buf`: bf16 -> fp32 by a bit shift (the loop vectorises), other conversions by one ATen copy per
+// run of consecutive rows.
 template <typename T>
-const T* rows_as(const at::Tensor& X, int64_t k, const std::vector<int64_t>& idx, std::vector<T>& buf) {
-  const int64_t N = X.size(1), d = X.size(2), n = static_cast<int64_t>(idx.size());
+const T* rows_as(const at::Tensor& X, int64_t start, int64_t count, const std::vector<int64_t>& idx,
+                 std::vector<T>& buf) {
+  const int64_t d = X.size(-1), n = static_cast<int64_t>(idx.size());
   const auto st = X.scalar_type();
-  if (st == c10::CppTypeToScalarType<T>::value && n == N) return X.template const_data_ptr<T>() + k * N * d;
+  if (st == c10::CppTypeToScalarType<T>::value && n == count) return X.template const_data_ptr<T>() + start * d;
   buf.resize(n * d);
-  const char* src = static_cast<const char*>(X.const_data_ptr()) + k * N * d * X.element_size();
+  const char* src = static_cast<const char*>(X.const_data_ptr()) + start * d * X.element_size();
   if constexpr (std::is_same_v<T, float>) {
     if (st == at::kBFloat16) {
       const uint16_t* s16 = reinterpret_cast<const uint16_t*>(src);
@@ -780,15 +792,16 @@ void row_sumsq(const T* v, int64_t n, int64_t d, T* out) {
   }
 }
 
-// Problem k: its valid rows of x and y (e.xp, e.yp), their norm terms (e.sx, e.sy: 1/max(|.|, 1e-12) for cosine,
+// Problem k (rows where sx, sy put it): its valid rows of x and y (e.xp, e.yp), their norm terms (e.sx, e.sy: 1/max(|.|, 1e-12) for cosine,
 // |.|^2 for sqeuclidean) and the cost [n, m] in t.cost, as fastot.pairwise_cost defines it:
 // cosine 1 - <x, y> / (max(|x|, 1e-12) max(|y|, 1e-12)); sqeuclidean max(|x|^2 + |y|^2 - 2 <x, y>, 0); dot -<x, y>.
 template <typename T>
-void embedding_cost(const at::Tensor& X, const at::Tensor& Y, int64_t k, int64_t kind, Tile<T>& t) {
+void embedding_cost(const at::Tensor& X, const at::Tensor& Y, int64_t k, const Segments& sx, const Segments& sy,
+                    int64_t kind, Tile<T>& t) {
   EmbeddingTile<T>& e = t.emb;
-  const int64_t d = X.size(2), n = t.n(), m = t.m();
-  e.xp = rows_as<T>(X, k, t.rows, e.xbuf);
-  e.yp = rows_as<T>(Y, k, t.cols, e.ybuf);
+  const int64_t d = X.size(-1), n = t.n(), m = t.m();
+  e.xp = rows_as<T>(X, sx.start(k), sx.count(k), t.rows, e.xbuf);
+  e.yp = rows_as<T>(Y, sy.start(k), sy.count(k), t.cols, e.ybuf);
   if (!t.cost.defined()) t.cost = at::empty({0}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   t.cost.resize_({n, m});
   if (n == 0 || m == 0) return;
@@ -833,25 +846,103 @@ at::Tensor embeddings_data(const at::Tensor& x, at::ScalarType dt) {
   return (as_is ? x.detach() : x.detach().to(dt)).contiguous();
 }
 
+// The packed (varlen) layout of one side: cu_seqlens [B + 1] (int32 or int64, on the CPU) as int64, after checking
+// that it starts at 0, never decreases and ends at `total`, the rows of the packed tensor (the kernels index with it).
+at::Tensor packed_offsets(const char* op, const at::Tensor& cu, const char* name, int64_t total) {
+  TORCH_CHECK(cu.dim() == 1 && cu.size(0) >= 1, op, ": ", name, " must be a 1-D [B + 1] tensor, got ", cu.sizes());
+  TORCH_CHECK(cu.scalar_type() == at::kInt || cu.scalar_type() == at::kLong, op, ": ", name,
+              " must be int32 or int64, got ", cu.scalar_type());
+  TORCH_CHECK(cu.device().is_cpu(), op, ": ", name, " must be on the CPU, got ", cu.device());
+  at::Tensor c = cu.to(at::kLong).contiguous();
+  const int64_t* p = c.const_data_ptr<int64_t>();
+  const int64_t n = c.size(0);
+  TORCH_CHECK(p[0] == 0, op, ": ", name, "[0] must be 0, got ", p[0]);
+  for (int64_t k = 1; k < n; ++k)
+    TORCH_CHECK(p[k] >= p[k - 1], op, ": ", name, " must be nondecreasing, but ", name, "[", k, "] = ", p[k], " < ",
+                p[k - 1]);
+  TORCH_CHECK(p[n - 1] == total, op, ": ", name, "[-1] must be the number of packed rows ", total, ", got ", p[n - 1]);
+  return c;
+}
+
+// The longest segment of a packed side.
+int64_t longest(const at::Tensor& cu) {
+  const int64_t* p = cu.const_data_ptr<int64_t>();
+  int64_t best = 0;
+  for (int64_t k = 1; k < cu.size(0); ++k) best = std::max(best, p[k] - p[k - 1]);
+  return best;
+}
+
+// The layout of an embeddings call: padded (x [B, N, d], a [B, N], ...) or packed (x [Tx, d], a [Tx], cu_x [B + 1],
+// ...), checked; the int64 offsets of a packed side are held here (the Segments point into them).
+struct EmbeddingLayout {
+  int64_t B = 0;
+  Segments sx{0}, sy{0};
+  at::Tensor cu_x, cu_y;
+};
+
+EmbeddingLayout embedding_layout(const char* op, const at::Tensor& x, const at::Tensor& y, const at::Tensor& a,
+                                 const at::Tensor& b, int64_t kind, const at::Tensor* cu_x, const at::Tensor* cu_y) {
+  EmbeddingLayout L;
+  if (!cu_x) {
+    check_embeddings_inputs(x, y, a, b, kind);
+    L.B = x.size(0);
+    L.sx = Segments{x.size(1)};
+    L.sy = Segments{y.size(1)};
+    return L;
+  }
+  TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(1) == y.size(1), op,
+              ": packed x and y must be [Tx, d] and [Ty, d], got ", x.sizes(), " and ", y.sizes());
+  TORCH_CHECK(a.dim() == 1 && a.size(0) == x.size(0), op, ": a must be [Tx] = [", x.size(0), "], got ", a.sizes());
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == y.size(0), op, ": b must be [Ty] = [", y.size(0), "], got ", b.sizes());
+  TORCH_CHECK(kind >= 0 && kind <= 2, op, ": cost must be 0 (cosine), 1 (sqeuclidean) or 2 (dot)");
+  TORCH_CHECK(y.device() == x.device() && a.device() == x.device() && b.device() == x.device(), op,
+              ": x, y, a, b must be on one device");
+  TORCH_CHECK(cu_x->dim() == 1 && cu_y->dim() == 1 && cu_x->size(0) == cu_y->size(0), op,
+              ": cu_seqlens_x and cu_seqlens_y must both be [B + 1], got ", cu_x->sizes(), " and ", cu_y->sizes());
+  L.cu_x = packed_offsets(op, *cu_x, "cu_seqlens_x", x.size(0));
+  L.cu_y = packed_offsets(op, *cu_y, "cu_seqlens_y", y.size(0));
+  L.B = L.cu_x.size(0) - 1;
+  L.sx = Segments{longest(L.cu_x), L.cu_x.const_data_ptr<int64_t>()};
+  L.sy = Segments{longest(L.cu_y), L.cu_y.const_data_ptr<int64_t>()};
+  return L;
+}
+
+// A warm start in a side's layout ([B, N] padded, [T] packed), in the compute dtype; undefined when not given.
+at::Tensor side_warm_start(const char* op, const c10::optional<at::Tensor>& w, const char* name,
+                           const at::Tensor& weights, at::ScalarType dt) {
+  if (weights.dim() == 2) return warm_start_data(op, w, name, weights.size(0), weights.size(1), weights.device(), dt);
+  if (!w.has_value() || !w->defined()) return at::Tensor();
+  TORCH_CHECK(w->dim() == 1 && w->size(0) == weights.size(0), op, ": ", name, " must be [", weights.size(0),
+              "] (packed), got ", w->sizes());
+  TORCH_CHECK(at::isFloatingType(w->scalar_type()), op, ": ", name, " must be floating point, got ", w->scalar_type());
+  TORCH_CHECK(w->device() == weights.device(), op, ": ", name, " is on ", w->device(), " but the inputs are on ",
+              weights.device());
+  return w->detach().to(dt).contiguous();
+}
+
+// sinkhorn_embeddings forward, padded or (with cu_x, cu_y) packed: f, g in the layout of a, b.
 std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a,
                                             const at::Tensor& b, int64_t kind, double eps, int64_t max_iter,
                                             c10::optional<double> tol, c10::optional<double> tau_a,
                                             c10::optional<double> tau_b, c10::optional<double> absorb,
                                             const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0,
-                                            bool symmetric = false) {
-  const char* op = absorb ? "sinkhorn_embeddings_fwd_scaling" : "sinkhorn_embeddings";
-  check_embeddings_inputs(x, y, a, b, kind);
+                                            bool symmetric = false, const at::Tensor* cu_x = nullptr,
+                                            const at::Tensor* cu_y = nullptr) {
+  const char* op = cu_x ? "sinkhorn_embeddings_varlen_fwd"
+                        : (absorb ? "sinkhorn_embeddings_fwd_scaling" : "sinkhorn_embeddings");
+  const EmbeddingLayout L = embedding_layout(op, x, y, a, b, kind, cu_x, cu_y);
   TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
   TORCH_CHECK(max_iter >= 0, op, ": max_iter must be >= 0, got ", max_iter);
   TORCH_CHECK(!absorb || *absorb > 0, op, ": absorb must be > 0, got ", absorb.value_or(0.0));
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor X = embeddings_data(x, dt), Y = embeddings_data(y, dt);
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
-  const int64_t B = X.size(0), N = X.size(1), M = Y.size(1);
-  const at::Tensor F0 = warm_start_data(op, f0, "f0", B, N, x.device(), dt);
-  const at::Tensor G0 = warm_start_data(op, g0, "g0", B, M, x.device(), dt);
+  const int64_t B = L.B;
+  const Segments &sx = L.sx, &sy = L.sy;
+  const at::Tensor F0 = side_warm_start(op, f0, "f0", A, dt);
+  const at::Tensor G0 = side_warm_start(op, g0, "g0", Bw, dt);
   const auto opts = A.options();
-  at::Tensor f = at::zeros({B, N}, opts), g = at::zeros({B, M}, opts), err = at::zeros({B}, opts);
+  at::Tensor f = at::zeros(A.sizes(), opts), g = at::zeros(Bw.sizes(), opts), err = at::zeros({B}, opts);
   at::Tensor n_iter = at::zeros({B}, opts.dtype(at::kInt));
   at::Tensor tc = at::zeros({B}, opts), mass = at::zeros({B}, opts);
   at::Tensor absorptions = at::zeros({B}, opts.dtype(at::kInt)), fell_back = at::zeros({B}, opts.dtype(at::kBool));
@@ -867,13 +958,13 @@ std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tenso
     const Kernels<T>* K = kernels<T>();
     T *tcp = tc.data_ptr<T>(), *mp = mass.data_ptr<T>();
     solve_problems<T>(
-        B, N, M, o,
+        B, sx, sy, o,
         [&](int64_t k, Tile<T>& t) {
-          t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
-          embedding_cost<T>(X, Y, k, kind, t);
+          t.select(A.data_ptr<T>() + sx.start(k), Bw.data_ptr<T>() + sy.start(k), sx.count(k), sy.count(k));
+          embedding_cost<T>(X, Y, k, sx, sy, kind, t);
           const T* Cp = t.cost.data_ptr<T>();
           const int64_t m = t.m();
-          t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, !absorb);
+          t.fill([&](int64_t r) { return Cp + r * m; }, false, sy.count(k), inv_eps, !absorb);
         },
         [&](int64_t k, Tile<T>& t) {  // <P, C> and mass while the tile is here
           T sp = 0, sm = 0;
@@ -913,26 +1004,42 @@ sinkhorn_embeddings_fwd_scaling_cpu(const at::Tensor& x, const at::Tensor& y, co
 //  cosine (c_ij = <x_i, y_j> sx_i sy_j, s = 1/max(|.|, 1e-12)): Q_ij = -P_ij sx_i sy_j, rx_i = sx_i^2 sum_j P_ij c_ij
 //    (0 where the clamp is active: there x/1e-12 is linear); sqeuclidean: Q = -2P (P = 0 where the clamp at 0 is
 //    active), rx_i = 2 sum_j P_ij; dot: Q = -P, rx = 0.
-std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor& x, const at::Tensor& y,
-                                                               const at::Tensor& a, const at::Tensor& b,
-                                                               const at::Tensor& f, const at::Tensor& g,
-                                                               const at::Tensor& scale, int64_t kind, double eps,
-                                                               bool need_dx, bool need_dy) {
-  check_embeddings_inputs(x, y, a, b, kind);
-  check_potentials("sinkhorn_embeddings_bwd", f, g, x.size(0), x.size(1), y.size(1), x.device(), eps, &scale);
+// Padded (x [B, N, d], f [B, N], ...) or, with cu_x, cu_y, packed (x [Tx, d], f [Tx], ...): dx, dy like x, y.
+std::tuple<at::Tensor, at::Tensor> embeddings_bwd_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a,
+                                                       const at::Tensor& b, const at::Tensor& f, const at::Tensor& g,
+                                                       const at::Tensor& scale, int64_t kind, double eps, bool need_dx,
+                                                       bool need_dy, const at::Tensor* cu_x = nullptr,
+                                                       const at::Tensor* cu_y = nullptr) {
+  const char* op = cu_x ? "sinkhorn_embeddings_varlen_bwd" : "sinkhorn_embeddings_bwd";
+  const EmbeddingLayout L = embedding_layout(op, x, y, a, b, kind, cu_x, cu_y);
+  const int64_t B = L.B;
+  const Segments &sx = L.sx, &sy = L.sy;
+  if (cu_x) {
+    TORCH_CHECK(f.sizes() == a.sizes() && g.sizes() == b.sizes(), op, ": f and g must be [Tx] and [Ty] like a and b, got ",
+                f.sizes(), " and ", g.sizes());
+    TORCH_CHECK(f.device() == x.device() && g.device() == x.device(), op, ": f and g must be on ", x.device());
+    TORCH_CHECK(scale.dim() == 1 && scale.size(0) == B && scale.device() == x.device(), op, ": scale must be [B] = ",
+                B, " on ", x.device(), ", got ", scale.sizes());
+    TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  } else {
+    check_potentials(op, f, g, B, x.size(1), y.size(1), x.device(), eps, &scale);
+  }
   const auto dt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor X = embeddings_data(x, dt), Y = embeddings_data(y, dt);
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const at::Tensor F = f.to(dt).contiguous(), G = g.to(dt).contiguous(), S = scale.to(dt).contiguous();
-  const int64_t B = X.size(0), N = X.size(1), M = Y.size(1), d = X.size(2);
+  const int64_t d = X.size(-1);
   const auto opts = A.options();
   // A gradient that is needed is written in full by its problem's task (rows without mass get 0), so it is
   // allocated uninitialised: zeroing [B, N, d] up front cost more than the problems' GEMMs (first-touch page
   // faults). One that is not needed is a broadcast zero (no memory).
-  auto grad_out = [&](bool need, int64_t rows) {
-    return need ? at::empty({B, rows, d}, opts) : at::zeros({1, 1, 1}, opts).expand({B, rows, d});
+  auto grad_out = [&](bool need, const at::Tensor& like) {
+    std::vector<int64_t> shape(like.sizes().begin(), like.sizes().end());
+    shape.back() = d;
+    if (need) return at::empty(shape, opts);
+    return at::zeros(std::vector<int64_t>(shape.size(), 1), opts).expand(shape);
   };
-  at::Tensor dx = grad_out(need_dx, N), dy = grad_out(need_dy, M);
+  at::Tensor dx = grad_out(need_dx, x), dy = grad_out(need_dy, y);
   AT_DISPATCH_FLOATING_TYPES(dt, "sinkhorn_embeddings_bwd_cpu", [&] {
     using T = scalar_t;
     const Kernels<T>* K = kernels<T>();
@@ -942,14 +1049,15 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
       EmbeddingTile<T>& e = t.emb;
       std::vector<T> ptile;
       for (int64_t k = begin; k < end; ++k) {
-        t.select(A.data_ptr<T>() + k * N, Bw.data_ptr<T>() + k * M, N, M);
+        t.select(A.data_ptr<T>() + sx.start(k), Bw.data_ptr<T>() + sy.start(k), sx.count(k), sy.count(k));
         const int64_t n = t.n(), m = t.m();
         const T s = S.data_ptr<T>()[k];
         // zero the rows this problem's GEMMs will not write (all of them if it has no gradient)
         const bool skip = n == 0 || m == 0 || s == 0 || !(need_dx || need_dy);
-        auto clear = [&](bool need, const at::Tensor& grad, int64_t rows, const std::vector<int64_t>& idx) {
+        auto clear = [&](bool need, const at::Tensor& grad, const Segments& seg, const std::vector<int64_t>& idx) {
           if (!need) return;
-          T* gk = grad.data_ptr<T>() + k * rows * d;
+          const int64_t rows = seg.count(k);
+          T* gk = grad.data_ptr<T>() + seg.start(k) * d;
           size_t next = 0;
           for (int64_t r = 0; r < rows; ++r) {
             if (!skip && next < idx.size() && idx[next] == r) {
@@ -959,13 +1067,13 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
             std::fill(gk + r * d, gk + (r + 1) * d, T(0));
           }
         };
-        clear(need_dx, dx, N, t.rows);
-        clear(need_dy, dy, M, t.cols);
+        clear(need_dx, dx, sx, t.rows);
+        clear(need_dy, dy, sy, t.cols);
         if (skip) continue;
-        embedding_cost<T>(X, Y, k, kind, t);
+        embedding_cost<T>(X, Y, k, sx, sy, kind, t);
         const T* Cp = t.cost.data_ptr<T>();
-        t.fill([&](int64_t r) { return Cp + r * m; }, false, M, inv_eps, false);
-        t.load_potentials(F.data_ptr<T>() + k * N, G.data_ptr<T>() + k * M, /*full=*/true, inv_eps);
+        t.fill([&](int64_t r) { return Cp + r * m; }, false, sy.count(k), inv_eps, false);
+        t.load_potentials(F.data_ptr<T>() + sx.start(k), G.data_ptr<T>() + sy.start(k), /*full=*/true, inv_eps);
         const int64_t ld = t.ld;
         ptile.resize(n * ld);  // plan_rows writes every entry, padding columns included
         T unused_pc = 0, unused_p = 0;
@@ -1021,12 +1129,46 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
             for (int64_t c = 0; c < d; ++c) dst[c] = gi[c] + r * oi[c];
           }
         };
-        if (need_dx) side(Q, Yk, e.xp, e.rx, t.rows, dx.data_ptr<T>() + k * N * d);
-        if (need_dy) side(Q.t(), Xk, e.yp, e.ry, t.cols, dy.data_ptr<T>() + k * M * d);
+        if (need_dx) side(Q, Yk, e.xp, e.rx, t.rows, dx.data_ptr<T>() + sx.start(k) * d);
+        if (need_dy) side(Q.t(), Xk, e.yp, e.ry, t.cols, dy.data_ptr<T>() + sy.start(k) * d);
       }
     });
   });
   return {dx, dy};
+}
+
+std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor& x, const at::Tensor& y,
+                                                               const at::Tensor& a, const at::Tensor& b,
+                                                               const at::Tensor& f, const at::Tensor& g,
+                                                               const at::Tensor& scale, int64_t kind, double eps,
+                                                               bool need_dx, bool need_dy) {
+  return embeddings_bwd_impl(x, y, a, b, f, g, scale, kind, eps, need_dx, need_dy);
+}
+
+// Packed (varlen) inputs: x [Tx, d], y [Ty, d], the rows of problem k at cu_seqlens_x[k] .. cu_seqlens_x[k + 1] - 1
+// (and y's likewise), weights a [Tx], b [Ty]; read in place, never padded. absorb given: scaling iterations.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+sinkhorn_embeddings_varlen_fwd_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& cu_seqlens_x,
+                                   const at::Tensor& cu_seqlens_y, const at::Tensor& a, const at::Tensor& b,
+                                   int64_t kind, double eps, int64_t max_iter, c10::optional<double> tol,
+                                   c10::optional<double> tau_a, c10::optional<double> tau_b,
+                                   c10::optional<double> absorb, const c10::optional<at::Tensor>& f0,
+                                   const c10::optional<at::Tensor>& g0) {
+  auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0, false,
+                               &cu_seqlens_x, &cu_seqlens_y);
+  if (r.size() == 6) {
+    const int64_t B = r[2].size(0);
+    r.push_back(at::zeros({B}, r[2].options()));
+    r.push_back(at::zeros({B}, r[2].options().dtype(at::kBool)));
+  }
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
+}
+
+std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_varlen_bwd_cpu(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& cu_seqlens_x, const at::Tensor& cu_seqlens_y,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& f, const at::Tensor& g, const at::Tensor& scale,
+    int64_t kind, double eps, bool need_dx, bool need_dy) {
+  return embeddings_bwd_impl(x, y, a, b, f, g, scale, kind, eps, need_dx, need_dy, &cu_seqlens_x, &cu_seqlens_y);
 }
 
 }  // namespace
@@ -1034,13 +1176,16 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_embeddings_bwd_cpu(const at::Tensor&
 // The instruction set the CPU kernels run with here ("base", "avx2" or "avx512").
 std::string cpu_isa() { return kernels<float>()->isa; }
 
-// The symmetric problems (x, x) with weights a: averaged updates h <- (T(h) + T(T(h))) / 2 from h0 (or 0), each
-// step one log-domain iteration and the average; tol stops a problem once the state (h, h) meets it.
+// The symmetric problems (x, x) with weights a (padded, or packed with cu_seqlens): averaged updates
+// h <- (T(h) + T(T(h))) / 2 from h0 (or 0), each step one log-domain iteration and the average; tol stops a problem
+// once the state (h, h) meets it.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_symmetric_fwd_cpu(
     const at::Tensor& x, const at::Tensor& a, int64_t kind, double eps, int64_t max_iter, c10::optional<double> tol,
-    const c10::optional<at::Tensor>& h0) {
+    const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& cu_seqlens) {
+  const bool packed = cu_seqlens.has_value() && cu_seqlens->defined();
+  const at::Tensor* cu = packed ? &*cu_seqlens : nullptr;
   auto r = embeddings_fwd_impl(x, x, a, a, kind, eps, max_iter, tol, c10::nullopt, c10::nullopt, c10::nullopt, h0, h0,
-                               /*symmetric=*/true);
+                               /*symmetric=*/true, cu, cu);
   return {r[0], r[2], r[3]};
 }
 
@@ -1053,6 +1198,8 @@ TORCH_LIBRARY_IMPL(fastot, CPU, m) {
   m.impl("sinkhorn_embeddings_fwd_scaling", &sinkhorn_embeddings_fwd_scaling_cpu);
   m.impl("sinkhorn_embeddings_symmetric_fwd", &sinkhorn_embeddings_symmetric_fwd_cpu);
   m.impl("sinkhorn_embeddings_bwd", &sinkhorn_embeddings_bwd_cpu);
+  m.impl("sinkhorn_embeddings_varlen_fwd", &sinkhorn_embeddings_varlen_fwd_cpu);
+  m.impl("sinkhorn_embeddings_varlen_bwd", &sinkhorn_embeddings_varlen_bwd_cpu);
 }
 
 }  // namespace cpu

@@ -63,14 +63,17 @@ def content_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
     return keep
 
 
-def _check_hidden(name: str, h, mask_name: str, mask) -> None:
-    if not isinstance(h, torch.Tensor) or h.dim() != 3 or not h.is_floating_point():
-        raise ValueError(f"OTDistillationLoss: {name} must be a floating-point [B, L, d] tensor, got "
+def _check_hidden(name: str, h, mask_name: str, mask, packed: bool = False) -> None:
+    want = "[T, d] (packed, with cu_seqlens)" if packed else "[B, L, d]"
+    if not isinstance(h, torch.Tensor) or h.dim() != (2 if packed else 3) or not h.is_floating_point():
+        raise ValueError(f"OTDistillationLoss: {name} must be a floating-point {want} tensor, got "
                          f"{type(h).__name__ if not isinstance(h, torch.Tensor) else f'{h.dtype} {list(h.shape)}'}")
     if mask is not None:
-        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(h.shape[:2]):
-            raise ValueError(f"OTDistillationLoss: {mask_name} must be a [B, L] tensor matching {name} "
-                             f"{list(h.shape[:2])}, got {list(mask.shape) if isinstance(mask, torch.Tensor) else mask!r}")
+        lead = tuple(h.shape[:-1])
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != lead:
+            raise ValueError(f"OTDistillationLoss: {mask_name} must be a {'[T]' if packed else '[B, L]'} tensor "
+                             f"matching {name} {list(lead)}, got "
+                             f"{list(mask.shape) if isinstance(mask, torch.Tensor) else mask!r}")
 
 
 def _objective(objective: str | None, debias) -> str:
@@ -117,14 +120,19 @@ def ot_distillation_loss(
     backend: str | None = None,
     method: str = "auto",
     debias: bool = False,
+    cu_seqlens_student: torch.Tensor | None = None,
+    cu_seqlens_teacher: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The OT distillation loss as a function; see :class:`OTDistillationLoss` for the arguments.
 
     Returns a scalar (``reduction="mean"`` or ``"sum"``) or a [B] tensor (``"none"``).
     """
-    _check_hidden("student_hidden", student_hidden, "student_mask", student_mask)
-    _check_hidden("teacher_hidden", teacher_hidden, "teacher_mask", teacher_mask)
-    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+    packed = cu_seqlens_student is not None or cu_seqlens_teacher is not None
+    if packed and (cu_seqlens_student is None or cu_seqlens_teacher is None):
+        raise ValueError("OTDistillationLoss: packed input needs both cu_seqlens_student and cu_seqlens_teacher")
+    _check_hidden("student_hidden", student_hidden, "student_mask", student_mask, packed)
+    _check_hidden("teacher_hidden", teacher_hidden, "teacher_mask", teacher_mask, packed)
+    if not packed and student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise ValueError(f"OTDistillationLoss: student_hidden has {student_hidden.shape[0]} pairs but "
                          f"teacher_hidden has {teacher_hidden.shape[0]}")
     objective = _objective(objective, debias)
@@ -144,29 +152,34 @@ def ot_distillation_loss(
     if y.dtype != x.dtype:  # e.g. an fp32 teacher with a bf16 autocast student: solve in the wider type
         wide = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(wide), y.to(wide)
+    cu = dict(cu_seqlens_x=cu_seqlens_student, cu_seqlens_y=cu_seqlens_teacher)
     if debias:
         div = sinkhorn_divergence(x, y, student_mask, teacher_mask, a=student_weights, b=teacher_weights, cost=cost,
-                                  eps=eps, max_iter=max_iter, tol=tol, backend=backend, method=method)
+                                  eps=eps, max_iter=max_iter, tol=tol, backend=backend, method=method, **cu)
         per_pair = div.value
-        a, b = _weights_of(student_mask, student_weights, x), _weights_of(teacher_mask, teacher_weights, y)
     else:
         res = sinkhorn_embeddings(x, y, student_mask, teacher_mask, a=student_weights, b=teacher_weights, cost=cost,
-                                  eps=eps, max_iter=max_iter, tol=tol, grad=grad, backend=backend, method=method)
+                                  eps=eps, max_iter=max_iter, tol=tol, grad=grad, backend=backend, method=method, **cu)
         per_pair = res.transport_cost if objective == "transport_cost" else res.value
-        a, b = res._a, res._b
     if reduction == "none":
         return per_pair
     if reduction == "sum":
         return per_pair.sum()
     # mean over the pairs that have tokens on both sides (a pair with an empty side carries no loss)
-    has_mass = (a.sum(1) > 0) & (b.sum(1) > 0)
+    has_mass = ((_side_mass(student_mask, student_weights, x, cu_seqlens_student) > 0)
+                & (_side_mass(teacher_mask, teacher_weights, y, cu_seqlens_teacher) > 0))
     return per_pair.sum() / has_mass.sum().clamp_min(1).to(per_pair.dtype)
 
 
-def _weights_of(mask, weights, h) -> torch.Tensor:
-    """The [B, L] weights sinkhorn_embeddings gives a side (only whether a pair has mass is read from them)."""
-    w = torch.ones(h.shape[:2], device=h.device) if weights is None else weights
-    return w if mask is None else w * (mask != 0)
+def _side_mass(mask, weights, h, cu) -> torch.Tensor:
+    """[B] total weight sinkhorn_embeddings gives each pair's side (only whether it is positive is read)."""
+    w = torch.ones(h.shape[:-1], device=h.device) if weights is None else weights.detach()
+    w = w if mask is None else w * (mask != 0)
+    if cu is None:
+        return w.sum(1)
+    seg = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=h.device), cu[1:] - cu[:-1],
+                                  output_size=h.shape[0])
+    return torch.zeros(cu.numel() - 1, dtype=w.dtype, device=h.device).index_add(0, seg, w.to(w.dtype))
 
 
 class OTDistillationLoss(nn.Module):
@@ -196,6 +209,9 @@ class OTDistillationLoss(nn.Module):
         teacher_hidden [B, M, d_t], teacher_mask [B, M]; optional ``student_weights`` [B, N] /
         ``teacher_weights`` [B, M] replace the uniform weights (they are multiplied by the masks).
         Build masks that drop special tokens with :func:`content_mask`.
+        Packed (varlen) input: ``student_hidden`` [Ts, d_s] and ``teacher_hidden`` [Tt, d_t] hold the pairs' tokens
+        back to back, with ``cu_seqlens_student`` / ``cu_seqlens_teacher`` [B + 1] (flash-attention's layout; see
+        :func:`fastot.sinkhorn_embeddings`); masks and weights are then [Ts] / [Tt].
 
     The teacher side is detached. Half-precision hidden states are solved in float32.
     """
@@ -218,12 +234,13 @@ class OTDistillationLoss(nn.Module):
         self.projection = projection
 
     def forward(self, student_hidden, student_mask, teacher_hidden, teacher_mask, *, student_weights=None,
-                teacher_weights=None) -> torch.Tensor:
+                teacher_weights=None, cu_seqlens_student=None, cu_seqlens_teacher=None) -> torch.Tensor:
         return ot_distillation_loss(
             student_hidden, student_mask, teacher_hidden, teacher_mask, eps=self.eps, max_iter=self.max_iter,
             cost=self.cost, reduction=self.reduction, objective=self.objective, tol=self.tol, grad=self.grad,
             student_weights=student_weights, teacher_weights=teacher_weights, projection=self.projection,
-            backend=self.backend, method=self.method, debias=self.debias)
+            backend=self.backend, method=self.method, debias=self.debias, cu_seqlens_student=cu_seqlens_student,
+            cu_seqlens_teacher=cu_seqlens_teacher)
 
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, max_iter={self.max_iter}, cost={self.cost!r}, reduction={self.reduction!r}, "

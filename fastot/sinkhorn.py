@@ -8,6 +8,7 @@ exact convention.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable
@@ -195,11 +196,13 @@ def _cost_status(cost, a, b, eps, tau_a, tau_b) -> torch.Tensor:
     return status.to(torch.int8)
 
 
-def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b) -> torch.Tensor:
+def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b, packing=None) -> torch.Tensor:
     """[B] int8 status of sinkhorn_embeddings problems: non-finite real tokens (2) and a cost bound that
-    overflows (3): cosine <= 2, sqeuclidean <= (|x| + |y|)^2, dot <= |x| |y|, with |v| <= sqrt(d) max |v_k|."""
+    overflows (3): cosine <= 2, sqeuclidean <= (|x| + |y|)^2, dot <= |x| |y|, with |v| <= sqrt(d) max |v_k|.
+    a [B, N], b [B, M]; x, y padded [B, N, d], [B, M, d], or packed [Tx, d], [Ty, d] with ``packing`` (the two
+    sides' Packing)."""
     status, va, vb = _weight_status(a, b, tau_a, tau_b)
-    B, N, M, d = x.shape[0], x.shape[1], y.shape[1], x.shape[2]
+    B, N, M, d = a.shape[0], a.shape[1], b.shape[1], x.shape[-1]
     if B == 0 or N == 0 or M == 0 or d == 0:
         return status
     limit = torch.finfo(ref.compute_dtype(x.dtype)).max / 16
@@ -209,11 +212,13 @@ def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b) -> torch.Tensor
         if all(e < float("inf") for e in ends) and (4 * big * big if kind != 0 else 2.0) / eps < limit:
             return status
 
-    def absmax(t, valid):  # max |t| over the real rows of each problem, one pass without a |t| temporary
-        lo, hi = torch.aminmax(t, dim=2)  # NaN propagates
-        return torch.where(valid, torch.maximum(lo.abs(), hi.abs()), 0).amax(1).double()
+    def absmax(t, valid, pk):  # max |t| over the real rows of each problem, one pass without a |t| temporary
+        lo, hi = torch.aminmax(t, dim=-1)  # NaN propagates
+        r = torch.maximum(lo.abs(), hi.abs())
+        return torch.where(valid, r if pk is None else pk.pad(r), 0).amax(1).double()
 
-    xr, yr = absmax(x, va), absmax(y, vb)
+    px, py = packing if packing is not None else (None, None)
+    xr, yr = absmax(x, va, px), absmax(y, vb, py)
     bad = ~(torch.isfinite(xr) & torch.isfinite(yr))
     nx, ny = xr * d ** 0.5, yr * d ** 0.5
     bound = {0: torch.full_like(nx, 2.0), 1: (nx + ny) ** 2, 2: nx * ny}[kind]
@@ -355,6 +360,80 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
         return dx, dy, da, db, None, None, None, None, None, None, None, None, None, None, None, None
 
 
+def _varlen_kernels(backend: str, method: str, packing):
+    """(forward, backward) of the packed (varlen) embeddings path of ``backend`` (cpp or triton). The forward takes
+    (x, y, cu_x, cu_y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, f0=, g0=) and returns (f, g, n_iter, err,
+    <P,C>, sum P), as the padded kernels' forward."""
+    absorb = 20.0 if method == "scaling" else None
+    if backend == "cpp":
+        op, bwd = torch.ops.fastot.sinkhorn_embeddings_varlen_fwd, torch.ops.fastot.sinkhorn_embeddings_varlen_bwd
+        lens = {}
+    else:
+        from .triton import sinkhorn as tsk  # noqa: PLC0415 - imported only when the backend is chosen
+
+        op, bwd = tsk.sinkhorn_embeddings_varlen_fwd, tsk.sinkhorn_embeddings_varlen_bwd
+        lens = {"max_seqlen_x": packing[0].L, "max_seqlen_y": packing[1].L}
+
+    def fwd(x, y, cu_x, cu_y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, f0=None, g0=None):
+        return op(x, y, cu_x, cu_y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0, **lens)[:6]
+
+    def backward(*args):
+        return bwd(*args, **lens)
+
+    return fwd, backward
+
+
+def _flag_points(status: torch.Tensor, pk, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """_flag for packed per-point tensors ([T] or [T, d]): NaN on every point of a flagged problem."""
+    if _can_sync(status) and not bool((status != 0).any()):
+        return list(tensors)
+    bad = pk.per_point(status != 0)
+    return [torch.where(bad.view((-1,) + (1,) * (t.dim() - 1)), float("nan"), t) for t in tensors]
+
+
+class _SinkhornEmbeddingsVarlenEnvelope(torch.autograd.Function):
+    """_SinkhornEmbeddingsEnvelope on packed inputs: x [Tx, d], y [Ty, d], a [Tx], b [Ty], f [Tx], g [Ty], read in
+    place by the kernels (cpp, triton). Per-problem sums (the value, the weights' gradients) go through the padded
+    [B, L] layout of the per-point vectors only."""
+
+    @staticmethod
+    def forward(ctx, x, y, a, b, status, px, py, backend, method, cost, eps, max_iter, tol, tau_a, tau_b, f0, g0,
+                stages):
+        kind = _COST_KIND[cost]
+        fwd, _ = _varlen_kernels(backend, method, (px, py))
+        f, g, n_iter, err, tc, mass = _staged(fwd, (x, y, px.cu, py.cu, a, b, kind), eps, max_iter, tol, tau_a,
+                                              tau_b, f0, g0, stages)
+        value = _dual_value(px.pad(a), py.pad(b), px.pad(f), py.pad(g), mass, eps, tau_a, tau_b)
+        err, value, tc = _flag(status, err, value, tc)
+        (f,), (g,) = _flag_points(status, px, f), _flag_points(status, py, g)
+        n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
+        ctx.save_for_backward(x, y, a, b, f, g, status)
+        ctx.packing = (px, py)
+        ctx.cfg = (backend, kind, eps, tau_a, tau_b)
+        ctx.mark_non_differentiable(f, g, n_iter, err)
+        return f, g, value, tc, n_iter, err
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
+        x, y, a, b, f, g, status = ctx.saved_tensors
+        px, py = ctx.packing
+        backend, kind, eps, tau_a, tau_b = ctx.cfg
+        dx = dy = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            _, bwd = _varlen_kernels(backend, "log", ctx.packing)
+            dx, dy = bwd(x, y, px.cu, py.cu, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps,
+                         ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+            (dx,), (dy,) = _flag_points(status, px, dx), _flag_points(status, py, dy)
+            dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
+            dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None
+        da, db = _weight_vjp(ctx, px.pad(a), py.pad(b), px.pad(f), py.pad(g), g_value, 2, 3, eps, tau_a, tau_b,
+                             status)
+        da = None if da is None else px.unpad(da)
+        db = None if db is None else py.unpad(db)
+        return (dx, dy, da, db) + (None,) * 14
+
+
 @dataclass
 class SinkhornResult:
     """Result of :func:`sinkhorn`. Shapes: f [B,N], g [B,M], value/transport_cost/n_iter/err/status [B].
@@ -383,6 +462,7 @@ class SinkhornResult:
     _a: torch.Tensor = field(repr=False)
     _b: torch.Tensor = field(repr=False)
     method: str = "log"  # the iteration scheme that ran: "log" or "scaling" (see METHODS)
+    _packing: tuple | None = field(default=None, repr=False)  # packed input: the two sides' Packing
 
     def check(self) -> SinkhornResult:
         """Raise ValueError if any problem was flagged (``status != 0``), naming them and why; else return self.
@@ -403,8 +483,10 @@ class SinkhornResult:
         with torch.no_grad():
             k = _kernels(self.backend)
             cost = self._cost() if callable(self._cost) else self._cost  # fused path: the cost is built on demand
-            return k.plan(cost.detach(), self._a.detach(), self._b.detach(), self.f.detach(), self.g.detach(),
-                          self.eps)
+            f, g = self.f.detach(), self.g.detach()
+            if self._packing is not None:  # packed potentials [Tx], [Ty]: the plan is padded [B, N, M]
+                f, g = self._packing[0].pad(f), self._packing[1].pad(g)
+            return k.plan(cost.detach(), self._a.detach(), self._b.detach(), f, g, self.eps)
 
 
 def _check_positive(name: str, value, allow_none: bool = True, finite: bool = True) -> None:
@@ -722,6 +804,8 @@ def sinkhorn_embeddings(
     f0: torch.Tensor | None = None,
     g0: torch.Tensor | None = None,
     eps_schedule=None,
+    cu_seqlens_x: torch.Tensor | None = None,
+    cu_seqlens_y: torch.Tensor | None = None,
 ) -> SinkhornResult:
     """Sinkhorn between token embeddings, cost computed from x and y.
 
@@ -729,6 +813,14 @@ def sinkhorn_embeddings(
         x: [B, N, d], y: [B, M, d] (fp32/fp64; bf16/fp16 promoted to fp32 for the cost).
         x_mask: [B, N] bool/0-1, True = real token (padding gets zero weight). y_mask: [B, M].
         a, b: optional weights; default uniform over the unmasked tokens.
+        cu_seqlens_x, cu_seqlens_y: packed (varlen) input, flash-attention's layout: x [Tx, d] and y [Ty, d] hold
+            the B problems' tokens back to back, problem k's at rows cu_seqlens_x[k] .. cu_seqlens_x[k+1]-1 (an
+            int32/int64 [B + 1] tensor from 0 to Tx, nondecreasing; an empty problem is allowed), y's likewise.
+            x_mask, a, f0 are then [Tx] and y_mask, b, g0 [Ty]; the result's f [Tx], g [Ty] are packed too (value,
+            n_iter, ... stay [B]). The same solve as on the padded equivalent, without padding: the cpp and triton
+            kernels read the packed rows in place, so no [B, N, d] tensor is built and no work is spent on
+            padding. The torch and cuda backends and ``grad="unrolled"`` solve the padded equivalent (built from
+            the packed rows, gradients included). cu_seqlens is read on the host (one small read on a GPU).
         cost: "cosine" (default), "sqeuclidean" or "dot".
         Other arguments (``f0``, ``g0`` and ``eps_schedule`` included) as :func:`sinkhorn`. Gradients reach x and y
         through the cost. ``eps_schedule="geometric"`` starts from a bound on the cost: 2 (cosine),
@@ -744,6 +836,9 @@ def sinkhorn_embeddings(
     tile per program in registers. The torch backend materialises the cost. On CUDA devices ``auto`` tries triton
     before cuda here (see ``fastot._backend``).
     """
+    if cu_seqlens_x is not None or cu_seqlens_y is not None:
+        return _packed_embeddings(x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, tau_a, tau_b, grad, backend,
+                                  method, f0, g0, eps_schedule, cu_seqlens_x, cu_seqlens_y)
     _check_embeddings(x, y, cost, "sinkhorn_embeddings")
     B, N, M = x.shape[0], x.shape[1], y.shape[1]
     like = x.new_empty(0, dtype=ref.compute_dtype(x.dtype))
@@ -772,6 +867,93 @@ def sinkhorn_embeddings(
     C = pairwise_cost(x, y, cost)
     return _sinkhorn(C, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, status, method, f0, g0,
                      stages=stages)
+
+
+def _packed_side(mask, w, pk, like, T: int, name: str, w_name: str, fn: str) -> torch.Tensor:
+    """The padded [B, L] weights of one packed side from its mask and weights [T] (checked in that shape; default
+    uniform over each problem's real tokens)."""
+    if w is not None:
+        w = pk.pad(_checked(w, like, w_name, (T,), fn))
+    if mask is None:
+        m = pk.valid
+    else:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a tensor or None, got {type(mask).__name__}")
+        if tuple(mask.shape) != (T,):
+            raise ValueError(f"{fn}: {name} must have shape [{T}] (packed), got {list(mask.shape)}")
+        if mask.device != like.device:
+            raise ValueError(f"{fn}: {name} is on {mask.device} but x is on {like.device}")
+        if mask.is_complex():
+            raise TypeError(f"{fn}: {name} must be bool or real, got {mask.dtype}")
+        m = pk.pad(mask != 0)
+    return _mask_weights(m, w, pk.L, like, name, w_name, (pk.B, pk.L))
+
+
+def _packed_inputs(x, y, x_mask, y_mask, a, b, cost, cu_x, cu_y, fn: str = "sinkhorn_embeddings"):
+    """The checked packed inputs: (Packing of x, of y, padded weights a [B, N], b [B, M], packed weights a [Tx],
+    b [Ty]); the weights differentiable back to ``a``, ``b``."""
+    if cu_x is None or cu_y is None:
+        raise ValueError(f"{fn}: packed input needs both cu_seqlens_x and cu_seqlens_y (one is None)")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"{fn}: x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.dim() != 2 or y.dim() != 2:
+        raise ValueError(f"{fn}: with cu_seqlens, x and y must be packed [Tx, d] and [Ty, d], got {list(x.shape)} "
+                         f"and {list(y.shape)}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"{fn}: x {list(x.shape)} and y {list(y.shape)} must agree on d")
+    if not x.is_floating_point() or not y.is_floating_point():
+        raise TypeError(f"{fn}: x and y must be floating point, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"{fn}: x is on {x.device} but y is on {y.device}")
+    if cost not in COSTS:
+        raise ValueError(f"{fn}: cost must be one of {COSTS}, got {cost!r}")
+    from ._packed import Packing, check_cu  # noqa: PLC0415 - packed input only
+
+    Tx, Ty = x.shape[0], y.shape[0]
+    cu_x, lx = check_cu(cu_x, "cu_seqlens_x", Tx, x, fn)
+    cu_y, ly = check_cu(cu_y, "cu_seqlens_y", Ty, x, fn)
+    if cu_x.numel() != cu_y.numel():
+        raise ValueError(f"{fn}: cu_seqlens_x and cu_seqlens_y must both be [B + 1], got {cu_x.numel()} and "
+                         f"{cu_y.numel()} entries")
+    px, py = Packing(cu_x, Tx, lx), Packing(cu_y, Ty, ly)
+    like = x.new_empty(0, dtype=ref.compute_dtype(x.dtype))
+    a_pad = _packed_side(x_mask, a, px, like, Tx, "x_mask", "a", fn)
+    b_pad = _packed_side(y_mask, b, py, like, Ty, "y_mask", "b", fn)
+    return px, py, a_pad, b_pad, px.unpad(a_pad), py.unpad(b_pad)
+
+
+def _packed_embeddings(x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, tau_a, tau_b, grad, backend, method,
+                       f0, g0, eps_schedule, cu_x, cu_y) -> SinkhornResult:
+    """sinkhorn_embeddings on packed (varlen) input; see its docstring."""
+    fn = "sinkhorn_embeddings"
+    px, py, a_pad, b_pad, a_, b_ = _packed_inputs(x, y, x_mask, y_mask, a, b, cost, cu_x, cu_y, fn)
+    Tx, Ty = x.shape[0], y.shape[0]
+    like = x.new_empty(0, dtype=ref.compute_dtype(x.dtype))
+    be = None if grad == "unrolled" else _backend.resolve("sinkhorn", x.device, backend, _backend.AUTO_ORDER_FUSED)
+    eps_, tol_, tau_a_, tau_b_ = _solver_args(eps, max_iter, tol, tau_a, tau_b, grad, like.dtype)
+    if method not in METHODS:
+        raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
+    f0 = _warm(f0, like, "f0", (Tx,), fn)
+    g0 = _warm(g0, like, "g0", (Ty,), fn)
+    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a_, b_, cost), fn)
+    if be not in ("cpp", "triton"):  # solved on the padded equivalent; the potentials come back packed
+        res = sinkhorn_embeddings(px.pad(x), py.pad(y), a=a_pad, b=b_pad, cost=cost, eps=eps, max_iter=max_iter,
+                                  tol=tol, tau_a=tau_a, tau_b=tau_b, grad=grad, backend=backend, method=method,
+                                  f0=None if f0 is None else px.pad(f0), g0=None if g0 is None else py.pad(g0),
+                                  eps_schedule=list(stages))
+        return dataclasses.replace(res, f=px.unpad(res.f), g=py.unpad(res.g), _packing=(px, py))
+    with torch.no_grad():
+        status = _embeddings_status(x.detach(), y.detach(), a_pad.detach(), b_pad.detach(), _COST_KIND[cost], eps_,
+                                    tau_a_, tau_b_, (px, py))
+        status = _warm_status(status, None if f0 is None else px.pad(f0), None if g0 is None else py.pad(g0),
+                              a_pad.detach(), b_pad.detach())
+    how = _method(method, be, max_iter)
+    f, g, value, tc, n_iter, err = _SinkhornEmbeddingsVarlenEnvelope.apply(x, y, a_, b_, status, px, py, be, how, cost,
+                                                                           eps_, max_iter, tol_, tau_a_, tau_b_, f0,
+                                                                           g0, stages)
+    return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps_,
+                          lambda: pairwise_cost(px.pad(x.detach()), py.pad(y.detach()), cost), a_pad, b_pad, how,
+                          (px, py))
 
 
 def _embeddings_range(x, y, a, b, cost: str) -> float:

@@ -19,6 +19,13 @@ Two ways through a solve:
   Per-problem early stop is a flag in global memory that the next launches read: no host synchronisation.
   The state F, G lives in global memory; a warm start is simply its initial content.
 
+Packed problems (VARLEN): x [Tx,D], y [Ty,D] hold the B problems' rows back to back, problem k owning rows
+cu_x[k]:cu_x[k+1] (``cu_x_ptr``, int64 [B+1]), and every per-point buffer (weights, potentials, FT, errors,
+gradients) is packed alike. Each program then reads its problem's first row and length from the offsets, and
+N, M (the kernel arguments: the longest problem, which sizes the grid) become that problem's own lengths;
+without VARLEN problem k starts at row k N of [B,N] buffers and at k * stride_b in x. Either way a kernel moves
+its pointers to the problem's start once, so ``_cost_block`` and the loops address rows 0..N-1 of one problem.
+
 Scalar arguments that feed fp64 arithmetic are declared ``tl.float64`` (a plain float argument would be fp32)
 and cast to the compute dtype ``DT`` inside the kernel.
 """
@@ -31,16 +38,17 @@ import triton.language as tl
 
 @triton.jit
 def _cost_block(
-    c_ptr, s_cb, s_cn, s_cm,  # cost [B,N,M] and its strides (when not FROM_EMB)
-    x_ptr, s_xb, s_xn, s_xd,  # row-side embeddings [B,N,D] and strides (FROM_EMB)
-    y_ptr, s_yb, s_ym, s_yd,  # column-side embeddings [B,M,D] and strides (FROM_EMB)
-    rx_ptr, ry_ptr,  # per-point factors [B,N], [B,M]: 1/|x| (cosine), |x|^2 (sqeuclidean); unused for dot
-    i_b, o_n, o_m, m_n, m_m, N, M, D,
+    c_ptr, s_cn, s_cm,  # this problem's cost [N,M] and its strides (when not FROM_EMB)
+    x_ptr, s_xn, s_xd,  # this problem's row-side embeddings [N,D] and strides (FROM_EMB)
+    y_ptr, s_ym, s_yd,  # this problem's column-side embeddings [M,D] and strides (FROM_EMB)
+    rx_ptr, ry_ptr,  # this problem's per-point factors [N], [M]: 1/|x| (cosine), |x|^2 (sqeuclidean); unused for dot
+    o_n, o_m, m_n, m_m, D,
     m_a, m_b, scale,  # rows/columns inside the problem (weight > 0), log2(e)/eps
     FROM_EMB: tl.constexpr, KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, DOT_UPCAST: tl.constexpr,
 ):
-    """One [BLOCK_N, BLOCK_M] block of the cost in dtype DT (0 outside the ranges).
+    """One [BLOCK_N, BLOCK_M] block of the cost in dtype DT (0 outside the ranges). The pointers point at the
+    problem's first row / column, padded or packed alike (see the module docstring).
 
     From embeddings: KIND 0 cosine 1 - <x,y>/(|x||y|) (norms clamped at 1e-12), 1 squared Euclidean
     |x|^2 + |y|^2 - 2<x,y> clamped at 0, 2 dot -<x,y>; <x,y> accumulates over D in BLOCK_K chunks with tl.dot
@@ -56,9 +64,9 @@ def _cost_block(
         for k0 in range(0, D, BLOCK_K):
             o_k = k0 + tl.arange(0, BLOCK_K)
             m_k = o_k < D
-            b_x = tl.load(x_ptr + i_b * s_xb + o_n64[:, None] * s_xn + o_k[None, :] * s_xd,
+            b_x = tl.load(x_ptr + o_n64[:, None] * s_xn + o_k[None, :] * s_xd,
                           mask=m_n[:, None] & m_k[None, :], other=0.0)
-            b_y = tl.load(y_ptr + i_b * s_yb + o_m64[:, None] * s_ym + o_k[None, :] * s_yd,
+            b_y = tl.load(y_ptr + o_m64[:, None] * s_ym + o_k[None, :] * s_yd,
                           mask=m_m[:, None] & m_k[None, :], other=0.0)
             if DOT_UPCAST:  # the Triton interpreter multiplies bf16 bit patterns as integers
                 b_x = b_x.to(DT)
@@ -68,8 +76,8 @@ def _cost_block(
             b_c = -b_acc
             b_raw = b_c
         else:
-            b_rx = tl.load(rx_ptr + i_b * N + o_n, mask=m_n, other=0.0).to(DT)
-            b_ry = tl.load(ry_ptr + i_b * M + o_m, mask=m_m, other=0.0).to(DT)
+            b_rx = tl.load(rx_ptr + o_n, mask=m_n, other=0.0).to(DT)
+            b_ry = tl.load(ry_ptr + o_m, mask=m_m, other=0.0).to(DT)
             if KIND == 0:
                 b_c = 1.0 - b_acc * b_rx[:, None] * b_ry[None, :]
                 b_raw = b_c
@@ -77,11 +85,18 @@ def _cost_block(
                 b_raw = b_rx[:, None] + b_ry[None, :] - 2.0 * b_acc
                 b_c = tl.maximum(b_raw, 0.0)
     else:
-        b_c = tl.load(c_ptr + i_b * s_cb + o_n64[:, None] * s_cn + o_m64[None, :] * s_cm,
+        b_c = tl.load(c_ptr + o_n64[:, None] * s_cn + o_m64[None, :] * s_cm,
                       mask=m_n[:, None] & m_m[None, :], other=0.0).to(DT)
         b_raw = b_c
     m_valid = m_a[:, None] & m_b[None, :] & (b_c < float("inf"))
     return b_c, b_raw, tl.where(m_valid, b_c * scale, float("inf"))
+
+
+@triton.jit
+def _segment(cu_ptr, i_b):
+    """Packed problem i_b's first row cu[i_b] (int64) and its number of rows cu[i_b + 1] - cu[i_b] (int32)."""
+    r0 = tl.load(cu_ptr + i_b).to(tl.int64)
+    return r0, (tl.load(cu_ptr + i_b + 1) - r0).to(tl.int32)
 
 
 @triton.jit
@@ -226,6 +241,7 @@ def _onchip_kernel(
     x_ptr, s_xb, s_xn, s_xd,  # x [B,N,D] (FROM_EMB=True)
     y_ptr, s_yb, s_ym, s_yd,  # y [B,M,D]
     rx_ptr, ry_ptr,  # cost factors [B,N], [B,M] (see _cost_block)
+    cu_x_ptr, cu_y_ptr,  # VARLEN: row offsets [B+1] (int64) of the packed problems (see the module docstring)
     a_ptr, b_ptr,  # weights [B,N], [B,M], contiguous, dtype DT
     f_ptr, g_ptr,  # out: potentials [B,N], [B,M] (natural units, dtype DT)
     nit_ptr, err_ptr,  # out: iterations [B] int32, marginal error [B]
@@ -244,9 +260,20 @@ def _onchip_kernel(
     FROM_EMB: tl.constexpr, KIND: tl.constexpr, HAS_TOL: tl.constexpr, UNBAL_A: tl.constexpr,
     SUMS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     PREC: tl.constexpr, DT: tl.constexpr, DOT_UPCAST: tl.constexpr, SCALING: tl.constexpr = False,
-    WARM: tl.constexpr = False,
+    WARM: tl.constexpr = False, VARLEN: tl.constexpr = False,
 ):
     i_b = tl.program_id(0).to(tl.int64)
+    if VARLEN:  # packed: this problem's rows and columns from the offsets; N, M become its own lengths
+        r_x, N = _segment(cu_x_ptr, i_b)
+        r_y, M = _segment(cu_y_ptr, i_b)
+        x_ptr += r_x * s_xn
+        y_ptr += r_y * s_ym
+    else:
+        r_x = i_b * N
+        r_y = i_b * M
+        c_ptr += i_b * s_cb
+        x_ptr += i_b * s_xb
+        y_ptr += i_b * s_yb
     o_n = tl.arange(0, BLOCK_N)
     o_m = tl.arange(0, BLOCK_M)
     m_n = o_n < N
@@ -257,19 +284,19 @@ def _onchip_kernel(
     s_eta = tl.full((), eps_tau_a, DT)
     s_tol = tl.full((), tol, DT)
 
-    b_a = tl.load(a_ptr + i_b * N + o_n, mask=m_n, other=0.0)
-    b_w = tl.load(b_ptr + i_b * M + o_m, mask=m_m, other=0.0)
+    b_a = tl.load(a_ptr + r_x + o_n, mask=m_n, other=0.0)
+    b_w = tl.load(b_ptr + r_y + o_m, mask=m_m, other=0.0)
     m_a = b_a > 0
     b_la = tl.log2(tl.where(m_a, b_a, 1.0))  # 0 where the weight is 0
     m_b = b_w > 0
     b_lb = tl.log2(tl.where(m_b, b_w, 1.0))
-    b_c, b_raw, b_kinv = _cost_block(c_ptr, s_cb, s_cn, s_cm, x_ptr, s_xb, s_xn, s_xd, y_ptr, s_yb, s_ym, s_yd,
-                                     rx_ptr, ry_ptr, i_b, o_n, o_m, m_n, m_m, N, M, D, m_a, m_b, s_k,
+    b_c, b_raw, b_kinv = _cost_block(c_ptr, s_cn, s_cm, x_ptr, s_xn, s_xd, y_ptr, s_ym, s_yd, rx_ptr + r_x,
+                                     ry_ptr + r_y, o_n, o_m, m_n, m_m, D, m_a, m_b, s_k,
                                      FROM_EMB, KIND, BLOCK_N, BLOCK_M, BLOCK_K, PREC, DT, DOT_UPCAST)
 
     if WARM:  # the iterations start from the warm start (separate buffers: autotuning reruns the kernel)
-        b_f = tl.load(f0_ptr + i_b * N + o_n, mask=m_n, other=0.0) * s_k
-        b_g = tl.load(g0_ptr + i_b * M + o_m, mask=m_m, other=0.0) * s_k
+        b_f = tl.load(f0_ptr + r_x + o_n, mask=m_n, other=0.0) * s_k
+        b_g = tl.load(g0_ptr + r_y + o_m, mask=m_m, other=0.0) * s_k
     else:
         b_f = tl.zeros((BLOCK_N,), dtype=DT)
         b_g = tl.zeros((BLOCK_M,), dtype=DT)
@@ -302,8 +329,8 @@ def _onchip_kernel(
             err = tl.sum(_row_error(b_a, b_f, b_ft, m_ok, s_eta, UNBAL_A), 0)
 
     s_un = tl.full((), unscale, DT)
-    tl.store(f_ptr + i_b * N + o_n, b_f * s_un, mask=m_n)
-    tl.store(g_ptr + i_b * M + o_m, b_g * s_un, mask=m_m)
+    tl.store(f_ptr + r_x + o_n, b_f * s_un, mask=m_n)
+    tl.store(g_ptr + r_y + o_m, b_g * s_un, mask=m_m)
     tl.store(nit_ptr + i_b, n_it)
     tl.store(err_ptr + i_b, err)
     if SUMS:
@@ -316,6 +343,7 @@ def _onchip_kernel(
 @triton.jit
 def _row_pass_kernel(
     c_ptr, s_cb, s_cn, s_cm, x_ptr, s_xb, s_xn, s_xd, y_ptr, s_yb, s_ym, s_yd, rx_ptr, ry_ptr,  # as _onchip_kernel
+    cu_x_ptr, cu_y_ptr,  # VARLEN: row offsets [B+1]
     a_ptr, b_ptr,  # weights [B,N], [B,M]
     f_ptr, g_ptr,  # state F [B,N], G [B,M] (base-2 units)
     ft_ptr, re_ptr,  # out: row c-transform FT [B,N] and per-row marginal error [B,N]
@@ -326,30 +354,43 @@ def _row_pass_kernel(
     scale: tl.float64, eps_tau_a: tl.float64,
     USE_DONE: tl.constexpr, FROM_EMB: tl.constexpr, KIND: tl.constexpr, UNBAL_A: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-    DOT_UPCAST: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, VARLEN: tl.constexpr = False,
 ):
     """FT_i = -LSE2_j(G_j + log2 b_j - K_ij) for one block of rows, and each row's marginal error at (F, FT)."""
     i_b = tl.program_id(0).to(tl.int64)
+    if VARLEN:  # as in _onchip_kernel
+        r_x, N = _segment(cu_x_ptr, i_b)
+        r_y, M = _segment(cu_y_ptr, i_b)
+        x_ptr += r_x * s_xn
+        y_ptr += r_y * s_ym
+    else:
+        r_x = i_b * N
+        r_y = i_b * M
+        c_ptr += i_b * s_cb
+        x_ptr += i_b * s_xb
+        y_ptr += i_b * s_yb
     o_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     active = True
     if USE_DONE:
         active = tl.load(done_ptr + i_b) == 0
+    if VARLEN:  # the grid covers the longest problem: blocks past this one's rows have nothing to do
+        active = (tl.program_id(1) * BLOCK_N < N) & active
     if active:
         s_k = tl.full((), scale, DT)
-        b_a = tl.load(a_ptr + i_b * N + o_n, mask=m_n, other=0.0)
+        b_a = tl.load(a_ptr + r_x + o_n, mask=m_n, other=0.0)
         m_a = b_a > 0
         run_max = tl.full((BLOCK_N,), float("-inf"), DT)
         run_sum = tl.zeros((BLOCK_N,), DT)
         for m0 in range(0, M, BLOCK_M):
             o_m = m0 + tl.arange(0, BLOCK_M)
             m_m = o_m < M
-            b_wb = tl.load(b_ptr + i_b * M + o_m, mask=m_m, other=0.0)
+            b_wb = tl.load(b_ptr + r_y + o_m, mask=m_m, other=0.0)
             m_b = b_wb > 0
             b_lb = tl.log2(tl.where(m_b, b_wb, 1.0))  # 0 where the weight is 0
-            b_g = tl.load(g_ptr + i_b * M + o_m, mask=m_m, other=0.0)
-            b_c, b_raw, b_kinv = _cost_block(c_ptr, s_cb, s_cn, s_cm, x_ptr, s_xb, s_xn, s_xd, y_ptr, s_yb, s_ym, s_yd,
-                                             rx_ptr, ry_ptr, i_b, o_n, o_m, m_n, m_m, N, M, D, m_a, m_b, s_k,
+            b_g = tl.load(g_ptr + r_y + o_m, mask=m_m, other=0.0)
+            b_c, b_raw, b_kinv = _cost_block(c_ptr, s_cn, s_cm, x_ptr, s_xn, s_xd, y_ptr, s_ym, s_yd, rx_ptr + r_x,
+                                             ry_ptr + r_y, o_n, o_m, m_n, m_m, D, m_a, m_b, s_k,
                                              FROM_EMB, KIND, BLOCK_N, BLOCK_M, BLOCK_K, PREC, DT, DOT_UPCAST)
             z = (b_g + b_lb)[None, :] - b_kinv
             new_max = tl.maximum(run_max, tl.max(z, 1))  # online log-sum-exp over the column tiles
@@ -358,15 +399,16 @@ def _row_pass_kernel(
             run_max = new_max
         lse, m_ok = _lse2_finish(run_max, run_sum)
         b_ft = tl.where(m_ok, -lse, 0.0)
-        b_f = tl.load(f_ptr + i_b * N + o_n, mask=m_n, other=0.0)
-        tl.store(ft_ptr + i_b * N + o_n, b_ft, mask=m_n)
-        tl.store(re_ptr + i_b * N + o_n, _row_error(b_a, b_f, b_ft, m_ok, tl.full((), eps_tau_a, DT), UNBAL_A),
+        b_f = tl.load(f_ptr + r_x + o_n, mask=m_n, other=0.0)
+        tl.store(ft_ptr + r_x + o_n, b_ft, mask=m_n)
+        tl.store(re_ptr + r_x + o_n, _row_error(b_a, b_f, b_ft, m_ok, tl.full((), eps_tau_a, DT), UNBAL_A),
                  mask=m_n)
 
 
 @triton.jit(do_not_specialize=["it"])
 def _col_pass_kernel(
     c_ptr, s_cb, s_cn, s_cm, x_ptr, s_xb, s_xn, s_xd, y_ptr, s_yb, s_ym, s_yd, rx_ptr, ry_ptr,  # as _onchip_kernel
+    cu_x_ptr, cu_y_ptr,  # VARLEN: row offsets [B+1]
     a_ptr, b_ptr,  # weights [B,N], [B,M]
     f_ptr, g_ptr,  # state F [B,N] (written by column block 0), G [B,M] (written)
     ft_ptr, re_ptr,  # row c-transform and per-row error from the row pass
@@ -377,7 +419,7 @@ def _col_pass_kernel(
     err_ptr,  # out: marginal error [B] (ERR_ONLY)
     HAS_TOL: tl.constexpr, ERR_ONLY: tl.constexpr, FROM_EMB: tl.constexpr, KIND: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-    DOT_UPCAST: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, VARLEN: tl.constexpr = False,
 ):
     """Finish iteration ``it``: unless the problem has stopped (or its error is now below tol, which stops it),
     F <- lam_a FT and G_j <- lam_b (-LSE2_i(F_i + log2 a_i - K_ij)) for one block of columns.
@@ -386,6 +428,17 @@ def _col_pass_kernel(
     sums it, so a problem that stopped reports an error below tol. Every write is a function of the row pass's
     output alone, so running the kernel twice (autotuning) is harmless."""
     i_b = tl.program_id(0).to(tl.int64)
+    if VARLEN:  # as in _onchip_kernel
+        r_x, N = _segment(cu_x_ptr, i_b)
+        r_y, M = _segment(cu_y_ptr, i_b)
+        x_ptr += r_x * s_xn
+        y_ptr += r_y * s_ym
+    else:
+        r_x = i_b * N
+        r_y = i_b * M
+        c_ptr += i_b * s_cb
+        x_ptr += i_b * s_xb
+        y_ptr += i_b * s_yb
     i_m = tl.program_id(1)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
@@ -394,7 +447,7 @@ def _col_pass_kernel(
         err = tl.zeros((BLOCK_N,), DT)
         for n0 in range(0, N, BLOCK_N):
             o_n = n0 + tl.arange(0, BLOCK_N)
-            err += tl.load(re_ptr + i_b * N + o_n, mask=o_n < N, other=0.0)
+            err += tl.load(re_ptr + r_x + o_n, mask=o_n < N, other=0.0)
         err_sum = tl.sum(err, 0)
     if ERR_ONLY:
         if i_m == 0:
@@ -404,24 +457,26 @@ def _col_pass_kernel(
         stop = active & (err_sum < tl.full((), tol, DT))
         tl.store(done_ptr + i_b, 1, mask=stop)
         active = active & ~stop
+    if VARLEN:  # column blocks past this problem's columns have nothing to do (block 0 still writes F, n_iter)
+        active = active & ((i_m == 0) | (i_m * BLOCK_M < M))
     if active:
         s_k = tl.full((), scale, DT)
         s_lam_a = tl.full((), lam_a, DT)
-        b_wb = tl.load(b_ptr + i_b * M + o_m, mask=m_m, other=0.0)
+        b_wb = tl.load(b_ptr + r_y + o_m, mask=m_m, other=0.0)
         m_b = b_wb > 0
         run_max = tl.full((BLOCK_M,), float("-inf"), DT)
         run_sum = tl.zeros((BLOCK_M,), DT)
         for n0 in range(0, N, BLOCK_N):
             o_n = n0 + tl.arange(0, BLOCK_N)
             m_n = o_n < N
-            b_wa = tl.load(a_ptr + i_b * N + o_n, mask=m_n, other=0.0)
+            b_wa = tl.load(a_ptr + r_x + o_n, mask=m_n, other=0.0)
             m_a = b_wa > 0
             b_la = tl.log2(tl.where(m_a, b_wa, 1.0))  # 0 where the weight is 0
-            b_f = s_lam_a * tl.load(ft_ptr + i_b * N + o_n, mask=m_n, other=0.0)
+            b_f = s_lam_a * tl.load(ft_ptr + r_x + o_n, mask=m_n, other=0.0)
             if i_m == 0:
-                tl.store(f_ptr + i_b * N + o_n, b_f, mask=m_n)
-            b_c, b_raw, b_kinv = _cost_block(c_ptr, s_cb, s_cn, s_cm, x_ptr, s_xb, s_xn, s_xd, y_ptr, s_yb, s_ym, s_yd,
-                                             rx_ptr, ry_ptr, i_b, o_n, o_m, m_n, m_m, N, M, D, m_a, m_b, s_k,
+                tl.store(f_ptr + r_x + o_n, b_f, mask=m_n)
+            b_c, b_raw, b_kinv = _cost_block(c_ptr, s_cn, s_cm, x_ptr, s_xn, s_xd, y_ptr, s_ym, s_yd, rx_ptr + r_x,
+                                             ry_ptr + r_y, o_n, o_m, m_n, m_m, D, m_a, m_b, s_k,
                                              FROM_EMB, KIND, BLOCK_N, BLOCK_M, BLOCK_K, PREC, DT, DOT_UPCAST)
             z = (b_f + b_la)[:, None] - b_kinv
             new_max = tl.maximum(run_max, tl.max(z, 0))  # online log-sum-exp over the row tiles
@@ -429,7 +484,7 @@ def _col_pass_kernel(
             run_sum = run_sum * tl.exp2(run_max - safe) + tl.sum(tl.exp2(z - safe[None, :]), 0)
             run_max = new_max
         lse, m_ok = _lse2_finish(run_max, run_sum)
-        tl.store(g_ptr + i_b * M + o_m, tl.full((), lam_b, DT) * tl.where(m_ok, -lse, 0.0), mask=m_m)
+        tl.store(g_ptr + r_y + o_m, tl.full((), lam_b, DT) * tl.where(m_ok, -lse, 0.0), mask=m_m)
         if i_m == 0:
             tl.store(nit_ptr + i_b, it + 1)
 
@@ -438,6 +493,7 @@ def _col_pass_kernel(
 @triton.jit
 def _plan_kernel(
     c_ptr, s_cb, s_cn, s_cm, x_ptr, s_xb, s_xn, s_xd, y_ptr, s_yb, s_ym, s_yd, rx_ptr, ry_ptr,  # as _onchip_kernel
+    cu_x_ptr, cu_y_ptr,  # VARLEN: row offsets [B+1] (SUMS only: no plan is written for packed problems)
     a_ptr, b_ptr,  # weights [B,N], [B,M]
     f_ptr, g_ptr,  # potentials [B,N], [B,M] (natural units)
     p_ptr,  # out: plan [B,N,M] contiguous (WRITE_PLAN)
@@ -446,29 +502,42 @@ def _plan_kernel(
     scale: tl.float64,
     WRITE_PLAN: tl.constexpr, SUMS: tl.constexpr, FROM_EMB: tl.constexpr, KIND: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-    DOT_UPCAST: tl.constexpr,
+    DOT_UPCAST: tl.constexpr, VARLEN: tl.constexpr = False,
 ):
     """P_ij = exp2((f_i + g_j - C_ij) log2(e)/eps + log2 a_i + log2 b_j) for one block of rows; 0 outside."""
     i_b = tl.program_id(0).to(tl.int64)
     i_n = tl.program_id(1)
+    m_hi = M  # columns swept
+    if VARLEN:  # as in _onchip_kernel; a row block past this problem's rows sweeps none (its sums are 0)
+        r_x, N = _segment(cu_x_ptr, i_b)
+        r_y, M = _segment(cu_y_ptr, i_b)
+        x_ptr += r_x * s_xn
+        y_ptr += r_y * s_ym
+        m_hi = tl.where(i_n * BLOCK_N < N, M, 0)
+    else:
+        r_x = i_b * N
+        r_y = i_b * M
+        c_ptr += i_b * s_cb
+        x_ptr += i_b * s_xb
+        y_ptr += i_b * s_yb
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     s_k = tl.full((), scale, DT)
-    b_wa = tl.load(a_ptr + i_b * N + o_n, mask=m_n, other=0.0)
+    b_wa = tl.load(a_ptr + r_x + o_n, mask=m_n, other=0.0)
     m_a = b_wa > 0
     b_la = tl.log2(tl.where(m_a, b_wa, 1.0))  # 0 where the weight is 0
-    b_f = tl.load(f_ptr + i_b * N + o_n, mask=m_n, other=0.0).to(DT) * s_k + b_la
+    b_f = tl.load(f_ptr + r_x + o_n, mask=m_n, other=0.0).to(DT) * s_k + b_la
     acc_tc = tl.zeros((BLOCK_N,), DT)
     acc_mass = tl.zeros((BLOCK_N,), DT)
-    for m0 in range(0, M, BLOCK_M):
+    for m0 in range(0, m_hi, BLOCK_M):
         o_m = m0 + tl.arange(0, BLOCK_M)
         m_m = o_m < M
-        b_wb = tl.load(b_ptr + i_b * M + o_m, mask=m_m, other=0.0)
+        b_wb = tl.load(b_ptr + r_y + o_m, mask=m_m, other=0.0)
         m_b = b_wb > 0
         b_lb = tl.log2(tl.where(m_b, b_wb, 1.0))  # 0 where the weight is 0
-        b_g = tl.load(g_ptr + i_b * M + o_m, mask=m_m, other=0.0).to(DT) * s_k + b_lb
-        b_c, b_raw, b_kinv = _cost_block(c_ptr, s_cb, s_cn, s_cm, x_ptr, s_xb, s_xn, s_xd, y_ptr, s_yb, s_ym, s_yd,
-                                         rx_ptr, ry_ptr, i_b, o_n, o_m, m_n, m_m, N, M, D, m_a, m_b, s_k,
+        b_g = tl.load(g_ptr + r_y + o_m, mask=m_m, other=0.0).to(DT) * s_k + b_lb
+        b_c, b_raw, b_kinv = _cost_block(c_ptr, s_cn, s_cm, x_ptr, s_xn, s_xd, y_ptr, s_ym, s_yd, rx_ptr + r_x,
+                                         ry_ptr + r_y, o_n, o_m, m_n, m_m, D, m_a, m_b, s_k,
                                          FROM_EMB, KIND, BLOCK_N, BLOCK_M, BLOCK_K, PREC, DT, DOT_UPCAST)
         b_p = tl.exp2(b_f[:, None] + b_g[None, :] - b_kinv)
         if WRITE_PLAN:
@@ -487,15 +556,17 @@ def _embedding_grad_kernel(
     x_ptr, s_xb, s_xn, s_xd,  # this side's embeddings [B,N,D] (the gradient is taken w.r.t. these)
     y_ptr, s_yb, s_ym, s_yd,  # the other side's embeddings [B,M,D]
     rx_ptr, ry_ptr,  # cost factors [B,N], [B,M] (see _cost_block)
+    cu_x_ptr, cu_y_ptr,  # VARLEN: row offsets [B+1] of this side and the other
     a_ptr, b_ptr,  # weights [B,N], [B,M]
     f_ptr, g_ptr,  # potentials [B,N], [B,M] (natural units)
     w_ptr,  # per-problem factor [B] of the gradient (the incoming gradient of the loss)
-    dx_ptr,  # out: [B,N,D] contiguous, dtype DT
+    dx_ptr,  # out: [B,N,D] ([Tx,D] packed) contiguous, dtype DT
     N, M, D,
     N_KEY, M_KEY, D_KEY,  # autotune key (see _row_pass_kernel)
     scale: tl.float64,
     KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    VARLEN: tl.constexpr = False,
 ):
     """dx_i = w sum_j P_ij dC_ij/dx_i for one block of rows and one BLOCK_D slice of the features, with P
     recomputed block by block from the potentials (never stored). Written as dx_i = sum_j W_ij y_j + c_i x_i:
@@ -504,33 +575,45 @@ def _embedding_grad_kernel(
     norm clamp, where x/1e-12 is linear). By symmetry of the costs, dy is the same kernel with the sides
     swapped."""
     i_b = tl.program_id(0).to(tl.int64)
+    m_hi = M  # columns swept
+    if VARLEN:  # as in _onchip_kernel; a row block past this problem's rows sweeps none (writes nothing)
+        r_x, N = _segment(cu_x_ptr, i_b)
+        r_y, M = _segment(cu_y_ptr, i_b)
+        x_ptr += r_x * s_xn
+        y_ptr += r_y * s_ym
+        m_hi = tl.where(tl.program_id(1) * BLOCK_N < N, M, 0)
+    else:
+        r_x = i_b * N
+        r_y = i_b * M
+        x_ptr += i_b * s_xb
+        y_ptr += i_b * s_yb
     o_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     o_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     m_n = o_n < N
     m_d = o_d < D
     s_k = tl.full((), scale, DT)
     s_w = tl.load(w_ptr + i_b).to(DT)
-    b_wa = tl.load(a_ptr + i_b * N + o_n, mask=m_n, other=0.0)
+    b_wa = tl.load(a_ptr + r_x + o_n, mask=m_n, other=0.0)
     m_a = b_wa > 0
     b_la = tl.log2(tl.where(m_a, b_wa, 1.0))  # 0 where the weight is 0
-    b_f = tl.load(f_ptr + i_b * N + o_n, mask=m_n, other=0.0).to(DT) * s_k + b_la
+    b_f = tl.load(f_ptr + r_x + o_n, mask=m_n, other=0.0).to(DT) * s_k + b_la
     if KIND == 0:
-        b_rx = tl.load(rx_ptr + i_b * N + o_n, mask=m_n, other=0.0).to(DT)
+        b_rx = tl.load(rx_ptr + r_x + o_n, mask=m_n, other=0.0).to(DT)
     acc = tl.zeros((BLOCK_N, BLOCK_D), DT)
     acc_c = tl.zeros((BLOCK_N,), DT)
-    for m0 in range(0, M, BLOCK_M):
+    for m0 in range(0, m_hi, BLOCK_M):
         o_m = m0 + tl.arange(0, BLOCK_M)
         m_m = o_m < M
-        b_wb = tl.load(b_ptr + i_b * M + o_m, mask=m_m, other=0.0)
+        b_wb = tl.load(b_ptr + r_y + o_m, mask=m_m, other=0.0)
         m_b = b_wb > 0
         b_lb = tl.log2(tl.where(m_b, b_wb, 1.0))  # 0 where the weight is 0
-        b_g = tl.load(g_ptr + i_b * M + o_m, mask=m_m, other=0.0).to(DT) * s_k + b_lb
-        b_c, b_raw, b_kinv = _cost_block(x_ptr, 0, 0, 0, x_ptr, s_xb, s_xn, s_xd, y_ptr, s_yb, s_ym, s_yd,
-                                         rx_ptr, ry_ptr, i_b, o_n, o_m, m_n, m_m, N, M, D, m_a, m_b, s_k,
+        b_g = tl.load(g_ptr + r_y + o_m, mask=m_m, other=0.0).to(DT) * s_k + b_lb
+        b_c, b_raw, b_kinv = _cost_block(x_ptr, 0, 0, x_ptr, s_xn, s_xd, y_ptr, s_ym, s_yd, rx_ptr + r_x,
+                                         ry_ptr + r_y, o_n, o_m, m_n, m_m, D, m_a, m_b, s_k,
                                          True, KIND, BLOCK_N, BLOCK_M, BLOCK_K, PREC, DT, DOT_UPCAST)
         b_p = tl.exp2(b_f[:, None] + b_g[None, :] - b_kinv)
         if KIND == 0:
-            b_ry = tl.load(ry_ptr + i_b * M + o_m, mask=m_m, other=0.0).to(DT)
+            b_ry = tl.load(ry_ptr + r_y + o_m, mask=m_m, other=0.0).to(DT)
             acc_c += tl.sum(b_p * tl.where(b_p > 0, 1.0 - b_c, 0.0), 1)
             b_wt = -s_w * b_p * b_rx[:, None] * b_ry[None, :]
         elif KIND == 1:
@@ -539,16 +622,16 @@ def _embedding_grad_kernel(
             b_wt = -2.0 * s_w * b_p
         else:
             b_wt = -s_w * b_p
-        b_y = tl.load(y_ptr + i_b * s_yb + o_m.to(tl.int64)[:, None] * s_ym + o_d[None, :] * s_yd,
+        b_y = tl.load(y_ptr + o_m.to(tl.int64)[:, None] * s_ym + o_d[None, :] * s_yd,
                       mask=m_m[:, None] & m_d[None, :], other=0.0)
         # W stays in the compute dtype: its entries are ~1/(N M) and would lose most digits in bf16 (fp16 flushes
         # them to zero), so half inputs are upcast here rather than W cast down.
         acc = tl.dot(b_wt, b_y.to(DT), acc, input_precision=PREC, out_dtype=DT)
-    b_x = tl.load(x_ptr + i_b * s_xb + o_n.to(tl.int64)[:, None] * s_xn + o_d[None, :] * s_xd,
+    b_x = tl.load(x_ptr + o_n.to(tl.int64)[:, None] * s_xn + o_d[None, :] * s_xd,
                   mask=m_n[:, None] & m_d[None, :], other=0.0).to(DT)
     if KIND == 0:
         b_coef = tl.where(b_rx < 1e12, s_w * acc_c * b_rx * b_rx, 0.0)
         acc += b_coef[:, None] * b_x
     elif KIND == 1:
         acc += (2.0 * s_w * acc_c)[:, None] * b_x
-    tl.store(dx_ptr + (i_b * N + o_n.to(tl.int64))[:, None] * D + o_d[None, :], acc, mask=m_n[:, None] & m_d[None, :])
+    tl.store(dx_ptr + (r_x + o_n.to(tl.int64))[:, None] * D + o_d[None, :], acc, mask=m_n[:, None] & m_d[None, :])

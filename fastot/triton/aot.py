@@ -35,10 +35,13 @@ def _tl():
 def _variants():
     tl = _tl()
     f32, f64 = tl.float32, tl.float64
-    base = dict(FROM_EMB=False, KIND=0, BLOCK_K=16, PREC="tf32x3", DT=f32, DOT_UPCAST=False)
+    base = dict(FROM_EMB=False, KIND=0, BLOCK_K=16, PREC="tf32x3", DT=f32, DOT_UPCAST=False, VARLEN=False)
     onchip = dict(HAS_TOL=False, UNBAL_A=False, SUMS=False, SCALING=False, WARM=False)
     i32 = {"nit_ptr": "*i32", "done_ptr": "*i32", "nabs_ptr": "*i32", "fell_ptr": "*i32"}
     half = lambda t: {"x_ptr": t, "y_ptr": t}  # noqa: E731
+    # Packed (varlen) problems: int64 row offsets; x, y [T,D] and every per-point buffer packed.
+    emb = dict(FROM_EMB=True, BLOCK_K=64, VARLEN=True)
+    cu = {"cu_x_ptr": "*i64", "cu_y_ptr": "*i64"}
     # Integer scalars compile as Triton types them at a call: i32 below 2^31. The random prefixes are 32-bit
     # hashes, i32 or i64 by value (two specialisations at run time); the wider one is compiled here.
     u8 = {"word_start_ptr": "*u8", "special_ptr": "*u8", "*": "*i64",
@@ -89,10 +92,27 @@ def _variants():
          merge(base, WRITE_PLAN=False, SUMS=True, FROM_EMB=True, BLOCK_K=64, BLOCK_N=64, BLOCK_M=64),
          half("*bf16"), 8),
         ("grad-bf16-cosine-64x64x128", "_embedding_grad_kernel",
-         dict(KIND=0, BLOCK_N=64, BLOCK_M=64, BLOCK_K=64, BLOCK_D=128, PREC="tf32x3", DT=f32, DOT_UPCAST=False),
-         half("*bf16"), 8),
+         dict(KIND=0, BLOCK_N=64, BLOCK_M=64, BLOCK_K=64, BLOCK_D=128, PREC="tf32x3", DT=f32, DOT_UPCAST=False,
+              VARLEN=False), half("*bf16"), 8),
         ("grad-fp64-dot-32x32x64", "_embedding_grad_kernel",
-         dict(KIND=2, BLOCK_N=32, BLOCK_M=32, BLOCK_K=32, BLOCK_D=64, PREC="ieee", DT=f64, DOT_UPCAST=False), {}, 4),
+         dict(KIND=2, BLOCK_N=32, BLOCK_M=32, BLOCK_K=32, BLOCK_D=64, PREC="ieee", DT=f64, DOT_UPCAST=False,
+              VARLEN=False), {}, 4),
+        ("onchip-varlen-emb-fp32-cosine-tol-unbal-64x64", "_onchip_kernel",
+         merge(base, onchip, emb, HAS_TOL=True, UNBAL_A=True, SUMS=True, BLOCK_N=64, BLOCK_M=64), {**i32, **cu}, 8),
+        ("onchip-varlen-scaling-warm-emb-bf16-cosine-128x128", "_onchip_kernel",
+         merge(base, onchip, emb, SUMS=True, SCALING=True, WARM=True, BLOCK_N=128, BLOCK_M=128),
+         {**i32, **cu, **half("*bf16")}, 16),
+        ("row-pass-varlen-emb-bf16-dot-64x64", "_row_pass_kernel",
+         merge(base, emb, KIND=2, USE_DONE=True, UNBAL_A=False, BLOCK_N=64, BLOCK_M=64),
+         {**i32, **cu, **half("*bf16")}, 8),
+        ("col-pass-varlen-emb-bf16-sqeuclidean-tol-32x128", "_col_pass_kernel",
+         merge(base, emb, KIND=1, HAS_TOL=True, ERR_ONLY=False, BLOCK_N=32, BLOCK_M=128),
+         {**i32, **cu, **half("*bf16")}, 8),
+        ("plan-sums-varlen-emb-bf16-cosine", "_plan_kernel",
+         merge(base, emb, WRITE_PLAN=False, SUMS=True, BLOCK_N=64, BLOCK_M=64), {**cu, **half("*bf16")}, 8),
+        ("grad-varlen-bf16-cosine-64x64x128", "_embedding_grad_kernel",
+         dict(KIND=0, BLOCK_N=64, BLOCK_M=64, BLOCK_K=64, BLOCK_D=128, PREC="tf32x3", DT=f32, DOT_UPCAST=False,
+              VARLEN=True), {**cu, **half("*bf16")}, 8),
         ("codeswitch-1word-trunc-2x512", "codeswitch:_codeswitch_kernel",
          dict(BLOCK_B=2, BLOCK_L=512, LOG2_L=9, MAX_KEY_WORDS=1, TRUNCATE=True, WRITE=True), u8, 8),
         ("codeswitch-3words-8x128", "codeswitch:_codeswitch_kernel",

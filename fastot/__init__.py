@@ -27,6 +27,7 @@ else:
 from . import triton as _triton  # noqa: E402,F401  (tells _backend which ops have Triton kernels)
 
 _backend.enforce_required()  # FASTOT_REQUIRE: a missing part is an ImportError, not a warning
+from ._packed import pack_tokens  # noqa: E402
 from .codeswitch import CodeSwitcher, CodeSwitchOutput, Lexicon  # noqa: E402
 from .collate import BitextCollator, CodeSwitchCollator  # noqa: E402
 from .divergence import SinkhornDivergence, sinkhorn_divergence  # noqa: E402
@@ -61,6 +62,7 @@ __all__ = [
     "content_mask",
     "geometric_eps_schedule",
     "ot_distillation_loss",
+    "pack_tokens",
     "pairwise_cost",
     "show_backends",
     "sinkhorn",

@@ -59,3 +59,23 @@ def check_cu(cu, name: str, total: int, like: torch.Tensor, fn: str) -> tuple[to
     if host[-1] != total:
         raise ValueError(f"{fn}: {name}[-1] must be the number of packed rows {total}, got {host[-1]}")
     return cu.to(torch.int64), max((b - a for a, b in zip(host, host[1:])), default=0)
+
+
+def pack_tokens(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed [T, d], cu_seqlens [B + 1] int64): the rows of ``hidden`` [B, L, d] where ``mask`` [B, L] is nonzero
+    (e.g. :func:`fastot.content_mask`), problem after problem, for the packed input of
+    :func:`fastot.sinkhorn_embeddings` and the OT loss. Differentiable in ``hidden``; one gather (``index_select``,
+    whose backward is an ``index_add``: cheaper than ``hidden[mask]``'s), one host read of the mask's count on an
+    accelerator."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+        raise ValueError(f"pack_tokens: hidden must be a [B, L, d] tensor, got "
+                         f"{list(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__}")
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"pack_tokens: mask must be a [B, L] tensor matching hidden {list(hidden.shape[:2])}, got "
+                         f"{list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    if mask.device != hidden.device:
+        raise ValueError(f"pack_tokens: mask is on {mask.device} but hidden is on {hidden.device}")
+    keep = mask != 0
+    idx = keep.reshape(-1).nonzero().squeeze(1)
+    cu = torch.nn.functional.pad(keep.sum(1).cumsum(0), (1, 0))
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, idx), cu

@@ -87,6 +87,22 @@ def test_distill_step_benchmark_runs(tmp_path):
     assert int(rows["loss naive"]["loss_peak_bytes"]) > 0  # the naive loss keeps [B,N,M] tensors per iteration
 
 
+def test_varlen_benchmark_runs(tmp_path):
+    """Packed against padded input (tiny model): every row timed, the packed and padded losses agree."""
+    res = subprocess.run([sys.executable, "-m", "bench.varlen", "--model", "tiny", "--B", "4", "--batches", "1",
+                          "--rounds", "1", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (csv_path,) = tmp_path.glob("*-varlen.csv")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert {r["padding"] for r in rows} == {"longest", "max_length"}
+    for r in rows:
+        assert float(r["ms_padded"]) > 0 and float(r["ms_packed"]) > 0 and float(r["ms_pack_packed"]) > 0
+        assert float(r["loss_diff"]) < 1e-4 and 0 <= float(r["pad_share"]) < 1
+        assert float(r["mb_packed"]) <= float(r["mb_padded"])
+    assert (tmp_path / csv_path.name.replace(".csv", ".md")).exists()
+
+
 def test_distill_domains_benchmark_runs(tmp_path):
     """Distillation on news, dense retrieval before/after on every domain (tiny model, the fake shared data)."""
     from test_domains import fake_root

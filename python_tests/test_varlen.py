@@ -295,3 +295,27 @@ def test_packed_divergence_equals_the_padded_one(backend, device):
     torch.testing.assert_close(gy, _unpad(ry, ly), atol=1e-8, rtol=0)
     assert abs(float(div.value[3].detach())) < 1e-7
     assert (div.value[:2] > 0).all()
+
+
+def test_pack_tokens_matches_boolean_indexing():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(4, 9, 3, generator=g, requires_grad=True)
+    mask = torch.rand(4, 9, generator=g) > 0.4
+    mask[2] = False  # an empty row
+    packed, cu = fastot.pack_tokens(h, mask.int())
+    assert torch.equal(packed, h[mask]) and cu.tolist() == [0] + mask.sum(1).cumsum(0).tolist()
+    w = torch.randn(packed.shape, generator=g)
+    (gp,) = torch.autograd.grad((packed * w).sum(), h)
+    (gb,) = torch.autograd.grad((h[mask] * w).sum(), h)
+    assert torch.equal(gp, gb)
+    # the packed loss from padded states: the padded loss
+    y = torch.randn(4, 7, 3, generator=g)
+    my = torch.ones(4, 7, dtype=torch.bool)
+    yp, cy = fastot.pack_tokens(y, my)
+    loss = fastot.ot_distillation_loss(packed, None, yp, None, cu_seqlens_student=cu, cu_seqlens_teacher=cy)
+    ref = fastot.ot_distillation_loss(h, mask, y, my)
+    torch.testing.assert_close(loss, ref, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="mask must be a"):
+        fastot.pack_tokens(h, mask[:, :3])
+    with pytest.raises(ValueError, match="hidden must be a"):
+        fastot.pack_tokens(h[0], mask)

@@ -49,8 +49,8 @@ __all__ = ["SinkhornDivergence", "sinkhorn_divergence"]
 class SinkhornDivergence:
     """Result of :func:`sinkhorn_divergence`.
 
-    ``value`` [B]: S = ot_xy - (ot_xx + ot_yy) / 2 (differentiable in x and y). ``ot_xy``, ``ot_xx``, ``ot_yy`` [B]:
-    the three entropic OT values. ``n_iter``, ``err`` [3, B]: iterations (a symmetric step counts as one) and final
+    ``value`` [B]: S = ot_xy - (ot_xx + ot_yy) / 2 (differentiable in x and y; 0 for a pair with an empty side).
+    ``ot_xy``, ``ot_xx``, ``ot_yy`` [B]: the three entropic OT values. ``n_iter``, ``err`` [3, B]: iterations (a symmetric step counts as one) and final
     marginal error of the xy, xx and yy problems. ``status`` [B] int8: 0, or the first nonzero
     :data:`fastot.sinkhorn.STATUS` code of the pair's three problems (the pair's outputs are then NaN).
     """
@@ -127,12 +127,7 @@ def sinkhorn_divergence(
     h, n_sym = _symmetric_potentials(xs, ws, cost, eps_, max_iter, tol_, stages, xy.backend, xy.method)
     self_ = sinkhorn_embeddings(xs, xs, a=ws, b=ws, cost=cost, eps=eps_, max_iter=0, f0=h, g0=h, backend=xy.backend,
                                 method=xy.method)
-    vs, st = self_.value.view(2, B), self_.status.view(2, B)
-    status = torch.where(xy.status != 0, xy.status, torch.where(st[0] != 0, st[0], st[1]))
-    n_iter = torch.stack([xy.n_iter, *n_sym.view(2, B)])
-    err = torch.stack([xy.err, *self_.err.view(2, B)])
-    return SinkhornDivergence(xy.value - 0.5 * (vs[0] + vs[1]), xy.value, vs[0], vs[1], n_iter, err, status,
-                              xy.backend, xy.method)
+    return _result(xy, self_, n_sym, B)
 
 
 def _packed_divergence(x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, eps_schedule, backend, method, cu_x,
@@ -159,12 +154,20 @@ def _packed_divergence(x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, eps
     h, n_sym = _symmetric_potentials(xs, ws, cost, eps_, max_iter, tol_, stages, xy.backend, xy.method, cu_s)
     self_ = sinkhorn_embeddings(xs, xs, a=ws, b=ws, cost=cost, eps=eps_, max_iter=0, f0=h, g0=h, backend=xy.backend,
                                 method=xy.method, cu_seqlens_x=cu_s, cu_seqlens_y=cu_s)
+    return _result(xy, self_, n_sym, B)
+
+
+def _result(xy, self_, n_sym, B: int) -> SinkhornDivergence:
+    """The divergence from the cross result and the self-problems' (x's B problems, then y's). A pair with an empty
+    side (no mass on x or on y) has S = 0, as an empty problem's OT value is 0 (OT(b, b) alone would make it
+    negative)."""
     vs, st = self_.value.view(2, B), self_.status.view(2, B)
     status = torch.where(xy.status != 0, xy.status, torch.where(st[0] != 0, st[0], st[1]))
     n_iter = torch.stack([xy.n_iter, *n_sym.view(2, B)])
     err = torch.stack([xy.err, *self_.err.view(2, B)])
-    return SinkhornDivergence(xy.value - 0.5 * (vs[0] + vs[1]), xy.value, vs[0], vs[1], n_iter, err, status,
-                              xy.backend, xy.method)
+    both = (xy._a.sum(1) > 0) & (xy._b.sum(1) > 0)
+    value = torch.where(both, xy.value - 0.5 * (vs[0] + vs[1]), 0)
+    return SinkhornDivergence(value, xy.value, vs[0], vs[1], n_iter, err, status, xy.backend, xy.method)
 
 
 def _symmetric_potentials(xs, ws, cost: str, eps: float, max_iter: int, tol, stages, backend: str, method: str,

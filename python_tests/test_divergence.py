@@ -145,6 +145,13 @@ def test_debiased_distillation_loss(backend, device):
     assert crit(t, None, t, None).abs().max() < 1e-6  # student = teacher: no loss
     mean = fastot.OTDistillationLoss(eps=0.1, max_iter=200, debias=True, backend=backend)(s, sm, t, None)
     torch.testing.assert_close(mean, want.mean())
+    # a pair whose student side is empty carries no loss (S = 0, not -OT(t, t)/2) and leaves the mean
+    sm0 = sm.clone()
+    sm0[1] = False
+    per = crit(s, sm0, t, None)
+    assert float(per[1]) == 0.0 and (per[[0, 2]] > 0).all()
+    mean0 = fastot.OTDistillationLoss(eps=0.1, max_iter=200, debias=True, backend=backend)(s, sm0, t, None)
+    torch.testing.assert_close(mean0, per[[0, 2]].mean())
     with pytest.raises(ValueError, match="debias=True is the Sinkhorn divergence"):
         fastot.OTDistillationLoss(debias=True, objective="transport_cost")
     with pytest.raises(ValueError, match="debias must be True or False"):

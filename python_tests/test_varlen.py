@@ -276,7 +276,7 @@ def test_opcheck_varlen_ops(dtype):
 @pytest.mark.parametrize("backend,device", PARAMS)
 def test_packed_divergence_equals_the_padded_one(backend, device):
     """sinkhorn_divergence on packed input (self-problems one packed batch of 2B, no padding) gives the padded
-    divergence, its three values, iteration counts and gradients; S(x, x) = 0."""
+    divergence, its three values, iteration counts and gradients; S(x, x) = 0; a pair with an empty side has S = 0."""
     lx, ly = [6, 3, 0, 9], [4, 7, 5, 9]
     x, y, cx, cy, _, _ = _packed_problem(11, lx, ly, 5)
     y[-9:] = x[-9:]  # the last pair: the same cloud on both sides
@@ -294,6 +294,7 @@ def test_packed_divergence_equals_the_padded_one(backend, device):
     torch.testing.assert_close(gx, _unpad(rx, lx), atol=1e-8, rtol=0)
     torch.testing.assert_close(gy, _unpad(ry, ly), atol=1e-8, rtol=0)
     assert abs(float(div.value[3].detach())) < 1e-7
+    assert float(div.value[2].detach()) == 0.0 and float(div.ot_yy[2].detach()) > 0  # an empty side: S = 0, not -OT(b, b)/2
     assert (div.value[:2] > 0).all()
 
 

@@ -36,8 +36,12 @@ TORCH_LIBRARY(fastot, m) {
   // absorptions per problem [B] (int32) and whether a problem fell back to log-domain iterations [B] (bool).
   m.def(
       "sinkhorn_fwd_scaling(Tensor cost, Tensor a, Tensor b, float eps, int max_iter, float? tol, float? tau_a, "
-      "float? tau_b, float absorb=20.0, Tensor? f0=None, Tensor? g0=None) -> (Tensor f, Tensor g, Tensor n_iter, "
-      "Tensor err, Tensor absorptions, Tensor fell_back)");
+      "float? tau_b, float absorb=20.0, Tensor? f0=None, Tensor? g0=None, float[]? eps_stages=None) -> (Tensor f, "
+      "Tensor g, Tensor n_iter, Tensor err, Tensor absorptions, Tensor fell_back)");
+  // eps_stages (on the CPU-only forwards: this one, sinkhorn_embeddings_fwd_scaling, the packed and the symmetric
+  // ones): an eps schedule run inside the call before the solve at eps, one iteration at each value from the state the one before left (the
+  // cost tile rescaled in place, not rebuilt); n_iter counts them. The same iterates as one call per stage
+  // (max_iter 1, no tol) each warm-started from the last, to rounding.
   // The plan P_ij = a_i b_j exp((f_i + g_j - C_ij)/eps), recomputed from the potentials. [B,N,M]
   m.def("sinkhorn_plan(Tensor cost, Tensor a, Tensor b, Tensor f, Tensor g, float eps) -> Tensor");
   // (<P, C>, sum P) per problem, [B] each, without storing P; forbidden (+inf cost) pairs contribute 0.
@@ -53,16 +57,16 @@ TORCH_LIBRARY(fastot, m) {
   // sinkhorn_embeddings_fwd by scaling iterations (as sinkhorn_fwd_scaling; CPU only), + absorptions, fell_back.
   m.def(
       "sinkhorn_embeddings_fwd_scaling(Tensor x, Tensor y, Tensor a, Tensor b, int cost, float eps, int max_iter, "
-      "float? tol, float? tau_a, float? tau_b, float absorb=20.0, Tensor? f0=None, Tensor? g0=None) -> (Tensor f, "
-      "Tensor g, Tensor n_iter, Tensor err, Tensor transport_cost, Tensor mass, Tensor absorptions, "
-      "Tensor fell_back)");
+      "float? tol, float? tau_a, float? tau_b, float absorb=20.0, Tensor? f0=None, Tensor? g0=None, "
+      "float[]? eps_stages=None) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, Tensor transport_cost, "
+      "Tensor mass, Tensor absorptions, Tensor fell_back)");
   // The symmetric problems (x, x) with weights a [B,N] (the self-terms of the Sinkhorn divergence; CPU only): averaged
   // updates h <- (T(h) + T(T(h))) / 2 from h0 (or 0), T the c-transform, up to max_iter steps (tol as
   // sinkhorn_fwd, on the state (h, h)). Returns h [B,N], the steps n_iter [B] and the final error err [B].
   // With cu_seqlens [B+1]: packed x [T,d], a [T], h0 and h [T], as sinkhorn_embeddings_varlen_fwd.
   m.def(
       "sinkhorn_embeddings_symmetric_fwd(Tensor x, Tensor a, int cost, float eps, int max_iter, float? tol, "
-      "Tensor? h0=None, Tensor? cu_seqlens=None) -> (Tensor h, Tensor n_iter, Tensor err)");
+      "Tensor? h0=None, Tensor? cu_seqlens=None, float[]? eps_stages=None) -> (Tensor h, Tensor n_iter, Tensor err)");
   // Envelope backward: dx, dy of sum_k scale_k <P*_k, C_k(x, y)> with P* recomputed from the potentials. A side
   // whose gradient is not needed (need_dx/need_dy false, e.g. the frozen teacher) is returned as zeros, not computed.
   m.def(
@@ -76,8 +80,8 @@ TORCH_LIBRARY(fastot, m) {
   m.def(
       "sinkhorn_embeddings_varlen_fwd(Tensor x, Tensor y, Tensor cu_seqlens_x, Tensor cu_seqlens_y, Tensor a, "
       "Tensor b, int cost, float eps, int max_iter, float? tol, float? tau_a, float? tau_b, float? absorb=None, "
-      "Tensor? f0=None, Tensor? g0=None) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, Tensor transport_cost, "
-      "Tensor mass, Tensor absorptions, Tensor fell_back)");
+      "Tensor? f0=None, Tensor? g0=None, float[]? eps_stages=None) -> (Tensor f, Tensor g, Tensor n_iter, Tensor err, "
+      "Tensor transport_cost, Tensor mass, Tensor absorptions, Tensor fell_back)");
   // sinkhorn_embeddings_bwd on packed inputs (f [Tx], g [Ty], scale [B]): dx [Tx,d], dy [Ty,d]. CPU only.
   m.def(
       "sinkhorn_embeddings_varlen_bwd(Tensor x, Tensor y, Tensor cu_seqlens_x, Tensor cu_seqlens_y, Tensor a, "

@@ -22,7 +22,7 @@ def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b, f0=None, g0=None):
 
 
 @torch.library.register_fake("fastot::sinkhorn_fwd_scaling")
-def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb=20.0, f0=None, g0=None):
+def _(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb=20.0, f0=None, g0=None, eps_stages=None):
     B = cost.shape[0]
     stats = cost.new_empty((B,), dtype=torch.int32), cost.new_empty((B,), dtype=torch.bool)
     return (*torch.ops.fastot.sinkhorn_fwd.default(cost, a, b, eps, max_iter, tol, tau_a, tau_b), *stats)
@@ -48,7 +48,7 @@ def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, f0=None, g0=None):
 
 
 @torch.library.register_fake("fastot::sinkhorn_embeddings_fwd_scaling")
-def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=20.0, f0=None, g0=None):
+def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=20.0, f0=None, g0=None, eps_stages=None):
     B = x.shape[0]
     stats = x.new_empty((B,), dtype=torch.int32), x.new_empty((B,), dtype=torch.bool)
     return (*torch.ops.fastot.sinkhorn_embeddings_fwd.default(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b),
@@ -56,7 +56,7 @@ def _(x, y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=20.0, f0=None, 
 
 
 @torch.library.register_fake("fastot::sinkhorn_embeddings_symmetric_fwd")
-def _(x, a, cost, eps, max_iter, tol, h0=None, cu_seqlens=None):
+def _(x, a, cost, eps, max_iter, tol, h0=None, cu_seqlens=None, eps_stages=None):
     B = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     dt = ref.compute_dtype(x.dtype)
     return a.new_empty(a.shape, dtype=dt), x.new_empty((B,), dtype=torch.int32), x.new_empty((B,), dtype=dt)
@@ -69,7 +69,8 @@ def _(x, y, a, b, f, g, scale, cost, eps, need_dx=True, need_dy=True):
 
 
 @torch.library.register_fake("fastot::sinkhorn_embeddings_varlen_fwd")
-def _(x, y, cu_seqlens_x, cu_seqlens_y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=None, f0=None, g0=None):
+def _(x, y, cu_seqlens_x, cu_seqlens_y, a, b, cost, eps, max_iter, tol, tau_a, tau_b, absorb=None, f0=None, g0=None,
+      eps_stages=None):
     B = cu_seqlens_x.shape[0] - 1
     dt = ref.compute_dtype(x.dtype)
     e = lambda *s: x.new_empty(s, dtype=dt)  # noqa: E731

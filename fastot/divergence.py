@@ -188,12 +188,10 @@ def _symmetric_potentials(xs, ws, cost: str, eps: float, max_iter: int, tol, sta
         return h, n_iter
     with torch.no_grad():
         xd, wd = xs.detach(), ws.detach().to(dt)
-        if backend == "cpp":  # the averaged steps inside one kernel call per eps (the cost tile built once)
+        if backend == "cpp":  # the stages and the averaged steps inside one kernel call (the cost tile built once)
             op = torch.ops.fastot.sinkhorn_embeddings_symmetric_fwd
-            for e in stages:
-                h = op(xd, wd, _COST_KIND[cost], e, 1, None, h, cu)[0]
-            h, n, _ = op(xd, wd, _COST_KIND[cost], eps, max_iter, tol, h, cu)
-            return h, n + len(stages)
+            h, n, _ = op(xd, wd, _COST_KIND[cost], eps, max_iter, tol, h, cu, list(stages))  # n counts the stages
+            return h, n
         if cu is not None:  # one public packed call per step (each backend's packed path)
             lengths = cu[1:] - cu[:-1]
 

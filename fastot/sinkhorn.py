@@ -267,7 +267,8 @@ class _SinkhornEnvelope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cost, a, b, status, backend, method, eps, max_iter, tol, tau_a, tau_b, f0, g0, stages):
         k = _kernels(backend, method)
-        f, g, n_iter, err = _staged(k.fwd, (cost, a, b), eps, max_iter, tol, tau_a, tau_b, f0, g0, stages)
+        f, g, n_iter, err = _staged(k.fwd, (cost, a, b), eps, max_iter, tol, tau_a, tau_b, f0, g0, stages,
+                                    fused=_fused_stages(backend, method))
         f, g, err = _flag(status, f, g, err)
         n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
         tc, mass = k.plan_sums(cost, a, b, f, g, eps)
@@ -292,10 +293,15 @@ class _SinkhornEnvelope(torch.autograd.Function):
         return d_cost, d_a, d_b, None, None, None, None, None, None, None, None, None, None, None
 
 
-def _staged(fwd, inputs: tuple, eps, max_iter, tol, tau_a, tau_b, f0, g0, stages: tuple) -> tuple:
+def _staged(fwd, inputs: tuple, eps, max_iter, tol, tau_a, tau_b, f0, g0, stages: tuple, fused: bool = False) -> tuple:
     """fwd(*inputs, eps, max_iter, tol, tau_a, tau_b, f0=, g0=) after an eps schedule: one iteration at each eps of
     ``stages``, each warm-started from the one before (from f0, g0 first), then the solve at ``eps`` from there.
-    ``n_iter`` counts the stages' iterations too. Without stages and warm start: fwd as it always was called."""
+    ``n_iter`` counts the stages' iterations too. Without stages and warm start: fwd as it always was called.
+    ``fused``: fwd takes ``eps_stages=`` and runs the stages itself, in one call (the cpp kernels: the cost tile is
+    rescaled per stage, not rebuilt); otherwise one call per stage."""
+    if stages and fused:
+        warm = {} if f0 is None and g0 is None else {"f0": f0, "g0": g0}
+        return fwd(*inputs, eps, max_iter, tol, tau_a, tau_b, eps_stages=list(stages), **warm)
     for e in stages:
         f0, g0 = fwd(*inputs, e, 1, None, tau_a, tau_b, f0=f0, g0=g0)[:2]
     warm = {} if f0 is None and g0 is None else {"f0": f0, "g0": g0}
@@ -307,6 +313,12 @@ def _staged(fwd, inputs: tuple, eps, max_iter, tol, tau_a, tau_b, f0, g0, stages
 
 _COST_KIND = {"cosine": 0, "sqeuclidean": 1, "dot": 2}
 _FUSED = ("cpp", "cuda", "triton")  # backends whose kernels build the cost from x and y themselves
+
+
+def _fused_stages(backend: str, method: str) -> bool:
+    """Whether the forward runs an eps schedule inside one call (``eps_stages=``): the cpp scaling kernels (the
+    packed cpp kernel, log or scaling, does too; the other kernels take one call per stage)."""
+    return backend == "cpp" and method == "scaling"
 
 
 def _embedding_kernels(backend: str, method: str = "log"):
@@ -333,7 +345,7 @@ class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
         kind = _COST_KIND[cost]
         fwd, _ = _embedding_kernels(backend, method)
         f, g, n_iter, err, tc, mass = _staged(fwd, (x, y, a, b, kind), eps, max_iter, tol, tau_a, tau_b, f0, g0,
-                                              stages)
+                                              stages, fused=_fused_stages(backend, method))
         value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
         f, g, err, value, tc = _flag(status, f, g, err, value, tc)
         n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
@@ -374,8 +386,8 @@ def _varlen_kernels(backend: str, method: str, packing):
         op, bwd = tsk.sinkhorn_embeddings_varlen_fwd, tsk.sinkhorn_embeddings_varlen_bwd
         lens = {"max_seqlen_x": packing[0].L, "max_seqlen_y": packing[1].L}
 
-    def fwd(x, y, cu_x, cu_y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, f0=None, g0=None):
-        return op(x, y, cu_x, cu_y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0, **lens)[:6]
+    def fwd(x, y, cu_x, cu_y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, f0=None, g0=None, **stages):
+        return op(x, y, cu_x, cu_y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0, **lens, **stages)[:6]
 
     def backward(*args):
         return bwd(*args, **lens)
@@ -402,7 +414,7 @@ class _SinkhornEmbeddingsVarlenEnvelope(torch.autograd.Function):
         kind = _COST_KIND[cost]
         fwd, _ = _varlen_kernels(backend, method, (px, py))
         f, g, n_iter, err, tc, mass = _staged(fwd, (x, y, px.cu, py.cu, a, b, kind), eps, max_iter, tol, tau_a,
-                                              tau_b, f0, g0, stages)
+                                              tau_b, f0, g0, stages, fused=backend == "cpp")
         value = _dual_value(px.pad(a), py.pad(b), px.pad(f), py.pad(g), mass, eps, tau_a, tau_b)
         err, value, tc = _flag(status, err, value, tc)
         (f,), (g,) = _flag_points(status, px, f), _flag_points(status, py, g)
@@ -436,7 +448,8 @@ class _SinkhornEmbeddingsVarlenEnvelope(torch.autograd.Function):
 
 @dataclass
 class SinkhornResult:
-    """Result of :func:`sinkhorn`. Shapes: f [B,N], g [B,M], value/transport_cost/n_iter/err/status [B].
+    """Result of :func:`sinkhorn`. Shapes: f [B,N], g [B,M] (packed input: f [Tx], g [Ty]),
+    value/transport_cost/n_iter/err/status [B].
 
     ``status`` [B] int8 is 0 for a problem that was solved and one of the :data:`STATUS` codes for a problem
     whose input is unusable (NaN weights, a NaN cost, unequal masses, ...): such a problem's outputs are NaN.
@@ -818,8 +831,9 @@ def sinkhorn_embeddings(
             int32/int64 [B + 1] tensor from 0 to Tx, nondecreasing; an empty problem is allowed), y's likewise.
             x_mask, a, f0 are then [Tx] and y_mask, b, g0 [Ty]; the result's f [Tx], g [Ty] are packed too (value,
             n_iter, ... stay [B]). The same solve as on the padded equivalent, without padding: the cpp and triton
-            kernels read the packed rows in place, so no [B, N, d] tensor is built and no work is spent on
-            padding. The torch and cuda backends and ``grad="unrolled"`` solve the padded equivalent (built from
+            kernels read the packed rows in place, so no [B, N, d] tensor is built (cpp's tiles never held padding
+            anyway; triton's on-chip blocks are sized by the longest problem, as on padded input). The torch and
+            cuda backends and ``grad="unrolled"`` solve the padded equivalent (built from
             the packed rows, gradients included). cu_seqlens is read on the host (one small read on a GPU).
         cost: "cosine" (default), "sqeuclidean" or "dot".
         Other arguments (``f0``, ``g0`` and ``eps_schedule`` included) as :func:`sinkhorn`. Gradients reach x and y

@@ -221,3 +221,59 @@ def test_geometric_schedule_with_a_bad_problem_flags_only_it(backend, device):
     assert r.status.tolist() == [0, 2, 0]
     clean = fastot.sinkhorn_embeddings(x[[0, 2]].to(device), y[[0, 2]].to(device), **kw)
     torch.testing.assert_close(r.value[[0, 2]], clean.value, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_cpp_stages_inside_the_kernel_equal_one_call_per_stage(dtype):
+    """eps_stages on the CPU-only forwards (the tile rescaled per stage, not rebuilt) gives the iterates of one call
+    per stage (max_iter 1, no tol) warm-started from the last: scaling (cost and embeddings), packed (log and
+    scaling) and the symmetric op; n_iter counts the stages."""
+    if "cpp" not in fastot.available_backends("sinkhorn"):
+        pytest.skip("the compiled extension is not loaded")
+    ops = torch.ops.fastot
+    C, a, b, g = _problem(7, 3, 9, 11, dtype)
+    x = torch.randn(3, 9, 5, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.randn(3, 11, 5, generator=g, dtype=torch.float64).to(dtype)
+    stages = [4.0, 1.0, 0.3]
+    atol = 1e-10 if dtype == torch.float64 else 2e-5
+
+    def chained(call, eps, max_iter, tol, n_out=4):
+        f = g_ = None
+        for e in stages:
+            f, g_ = call(e, 1, None, f, g_)[:2]
+        out = call(eps, max_iter, tol, f, g_)
+        return out[:n_out]
+
+    cases = [
+        (lambda e, k, t, f0, g0, **s: ops.sinkhorn_fwd_scaling(C, a, b, e, k, t, None, None, 20.0, f0, g0, **s), 4),
+        (lambda e, k, t, f0, g0, **s: ops.sinkhorn_embeddings_fwd_scaling(x, y, a, b, 1, e, k, t, None, None, 20.0,
+                                                                           f0, g0, **s), 6),
+    ]
+    cx, cy = torch.tensor([0, 4, 4, 9]), torch.tensor([0, 6, 11, 11])
+    xp, yp, ap, bp = x[0, :9], y[0, :11], a[0] / a[0].sum(), b[0] / b[0].sum()
+    ap = torch.cat([ap[:4] / ap[:4].sum(), ap[4:] / ap[4:].sum()])
+    bp = torch.cat([bp[:6] / bp[:6].sum(), bp[6:] / bp[6:].sum()])
+    for absorb in (None, 20.0):
+        cases.append((lambda e, k, t, f0, g0, absorb=absorb, **s: ops.sinkhorn_embeddings_varlen_fwd(
+            xp, yp, cx, cy, ap, bp, 1, e, k, t, 0.5, 2.0, absorb, f0, g0, **s), 6))
+    for call, n_out in cases:
+        for max_iter, tol in ((7, None), (500, 1e-6)):
+            want = chained(call, 0.1, max_iter, tol, n_out)
+            got = call(0.1, max_iter, tol, None, None, eps_stages=stages)[:n_out]
+            for w, o in zip(want[:2], got[:2]):
+                torch.testing.assert_close(o, w, atol=atol, rtol=0)
+            if tol is None or dtype == torch.float64:  # (fp32 at tol 1e-6: where it stops is rounding's call)
+                assert torch.equal(got[2], want[2] + len(stages))
+    # the symmetric op: stages are symmetric steps too
+    sym = ops.sinkhorn_embeddings_symmetric_fwd
+    h = None
+    for e in stages:
+        h = sym(x, a, 0, e, 1, None, h)[0]
+    want = sym(x, a, 0, 0.1, 6, None, h)
+    got = sym(x, a, 0, 0.1, 6, None, None, None, stages)
+    torch.testing.assert_close(got[0], want[0], atol=atol, rtol=0)
+    assert torch.equal(got[1], want[1] + len(stages))
+    torch.library.opcheck(ops.sinkhorn_fwd_scaling.default, (C, a, b, 0.1, 5, None, None, None, 20.0, None, None,
+                                                             stages))
+    with pytest.raises(RuntimeError, match="every eps_stages value must be positive and finite"):
+        ops.sinkhorn_fwd_scaling(C, a, b, 0.1, 5, None, None, None, eps_stages=[1.0, float("nan")])

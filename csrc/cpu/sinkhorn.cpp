@@ -84,6 +84,10 @@ struct Options {
   // a symmetric problem (x = y, a = b: rows and columns are the same points): each iteration ends with the averaged
   // state f = g = (f + g) / 2, i.e. h <- (T(h) + T(T(h))) / 2 (log-domain iterations only)
   bool symmetric = false;
+  // an eps schedule run before the solve at eps: one iteration at each of these values (the tile rescaled to it in
+  // place, never rebuilt), each from the state the one before left; n_iter counts them
+  const double* stages = nullptr;
+  int64_t n_stages = 0;
   // the damping of each side's update: tau / (tau + eps) on a KL-relaxed side, 1 on a balanced one
   T lam_a() const { return unb_a ? tau_a / (tau_a + eps) : T(1); }
   T lam_b() const { return unb_b ? tau_b / (tau_b + eps) : T(1); }
@@ -192,6 +196,12 @@ struct Tile {
 
   int64_t n() const { return static_cast<int64_t>(rows.size()); }
   int64_t m() const { return static_cast<int64_t>(cols.size()); }
+
+  // Cs (and CsT when built) = C / eps becomes C / eps' for factor = eps / eps' (padding stays +inf).
+  void rescale(T factor) {
+    for (T& v : Cs) v *= factor;
+    for (T& v : CsT) v *= factor;
+  }
 };
 
 // L1 violation of the row marginal of (f, g), given lse_r from the row pass at g.
@@ -530,6 +540,31 @@ void warm_start(Tile<T>& t, const Options<T>& o, int64_t k, const Segments& sx, 
     for (int64_t j = 0; j < t.m(); ++j) t.g[j] = o.g0[sy.start(k) + t.cols[j]];
 }
 
+// The iterations of one filled tile: one at each eps of o's schedule (the tile rescaled in place, the state carried
+// over), then solve(o, n_iter, err) at eps, which every stage calls with max_iter 1 and no tol.
+template <typename T, typename Solve>
+void staged(Tile<T>& t, const Options<T>& o, Solve solve, int32_t* n_iter, T* err) {
+  if (o.n_stages == 0) {
+    solve(o, n_iter, err);
+    return;
+  }
+  T cur = o.eps;
+  int32_t unused_n;
+  T unused_err;
+  for (int64_t s = 0; s < o.n_stages; ++s) {
+    Options<T> os = o;
+    os.eps = static_cast<T>(o.stages[s]);
+    os.max_iter = 1;
+    os.has_tol = false;
+    t.rescale(cur / os.eps);
+    cur = os.eps;
+    solve(os, &unused_n, &unused_err);
+  }
+  t.rescale(cur / o.eps);
+  solve(o, n_iter, err);
+  *n_iter += static_cast<int32_t>(o.n_stages);
+}
+
 // Solves B problems. fill(k, tile) gathers problem k into the tile; after(k, tile) runs once its iterations
 // are done (while the tile is still there). Schedules as described at the top of this file. With `sc` the
 // scaling iterations run instead of the log-domain ones (fill need not build the transposed tile then).
@@ -545,22 +580,25 @@ void solve_problems(int64_t B, const Segments& sx, const Segments& sy, const Opt
         fill(k, t);
         warm_start(t, o, k, sx, sy);
         const int64_t n = t.n(), m = t.m();
-        if (sc) {
-          iterate_scaling(t, o, sc->absorb, serial, n_iter + k, err + k, sc->absorptions + k, sc->fell_back + k);
-          scatter(t, f + sx.start(k), g + sy.start(k));
-          after(k, t);
-          continue;
-        }
-        iterate(
-            t, o, n_iter + k, err + k,
-            [&] {
-              K->lse_columns(t.CsT.data(), m, t.ldT, t.gs.data(), 0, t.ldT, t.lse_r.data(), t.colmax.data(),
-                             t.colsum.data());
+        staged(
+            t, o,
+            [&](const Options<T>& oo, int32_t* ni, T* er) {
+              if (sc) {
+                iterate_scaling(t, oo, sc->absorb, serial, ni, er, sc->absorptions + k, sc->fell_back + k);
+                return;
+              }
+              iterate(
+                  t, oo, ni, er,
+                  [&] {
+                    K->lse_columns(t.CsT.data(), m, t.ldT, t.gs.data(), 0, t.ldT, t.lse_r.data(), t.colmax.data(),
+                                   t.colsum.data());
+                  },
+                  [&] {
+                    K->lse_columns(t.Cs.data(), n, t.ld, t.fs.data(), 0, t.ld, t.lse_c.data(), t.colmax.data(),
+                                   t.colsum.data());
+                  });
             },
-            [&] {
-              K->lse_columns(t.Cs.data(), n, t.ld, t.fs.data(), 0, t.ld, t.lse_c.data(), t.colmax.data(),
-                             t.colsum.data());
-            });
+            n_iter + k, err + k);
         scatter(t, f + sx.start(k), g + sy.start(k));
         after(k, t);
       }
@@ -573,26 +611,29 @@ void solve_problems(int64_t B, const Segments& sx, const Segments& sy, const Opt
     fill(k, t);
     warm_start(t, o, k, sx, sy);
     const int64_t n = t.n(), m = t.m(), W = kLanes<T>;
-    if (sc) {
-      iterate_scaling(t, o, sc->absorb, blocked, n_iter + k, err + k, sc->absorptions + k, sc->fell_back + k);
-      scatter(t, f + sx.start(k), g + sy.start(k));
-      after(k, t);
-      continue;
-    }
-    iterate(
-        t, o, n_iter + k, err + k,
-        [&] {  // blocks of whole vectors of rows (columns of the transpose)
-          at::parallel_for(0, t.ldT / W, std::max<int64_t>(1, grain(m) / W), [&](int64_t v0, int64_t v1) {
-            K->lse_columns(t.CsT.data(), m, t.ldT, t.gs.data(), v0 * W, v1 * W, t.lse_r.data(), t.colmax.data(),
-                           t.colsum.data());
-          });
+    staged(
+        t, o,
+        [&](const Options<T>& oo, int32_t* ni, T* er) {
+          if (sc) {
+            iterate_scaling(t, oo, sc->absorb, blocked, ni, er, sc->absorptions + k, sc->fell_back + k);
+            return;
+          }
+          iterate(
+              t, oo, ni, er,
+              [&] {  // blocks of whole vectors of rows (columns of the transpose)
+                at::parallel_for(0, t.ldT / W, std::max<int64_t>(1, grain(m) / W), [&](int64_t v0, int64_t v1) {
+                  K->lse_columns(t.CsT.data(), m, t.ldT, t.gs.data(), v0 * W, v1 * W, t.lse_r.data(),
+                                 t.colmax.data(), t.colsum.data());
+                });
+              },
+              [&] {  // blocks of whole vectors of columns
+                at::parallel_for(0, t.ld / W, std::max<int64_t>(1, grain(n) / W), [&](int64_t v0, int64_t v1) {
+                  K->lse_columns(t.Cs.data(), n, t.ld, t.fs.data(), v0 * W, v1 * W, t.lse_c.data(),
+                                 t.colmax.data(), t.colsum.data());
+                });
+              });
         },
-        [&] {  // blocks of whole vectors of columns
-          at::parallel_for(0, t.ld / W, std::max<int64_t>(1, grain(n) / W), [&](int64_t v0, int64_t v1) {
-            K->lse_columns(t.Cs.data(), n, t.ld, t.fs.data(), v0 * W, v1 * W, t.lse_c.data(), t.colmax.data(),
-                           t.colsum.data());
-          });
-        });
+        n_iter + k, err + k);
     scatter(t, f + sx.start(k), g + sy.start(k));
     after(k, t);
   }
@@ -648,10 +689,21 @@ Options<T> make_options(double eps, int64_t max_iter, c10::optional<double> tol,
 }
 
 // sinkhorn_fwd (log-domain) and, with `absorb`, sinkhorn_fwd_scaling (+ absorptions [B] int32, fell_back [B] bool).
+// An eps schedule (eps_stages): every value positive and finite; o.stages / o.n_stages point at it.
+template <typename T>
+void set_stages(Options<T>& o, const char* op, const c10::optional<at::ArrayRef<double>>& stages) {
+  if (!stages) return;
+  for (double e : *stages)
+    TORCH_CHECK(e > 0 && std::isfinite(e), op, ": every eps_stages value must be positive and finite, got ", e);
+  o.stages = stages->data();
+  o.n_stages = static_cast<int64_t>(stages->size());
+}
+
 std::vector<at::Tensor> fwd_impl(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps,
                                  int64_t max_iter, c10::optional<double> tol, c10::optional<double> tau_a,
                                  c10::optional<double> tau_b, c10::optional<double> absorb,
-                                 const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
+                                 const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0,
+                                 const c10::optional<at::ArrayRef<double>>& stages = c10::nullopt) {
   const char* op = absorb ? "sinkhorn_fwd_scaling" : "sinkhorn";
   check_sinkhorn_inputs(cost, a, b);
   TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
@@ -674,6 +726,7 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& cost, const at::Tensor& a, co
     auto o = make_options<scalar_t>(eps, max_iter, tol, tau_a, tau_b);
     o.f0 = F0.defined() ? F0.data_ptr<scalar_t>() : nullptr;
     o.g0 = G0.defined() ? G0.data_ptr<scalar_t>() : nullptr;
+    set_stages(o, op, stages);
     const ScalingArgs<scalar_t> sc{static_cast<scalar_t>(absorb.value_or(0.0)), absorptions.data_ptr<int32_t>(),
                                    fell_back.data_ptr<bool>()};
     solve_batch<scalar_t>(C.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), Bw.data_ptr<scalar_t>(), B, N, M, o,
@@ -695,8 +748,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_scaling_cpu(
     const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps, int64_t max_iter,
     c10::optional<double> tol, c10::optional<double> tau_a, c10::optional<double> tau_b, double absorb,
-    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
-  auto r = fwd_impl(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0);
+    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0,
+    c10::optional<at::ArrayRef<double>> eps_stages) {
+  auto r = fwd_impl(cost, a, b, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0, eps_stages);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 
@@ -927,7 +981,8 @@ std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tenso
                                             c10::optional<double> tau_b, c10::optional<double> absorb,
                                             const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0,
                                             bool symmetric = false, const at::Tensor* cu_x = nullptr,
-                                            const at::Tensor* cu_y = nullptr) {
+                                            const at::Tensor* cu_y = nullptr,
+                                            const c10::optional<at::ArrayRef<double>>& stages = c10::nullopt) {
   const char* op = cu_x ? "sinkhorn_embeddings_varlen_fwd"
                         : (absorb ? "sinkhorn_embeddings_fwd_scaling" : "sinkhorn_embeddings");
   const EmbeddingLayout L = embedding_layout(op, x, y, a, b, kind, cu_x, cu_y);
@@ -952,6 +1007,7 @@ std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tenso
     o.f0 = F0.defined() ? F0.data_ptr<T>() : nullptr;
     o.g0 = G0.defined() ? G0.data_ptr<T>() : nullptr;
     o.symmetric = symmetric;
+    set_stages(o, op, stages);
     const ScalingArgs<T> sc{static_cast<T>(absorb.value_or(0.0)), absorptions.data_ptr<int32_t>(),
                             fell_back.data_ptr<bool>()};
     const T inv_eps = T(1) / o.eps;
@@ -993,8 +1049,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 sinkhorn_embeddings_fwd_scaling_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b,
                                     int64_t kind, double eps, int64_t max_iter, c10::optional<double> tol,
                                     c10::optional<double> tau_a, c10::optional<double> tau_b, double absorb,
-                                    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0) {
-  auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0);
+                                    const c10::optional<at::Tensor>& f0, const c10::optional<at::Tensor>& g0,
+                                    c10::optional<at::ArrayRef<double>> eps_stages) {
+  auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0, false, nullptr,
+                               nullptr, eps_stages);
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
 }
 
@@ -1153,9 +1211,9 @@ sinkhorn_embeddings_varlen_fwd_cpu(const at::Tensor& x, const at::Tensor& y, con
                                    int64_t kind, double eps, int64_t max_iter, c10::optional<double> tol,
                                    c10::optional<double> tau_a, c10::optional<double> tau_b,
                                    c10::optional<double> absorb, const c10::optional<at::Tensor>& f0,
-                                   const c10::optional<at::Tensor>& g0) {
+                                   const c10::optional<at::Tensor>& g0, c10::optional<at::ArrayRef<double>> eps_stages) {
   auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0, false,
-                               &cu_seqlens_x, &cu_seqlens_y);
+                               &cu_seqlens_x, &cu_seqlens_y, eps_stages);
   if (r.size() == 6) {
     const int64_t B = r[2].size(0);
     r.push_back(at::zeros({B}, r[2].options()));
@@ -1181,11 +1239,12 @@ std::string cpu_isa() { return kernels<float>()->isa; }
 // once the state (h, h) meets it.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_embeddings_symmetric_fwd_cpu(
     const at::Tensor& x, const at::Tensor& a, int64_t kind, double eps, int64_t max_iter, c10::optional<double> tol,
-    const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& cu_seqlens) {
+    const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& cu_seqlens,
+    c10::optional<at::ArrayRef<double>> eps_stages) {
   const bool packed = cu_seqlens.has_value() && cu_seqlens->defined();
   const at::Tensor* cu = packed ? &*cu_seqlens : nullptr;
   auto r = embeddings_fwd_impl(x, x, a, a, kind, eps, max_iter, tol, c10::nullopt, c10::nullopt, c10::nullopt, h0, h0,
-                               /*symmetric=*/true, cu, cu);
+                               /*symmetric=*/true, cu, cu, eps_stages);
   return {r[0], r[2], r[3]};
 }
 

@@ -118,7 +118,8 @@ def sinkhorn_divergence(
         x, y = x.to(wide), y.to(wide)
     eps_, tol_ = _solver_args(eps, max_iter, tol, None, None, "envelope", like.dtype)[:2]
     # the eps stages of all three problems, found once (a "geometric" schedule reads the cost range on the host)
-    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a, b, cost), "sinkhorn_divergence")
+    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a, b, cost), "sinkhorn_divergence",
+                     like.dtype)
     xy = sinkhorn_embeddings(x, y, a=a, b=b, cost=cost, eps=eps_, max_iter=max_iter, tol=tol_, eps_schedule=stages,
                              backend=backend, method=method)
     # the self-problems (x, x) and (y, y), one batch of 2B padded to L points: symmetric updates, then their value
@@ -144,7 +145,7 @@ def _packed_divergence(x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, eps
     px, py, a_pad, b_pad, a_, b_ = _packed_inputs(x, y, x_mask, y_mask, a, b, cost, cu_x, cu_y, fn)
     like = x.new_empty(0, dtype=ref.compute_dtype(x.dtype))
     eps_, tol_ = _solver_args(eps, max_iter, tol, None, None, "envelope", like.dtype)[:2]
-    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a_, b_, cost), fn)
+    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a_, b_, cost), fn, like.dtype)
     packed = dict(cu_seqlens_x=px.cu, cu_seqlens_y=py.cu)
     xy = sinkhorn_embeddings(x, y, a=a_, b=b_, cost=cost, eps=eps_, max_iter=max_iter, tol=tol_, eps_schedule=stages,
                              backend=backend, method=method, **packed)
@@ -159,14 +160,14 @@ def _packed_divergence(x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, eps
 
 def _result(xy, self_, n_sym, B: int) -> SinkhornDivergence:
     """The divergence from the cross result and the self-problems' (x's B problems, then y's). A pair with an empty
-    side (no mass on x or on y) has S = 0, as an empty problem's OT value is 0 (OT(b, b) alone would make it
-    negative)."""
+    side (total mass 0 on x or on y) that is not flagged has S = 0, as an empty problem's OT value is 0 (OT(b, b)
+    alone would make it negative); a flagged pair stays NaN."""
     vs, st = self_.value.view(2, B), self_.status.view(2, B)
     status = torch.where(xy.status != 0, xy.status, torch.where(st[0] != 0, st[0], st[1]))
     n_iter = torch.stack([xy.n_iter, *n_sym.view(2, B)])
     err = torch.stack([xy.err, *self_.err.view(2, B)])
-    both = (xy._a.sum(1) > 0) & (xy._b.sum(1) > 0)
-    value = torch.where(both, xy.value - 0.5 * (vs[0] + vs[1]), 0)
+    empty = (xy._a.sum(1) == 0) | (xy._b.sum(1) == 0)
+    value = torch.where((status == 0) & empty, 0, xy.value - 0.5 * (vs[0] + vs[1]))
     return SinkhornDivergence(value, xy.value, vs[0], vs[1], n_iter, err, status, xy.backend, xy.method)
 
 

@@ -132,6 +132,21 @@ def ot_distillation_loss(
         raise ValueError("OTDistillationLoss: packed input needs both cu_seqlens_student and cu_seqlens_teacher")
     _check_hidden("student_hidden", student_hidden, "student_mask", student_mask, packed)
     _check_hidden("teacher_hidden", teacher_hidden, "teacher_mask", teacher_mask, packed)
+    if packed:  # checked here, so that the errors name the loss's arguments
+        from ._packed import check_cu  # noqa: PLC0415 - packed input only
+
+        n_s = check_cu(cu_seqlens_student, "cu_seqlens_student", student_hidden.shape[0], student_hidden,
+                       "OTDistillationLoss")[0].numel()
+        n_t = check_cu(cu_seqlens_teacher, "cu_seqlens_teacher", teacher_hidden.shape[0], teacher_hidden,
+                       "OTDistillationLoss")[0].numel()
+        if n_s != n_t:
+            raise ValueError(f"OTDistillationLoss: cu_seqlens_student has {n_s - 1} pairs but cu_seqlens_teacher "
+                             f"has {n_t - 1}")
+        for name, w, h in (("student_weights", student_weights, student_hidden),
+                           ("teacher_weights", teacher_weights, teacher_hidden)):
+            if w is not None and (not isinstance(w, torch.Tensor) or tuple(w.shape) != (h.shape[0],)):
+                raise ValueError(f"OTDistillationLoss: {name} must be a [{h.shape[0]}] tensor (packed), got "
+                                 f"{list(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
     if not packed and student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise ValueError(f"OTDistillationLoss: student_hidden has {student_hidden.shape[0]} pairs but "
                          f"teacher_hidden has {teacher_hidden.shape[0]}")

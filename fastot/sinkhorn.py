@@ -559,9 +559,11 @@ def geometric_eps_schedule(start: float, eps: float, ratio: float = 0.5) -> list
     return out
 
 
-def _stages(eps_schedule, eps: float, cost_range: Callable[[], float], fn: str = "sinkhorn") -> tuple[float, ...]:
+def _stages(eps_schedule, eps: float, cost_range: Callable[[], float], fn: str = "sinkhorn",
+            dtype: torch.dtype = torch.float32) -> tuple[float, ...]:
     """The eps values run (one iteration each) before the solve at eps: eps_schedule None -> none, "geometric" ->
-    geometric_eps_schedule(cost range, eps, 0.5), a sequence -> its values (positive, finite)."""
+    geometric_eps_schedule(cost range, eps, 0.5), a sequence -> its values (finite, at least the compute dtype's
+    smallest normal number, as eps)."""
     if eps_schedule is None:
         return ()
     if isinstance(eps_schedule, str):
@@ -577,6 +579,9 @@ def _stages(eps_schedule, eps: float, cost_range: Callable[[], float], fn: str =
     for v in vals:
         if (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v == float("inf")):
             raise ValueError(f"{fn}: every eps_schedule value must be a positive finite number, got {v!r}")
+        if v < torch.finfo(dtype).tiny:
+            raise ValueError(f"{fn}: eps_schedule value {v!r} is below the smallest normal {dtype} number "
+                             f"({torch.finfo(dtype).tiny:.3g})")
     return tuple(float(v) for v in vals)
 
 
@@ -680,7 +685,7 @@ def _sinkhorn(cost, a, b, eps, max_iter, tol, tau_a, tau_b, grad, backend, statu
     b = _weights(b, cost, M, "b", (B, M))
     f0, g0 = _warm(f0, cost, "f0", (B, N)), _warm(g0, cost, "g0", (B, M))
     if stages is None:
-        stages = _stages(eps_schedule, eps, lambda: _cost_range(cost, a, b))
+        stages = _stages(eps_schedule, eps, lambda: _cost_range(cost, a, b), dtype=ref.compute_dtype(cost.dtype))
     if status is None:  # (a status passed in already has the warm start's code 6)
         with torch.no_grad():
             status = _warm_status(_cost_status(cost.detach(), a.detach(), b.detach(), eps, tau_a, tau_b), f0, g0,
@@ -778,7 +783,7 @@ def _mask_weights(mask, w, n, like, name, w_name, shape):
     m = (mask != 0).to(ref.compute_dtype(like.dtype))
     if w is None:
         return m / m.sum(1, keepdim=True).clamp_min(1)
-    return w * m
+    return w * m.to(w.dtype)  # in the weights' own dtype (their mass check allows for it: STATUS 5)
 
 
 def _check_embeddings(x, y, cost: str, fn: str) -> None:
@@ -834,7 +839,8 @@ def sinkhorn_embeddings(
             kernels read the packed rows in place, so no [B, N, d] tensor is built (cpp's tiles never held padding
             anyway; triton's on-chip blocks are sized by the longest problem, as on padded input). The torch and
             cuda backends and ``grad="unrolled"`` solve the padded equivalent (built from
-            the packed rows, gradients included). cu_seqlens is read on the host (one small read on a GPU).
+            the packed rows, gradients included). cu_seqlens is read on the host (one small read on a GPU; under
+            ``torch.compile`` a graph break, so ``fullgraph=True`` does not take packed input).
         cost: "cosine" (default), "sqeuclidean" or "dot".
         Other arguments (``f0``, ``g0`` and ``eps_schedule`` included) as :func:`sinkhorn`. Gradients reach x and y
         through the cost. ``eps_schedule="geometric"`` starts from a bound on the cost: 2 (cosine),
@@ -866,7 +872,8 @@ def sinkhorn_embeddings(
     b = _weights(b, like, M, "b", (B, M))
     f0 = _warm(f0, like, "f0", (B, N), "sinkhorn_embeddings")
     g0 = _warm(g0, like, "g0", (B, M), "sinkhorn_embeddings")
-    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a, b, cost), "sinkhorn_embeddings")
+    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a, b, cost), "sinkhorn_embeddings",
+                     like.dtype)
     with torch.no_grad():  # from x and y, so that every backend (fused or not) flags the same problems
         status = _embeddings_status(x.detach(), y.detach(), a.detach(), b.detach(), _COST_KIND[cost], eps_,
                                     tau_a_, tau_b_)
@@ -949,7 +956,7 @@ def _packed_embeddings(x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, tau
         raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
     f0 = _warm(f0, like, "f0", (Tx,), fn)
     g0 = _warm(g0, like, "g0", (Ty,), fn)
-    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a_, b_, cost), fn)
+    stages = _stages(eps_schedule, eps_, lambda: _embeddings_range(x, y, a_, b_, cost), fn, like.dtype)
     if be not in ("cpp", "triton"):  # solved on the padded equivalent; the potentials come back packed
         res = sinkhorn_embeddings(px.pad(x), py.pad(y), a=a_pad, b=b_pad, cost=cost, eps=eps, max_iter=max_iter,
                                   tol=tol, tau_a=tau_a, tau_b=tau_b, grad=grad, backend=backend, method=method,

@@ -98,7 +98,7 @@ def test_varlen_benchmark_runs(tmp_path):
     assert {r["padding"] for r in rows} == {"longest", "max_length"}
     for r in rows:
         assert float(r["ms_padded"]) > 0 and float(r["ms_packed"]) > 0 and float(r["ms_pack_packed"]) > 0
-        assert float(r["loss_diff"]) < 1e-4 and 0 <= float(r["pad_share"]) < 1
+        assert float(r["loss_diff"]) < 1e-6 and 0 <= float(r["pad_share"]) < 1
         assert float(r["mb_packed"]) <= float(r["mb_padded"])
     assert (tmp_path / csv_path.name.replace(".csv", ".md")).exists()
 

@@ -152,6 +152,13 @@ def test_debiased_distillation_loss(backend, device):
     assert float(per[1]) == 0.0 and (per[[0, 2]] > 0).all()
     mean0 = fastot.OTDistillationLoss(eps=0.1, max_iter=200, debias=True, backend=backend)(s, sm0, t, None)
     torch.testing.assert_close(mean0, per[[0, 2]].mean())
+    # a flagged pair (a NaN weight; negative weights summing to 0) stays NaN, not an empty pair's 0
+    w = sm.double() / sm.sum(1, keepdim=True)
+    w[0, 0] = float("nan")
+    w[1, :2] = torch.tensor([0.5, -0.5])
+    w[1, 2:] = 0
+    div = fastot.sinkhorn_divergence(s, t, a=w, eps=0.1, max_iter=50, backend=backend)
+    assert div.status.tolist()[:2] == [1, 1] and torch.isnan(div.value[:2]).all() and torch.isfinite(div.value[2])
     with pytest.raises(ValueError, match="debias=True is the Sinkhorn divergence"):
         fastot.OTDistillationLoss(debias=True, objective="transport_cost")
     with pytest.raises(ValueError, match="debias must be True or False"):

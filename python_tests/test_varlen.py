@@ -320,3 +320,34 @@ def test_pack_tokens_matches_boolean_indexing():
         fastot.pack_tokens(h, mask[:, :3])
     with pytest.raises(ValueError, match="hidden must be a"):
         fastot.pack_tokens(h[0], mask)
+
+
+@pytest.mark.parametrize("backend,device", NOT_TRITON)
+def test_packed_half_precision_weights_keep_their_mass_tolerance(backend, device):
+    """bf16 weights are checked for equal masses at bf16's eps on packed input, as on padded (with or without a
+    mask): uniform bf16 weights over 7 and 11 points do not sum to the same bf16 mass."""
+    lx, ly = [7], [11]
+    x, y, cx, cy, _, _ = _packed_problem(3, lx, ly, 4)
+    a, b = torch.full((7,), 1 / 7, dtype=torch.bfloat16), torch.full((11,), 1 / 11, dtype=torch.bfloat16)
+    packed = fastot.sinkhorn_embeddings(x, y, a=a, b=b, cu_seqlens_x=cx, cu_seqlens_y=cy, eps=0.2, max_iter=20,
+                                        backend=backend)
+    padded = fastot.sinkhorn_embeddings(x[None], y[None], a=a[None], b=b[None], eps=0.2, max_iter=20, backend=backend)
+    masked = fastot.sinkhorn_embeddings(x[None], y[None], torch.ones(1, 7, dtype=torch.bool), None, a=a[None],
+                                        b=b[None], eps=0.2, max_iter=20, backend=backend)
+    assert packed.status.tolist() == padded.status.tolist() == masked.status.tolist() == [0]
+    torch.testing.assert_close(packed.value, padded.value, atol=1e-12, rtol=0)
+    torch.testing.assert_close(masked.value, padded.value, atol=1e-12, rtol=0)
+
+
+def test_packed_loss_errors_name_its_arguments():
+    x, y, cx, cy, _, _ = _packed_problem(0, [3, 2], [2, 4], 4)
+    crit = fastot.OTDistillationLoss(eps=0.1)
+    with pytest.raises(ValueError, match=r"cu_seqlens_student\[-1\] must be the number of packed rows 5"):
+        crit(x, None, y, None, cu_seqlens_student=torch.tensor([0, 3, 4]), cu_seqlens_teacher=cy)
+    with pytest.raises(ValueError, match="cu_seqlens_student has 2 pairs but cu_seqlens_teacher has 1"):
+        crit(x, None, y, None, cu_seqlens_student=cx, cu_seqlens_teacher=torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match=r"student_weights must be a \[5\] tensor"):
+        crit(x, None, y, None, cu_seqlens_student=cx, cu_seqlens_teacher=cy, student_weights=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="eps_schedule value 1e-50 is below the smallest normal"):
+        fastot.sinkhorn_embeddings(x.float(), y.float(), cu_seqlens_x=cx, cu_seqlens_y=cy, eps=0.1,
+                                   eps_schedule=[1.0, 1e-50])

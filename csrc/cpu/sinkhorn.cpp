@@ -88,6 +88,8 @@ struct Options {
   // place, never rebuilt), each from the state the one before left; n_iter counts them
   const double* stages = nullptr;
   int64_t n_stages = 0;
+  // whether the error of the final state is computed when no tol stopped the iterations (a stage's is not used)
+  bool final_error = true;
   // the damping of each side's update: tau / (tau + eps) on a KL-relaxed side, 1 on a balanced one
   T lam_a() const { return unb_a ? tau_a / (tau_a + eps) : T(1); }
   T lam_b() const { return unb_b ? tau_b / (tau_b + eps) : T(1); }
@@ -197,10 +199,11 @@ struct Tile {
   int64_t n() const { return static_cast<int64_t>(rows.size()); }
   int64_t m() const { return static_cast<int64_t>(cols.size()); }
 
-  // Cs (and CsT when built) = C / eps becomes C / eps' for factor = eps / eps' (padding stays +inf).
-  void rescale(T factor) {
-    for (T& v : Cs) v *= factor;
-    for (T& v : CsT) v *= factor;
+  // Cs (and CsT when built) = factor * (Cs0, CsT0): C / eps' from C / eps for factor = eps / eps' (padding stays
+  // +inf). From a kept copy, so that a long schedule's rounding does not compound.
+  void rescale(const std::vector<T>& Cs0, const std::vector<T>& CsT0, T factor) {
+    for (size_t i = 0; i < Cs.size(); ++i) Cs[i] = Cs0[i] * factor;
+    for (size_t i = 0; i < CsT.size(); ++i) CsT[i] = CsT0[i] * factor;
   }
 };
 
@@ -250,7 +253,7 @@ void iterate(Tile<T>& t, const Options<T>& o, int32_t* n_iter, T* err_out, RowPa
     if (o.symmetric)  // n == m, the same points in the same order
       for (int64_t j = 0; j < m; ++j) t.f[j] = t.g[j] = T(0.5) * (t.f[j] + t.g[j]);
   }
-  if (!o.has_tol || it == o.max_iter) {
+  if ((!o.has_tol || it == o.max_iter) && o.final_error) {
     rows();
     err = row_error(t, o);
   }
@@ -490,7 +493,7 @@ void iterate_scaling(Tile<T>& t, const Options<T>& o, T absorb, const Passes<T>&
     }
     if (!log_mode) to_potentials();
   }
-  if (!stopped) {  // the error of the final state
+  if (!stopped && o.final_error) {  // the error of the final state
     if (scaling && !log_mode) {
       P.rows(t);
       err = error();
@@ -540,15 +543,17 @@ void warm_start(Tile<T>& t, const Options<T>& o, int64_t k, const Segments& sx, 
     for (int64_t j = 0; j < t.m(); ++j) t.g[j] = o.g0[sy.start(k) + t.cols[j]];
 }
 
-// The iterations of one filled tile: one at each eps of o's schedule (the tile rescaled in place, the state carried
-// over), then solve(o, n_iter, err) at eps, which every stage calls with max_iter 1 and no tol.
+// The iterations of one filled tile: one at each eps of o's schedule (the tile rescaled from a copy of the one at
+// eps, the state carried over; the error of a stage's state is not computed), then solve(o, n_iter, err) at eps on
+// the tile as filled. Every stage calls solve with max_iter 1 and no tol.
 template <typename T, typename Solve>
 void staged(Tile<T>& t, const Options<T>& o, Solve solve, int32_t* n_iter, T* err) {
-  if (o.n_stages == 0) {
+  if (o.n_stages == 0 || t.n() == 0 || t.m() == 0) {  // (an empty problem: nothing to iterate)
     solve(o, n_iter, err);
+    *n_iter += static_cast<int32_t>(o.n_stages);
     return;
   }
-  T cur = o.eps;
+  const std::vector<T> Cs0 = t.Cs, CsT0 = t.CsT;
   int32_t unused_n;
   T unused_err;
   for (int64_t s = 0; s < o.n_stages; ++s) {
@@ -556,11 +561,12 @@ void staged(Tile<T>& t, const Options<T>& o, Solve solve, int32_t* n_iter, T* er
     os.eps = static_cast<T>(o.stages[s]);
     os.max_iter = 1;
     os.has_tol = false;
-    t.rescale(cur / os.eps);
-    cur = os.eps;
+    os.final_error = false;
+    t.rescale(Cs0, CsT0, static_cast<T>(static_cast<double>(o.eps) / o.stages[s]));
     solve(os, &unused_n, &unused_err);
   }
-  t.rescale(cur / o.eps);
+  t.Cs = Cs0;
+  t.CsT = CsT0;
   solve(o, n_iter, err);
   *n_iter += static_cast<int32_t>(o.n_stages);
 }
@@ -694,7 +700,9 @@ template <typename T>
 void set_stages(Options<T>& o, const char* op, const c10::optional<at::ArrayRef<double>>& stages) {
   if (!stages) return;
   for (double e : *stages)
-    TORCH_CHECK(e > 0 && std::isfinite(e), op, ": every eps_stages value must be positive and finite, got ", e);
+    TORCH_CHECK(e >= std::numeric_limits<T>::min() && std::isfinite(e), op,
+                ": every eps_stages value must be finite and at least the compute dtype's smallest normal number (",
+                std::numeric_limits<T>::min(), "), got ", e);
   o.stages = stages->data();
   o.n_stages = static_cast<int64_t>(stages->size());
 }
@@ -935,7 +943,8 @@ struct EmbeddingLayout {
 };
 
 EmbeddingLayout embedding_layout(const char* op, const at::Tensor& x, const at::Tensor& y, const at::Tensor& a,
-                                 const at::Tensor& b, int64_t kind, const at::Tensor* cu_x, const at::Tensor* cu_y) {
+                                 const at::Tensor& b, int64_t kind, const at::Tensor* cu_x, const at::Tensor* cu_y,
+                                 const char* cu_x_name = "cu_seqlens_x", const char* cu_y_name = "cu_seqlens_y") {
   EmbeddingLayout L;
   if (!cu_x) {
     check_embeddings_inputs(x, y, a, b, kind);
@@ -951,10 +960,10 @@ EmbeddingLayout embedding_layout(const char* op, const at::Tensor& x, const at::
   TORCH_CHECK(kind >= 0 && kind <= 2, op, ": cost must be 0 (cosine), 1 (sqeuclidean) or 2 (dot)");
   TORCH_CHECK(y.device() == x.device() && a.device() == x.device() && b.device() == x.device(), op,
               ": x, y, a, b must be on one device");
-  TORCH_CHECK(cu_x->dim() == 1 && cu_y->dim() == 1 && cu_x->size(0) == cu_y->size(0), op,
-              ": cu_seqlens_x and cu_seqlens_y must both be [B + 1], got ", cu_x->sizes(), " and ", cu_y->sizes());
-  L.cu_x = packed_offsets(op, *cu_x, "cu_seqlens_x", x.size(0));
-  L.cu_y = packed_offsets(op, *cu_y, "cu_seqlens_y", y.size(0));
+  TORCH_CHECK(cu_x->dim() == 1 && cu_y->dim() == 1 && cu_x->size(0) == cu_y->size(0), op, ": ", cu_x_name, " and ",
+              cu_y_name, " must both be [B + 1], got ", cu_x->sizes(), " and ", cu_y->sizes());
+  L.cu_x = packed_offsets(op, *cu_x, cu_x_name, x.size(0));
+  L.cu_y = packed_offsets(op, *cu_y, cu_y_name, y.size(0));
   L.B = L.cu_x.size(0) - 1;
   L.sx = Segments{longest(L.cu_x), L.cu_x.const_data_ptr<int64_t>()};
   L.sy = Segments{longest(L.cu_y), L.cu_y.const_data_ptr<int64_t>()};
@@ -983,9 +992,12 @@ std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tenso
                                             bool symmetric = false, const at::Tensor* cu_x = nullptr,
                                             const at::Tensor* cu_y = nullptr,
                                             const c10::optional<at::ArrayRef<double>>& stages = c10::nullopt) {
-  const char* op = cu_x ? "sinkhorn_embeddings_varlen_fwd"
-                        : (absorb ? "sinkhorn_embeddings_fwd_scaling" : "sinkhorn_embeddings");
-  const EmbeddingLayout L = embedding_layout(op, x, y, a, b, kind, cu_x, cu_y);
+  const char* op = symmetric ? "sinkhorn_embeddings_symmetric_fwd"
+                   : cu_x     ? "sinkhorn_embeddings_varlen_fwd"
+                   : absorb   ? "sinkhorn_embeddings_fwd_scaling"
+                              : "sinkhorn_embeddings";
+  const EmbeddingLayout L = symmetric ? embedding_layout(op, x, y, a, b, kind, cu_x, cu_y, "cu_seqlens", "cu_seqlens")
+                                      : embedding_layout(op, x, y, a, b, kind, cu_x, cu_y);
   TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
   TORCH_CHECK(max_iter >= 0, op, ": max_iter must be >= 0, got ", max_iter);
   TORCH_CHECK(!absorb || *absorb > 0, op, ": absorb must be > 0, got ", absorb.value_or(0.0));
@@ -994,8 +1006,8 @@ std::vector<at::Tensor> embeddings_fwd_impl(const at::Tensor& x, const at::Tenso
   const at::Tensor A = a.to(dt).contiguous(), Bw = b.to(dt).contiguous();
   const int64_t B = L.B;
   const Segments &sx = L.sx, &sy = L.sy;
-  const at::Tensor F0 = side_warm_start(op, f0, "f0", A, dt);
-  const at::Tensor G0 = side_warm_start(op, g0, "g0", Bw, dt);
+  const at::Tensor F0 = side_warm_start(op, f0, symmetric ? "h0" : "f0", A, dt);
+  const at::Tensor G0 = side_warm_start(op, g0, symmetric ? "h0" : "g0", Bw, dt);
   const auto opts = A.options();
   at::Tensor f = at::zeros(A.sizes(), opts), g = at::zeros(Bw.sizes(), opts), err = at::zeros({B}, opts);
   at::Tensor n_iter = at::zeros({B}, opts.dtype(at::kInt));

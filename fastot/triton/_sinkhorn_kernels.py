@@ -100,6 +100,23 @@ def _segment(cu_ptr, i_b):
 
 
 @triton.jit
+def _problem(i_b, N, M, cu_x_ptr, cu_y_ptr, x_ptr, y_ptr, s_xb, s_yb, s_xn, s_ym, VARLEN: tl.constexpr):
+    """Problem i_b's first point and length on each side, and x, y moved to its first row: from the offsets
+    (packed; N, M become the problem's own lengths) or i_b * N, N (padded)."""
+    if VARLEN:
+        r_x, n = _segment(cu_x_ptr, i_b)
+        r_y, m = _segment(cu_y_ptr, i_b)
+        x_ptr += r_x * s_xn
+        y_ptr += r_y * s_ym
+    else:
+        r_x, n = i_b * N, N
+        r_y, m = i_b * M, M
+        x_ptr += i_b * s_xb
+        y_ptr += i_b * s_yb
+    return r_x, n, r_y, m, x_ptr, y_ptr
+
+
+@triton.jit
 def _lse2_rows(z):
     """Row-wise base-2 log-sum-exp of z (-inf = excluded): (lse, any entry included); lse = 0 where none is."""
     b_max = tl.max(z, 1)
@@ -263,17 +280,11 @@ def _onchip_kernel(
     WARM: tl.constexpr = False, VARLEN: tl.constexpr = False,
 ):
     i_b = tl.program_id(0).to(tl.int64)
-    if VARLEN:  # packed: this problem's rows and columns from the offsets; N, M become its own lengths
-        r_x, N = _segment(cu_x_ptr, i_b)
-        r_y, M = _segment(cu_y_ptr, i_b)
-        x_ptr += r_x * s_xn
-        y_ptr += r_y * s_ym
-    else:
-        r_x = i_b * N
-        r_y = i_b * M
+    # packed: this problem's rows and columns from the offsets; N, M become its own lengths
+    r_x, N, r_y, M, x_ptr, y_ptr = _problem(i_b, N, M, cu_x_ptr, cu_y_ptr, x_ptr, y_ptr, s_xb, s_yb, s_xn, s_ym,
+                                            VARLEN)
+    if not VARLEN:
         c_ptr += i_b * s_cb
-        x_ptr += i_b * s_xb
-        y_ptr += i_b * s_yb
     o_n = tl.arange(0, BLOCK_N)
     o_m = tl.arange(0, BLOCK_M)
     m_n = o_n < N
@@ -358,17 +369,10 @@ def _row_pass_kernel(
 ):
     """FT_i = -LSE2_j(G_j + log2 b_j - K_ij) for one block of rows, and each row's marginal error at (F, FT)."""
     i_b = tl.program_id(0).to(tl.int64)
-    if VARLEN:  # as in _onchip_kernel
-        r_x, N = _segment(cu_x_ptr, i_b)
-        r_y, M = _segment(cu_y_ptr, i_b)
-        x_ptr += r_x * s_xn
-        y_ptr += r_y * s_ym
-    else:
-        r_x = i_b * N
-        r_y = i_b * M
+    r_x, N, r_y, M, x_ptr, y_ptr = _problem(i_b, N, M, cu_x_ptr, cu_y_ptr, x_ptr, y_ptr, s_xb, s_yb, s_xn, s_ym,
+                                            VARLEN)
+    if not VARLEN:
         c_ptr += i_b * s_cb
-        x_ptr += i_b * s_xb
-        y_ptr += i_b * s_yb
     o_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     active = True
@@ -428,17 +432,10 @@ def _col_pass_kernel(
     sums it, so a problem that stopped reports an error below tol. Every write is a function of the row pass's
     output alone, so running the kernel twice (autotuning) is harmless."""
     i_b = tl.program_id(0).to(tl.int64)
-    if VARLEN:  # as in _onchip_kernel
-        r_x, N = _segment(cu_x_ptr, i_b)
-        r_y, M = _segment(cu_y_ptr, i_b)
-        x_ptr += r_x * s_xn
-        y_ptr += r_y * s_ym
-    else:
-        r_x = i_b * N
-        r_y = i_b * M
+    r_x, N, r_y, M, x_ptr, y_ptr = _problem(i_b, N, M, cu_x_ptr, cu_y_ptr, x_ptr, y_ptr, s_xb, s_yb, s_xn, s_ym,
+                                            VARLEN)
+    if not VARLEN:
         c_ptr += i_b * s_cb
-        x_ptr += i_b * s_xb
-        y_ptr += i_b * s_yb
     i_m = tl.program_id(1)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
@@ -508,18 +505,12 @@ def _plan_kernel(
     i_b = tl.program_id(0).to(tl.int64)
     i_n = tl.program_id(1)
     m_hi = M  # columns swept
-    if VARLEN:  # as in _onchip_kernel; a row block past this problem's rows sweeps none (its sums are 0)
-        r_x, N = _segment(cu_x_ptr, i_b)
-        r_y, M = _segment(cu_y_ptr, i_b)
-        x_ptr += r_x * s_xn
-        y_ptr += r_y * s_ym
+    r_x, N, r_y, M, x_ptr, y_ptr = _problem(i_b, N, M, cu_x_ptr, cu_y_ptr, x_ptr, y_ptr, s_xb, s_yb, s_xn, s_ym,
+                                            VARLEN)
+    if VARLEN:  # a row block past this problem's rows sweeps none (its sums are 0)
         m_hi = tl.where(i_n * BLOCK_N < N, M, 0)
     else:
-        r_x = i_b * N
-        r_y = i_b * M
         c_ptr += i_b * s_cb
-        x_ptr += i_b * s_xb
-        y_ptr += i_b * s_yb
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     s_k = tl.full((), scale, DT)
@@ -576,17 +567,10 @@ def _embedding_grad_kernel(
     swapped."""
     i_b = tl.program_id(0).to(tl.int64)
     m_hi = M  # columns swept
-    if VARLEN:  # as in _onchip_kernel; a row block past this problem's rows sweeps none (writes nothing)
-        r_x, N = _segment(cu_x_ptr, i_b)
-        r_y, M = _segment(cu_y_ptr, i_b)
-        x_ptr += r_x * s_xn
-        y_ptr += r_y * s_ym
+    r_x, N, r_y, M, x_ptr, y_ptr = _problem(i_b, N, M, cu_x_ptr, cu_y_ptr, x_ptr, y_ptr, s_xb, s_yb, s_xn, s_ym,
+                                            VARLEN)
+    if VARLEN:  # a row block past this problem's rows sweeps none (writes nothing)
         m_hi = tl.where(tl.program_id(1) * BLOCK_N < N, M, 0)
-    else:
-        r_x = i_b * N
-        r_y = i_b * M
-        x_ptr += i_b * s_xb
-        y_ptr += i_b * s_yb
     o_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     o_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     m_n = o_n < N

@@ -50,8 +50,8 @@ class SinkhornDivergence:
     """Result of :func:`sinkhorn_divergence`.
 
     ``value`` [B]: S = ot_xy - (ot_xx + ot_yy) / 2 (differentiable in x and y; 0 for a pair with an empty side).
-    ``ot_xy``, ``ot_xx``, ``ot_yy`` [B]: the three entropic OT values. ``n_iter``, ``err`` [3, B]: iterations (a symmetric step counts as one) and final
-    marginal error of the xy, xx and yy problems. ``status`` [B] int8: 0, or the first nonzero
+    ``ot_xy``, ``ot_xx``, ``ot_yy`` [B]: the three entropic OT values. ``n_iter``, ``err`` [3, B]: iterations (a
+    symmetric step counts as one) and final marginal error of the xy, xx and yy problems. ``status`` [B] int8: 0, or the first nonzero
     :data:`fastot.sinkhorn.STATUS` code of the pair's three problems (the pair's outputs are then NaN).
     """
 

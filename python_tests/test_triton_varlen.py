@@ -15,9 +15,9 @@ import torch
 import fastot
 from fastot.reference import sinkhorn as ref
 
-pytestmark = pytest.mark.skipif("triton" not in fastot.available_backends("sinkhorn", "cuda" if torch.cuda.is_available() else "cpu"),
-                                reason="the triton backend is unavailable here")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif("triton" not in fastot.available_backends("sinkhorn", DEVICE),
+                                reason="the triton backend is unavailable here")
 COSTS = ("cosine", "sqeuclidean", "dot")  # the ops' cost codes 0, 1, 2
 # An empty problem (1), one 13 x 4, one 1 x 11 (lengths far apart), a zero weight inside problems 0 and 3.
 LENS_X, LENS_Y = [6, 0, 13, 1], [9, 0, 4, 11]
@@ -242,7 +242,8 @@ def test_streaming_path(small_blocks, dtype):
 
 def test_backward_sides_and_empty_batches(tsk, monkeypatch):
     x, y, a, b, cu_x, cu_y = _packed(D=4, seed=7)
-    f, g = torch.randn(x.shape[0], dtype=torch.float64) * (a > 0), torch.randn(y.shape[0], dtype=torch.float64) * (b > 0)
+    f = torch.randn(x.shape[0], dtype=torch.float64) * (a > 0)
+    g = torch.randn(y.shape[0], dtype=torch.float64) * (b > 0)
     scale = torch.ones(4, dtype=torch.float64)
     dx, dy = tsk.sinkhorn_embeddings_varlen_bwd(x, y, cu_x, cu_y, a, b, f, g, scale, 0, 0.3)
     dx_only, zero_y = tsk.sinkhorn_embeddings_varlen_bwd(x, y, cu_x, cu_y, a, b, f, g, scale, 0, 0.3, need_dy=False)

@@ -294,7 +294,8 @@ def test_packed_divergence_equals_the_padded_one(backend, device):
     torch.testing.assert_close(gx, _unpad(rx, lx), atol=1e-8, rtol=0)
     torch.testing.assert_close(gy, _unpad(ry, ly), atol=1e-8, rtol=0)
     assert abs(float(div.value[3].detach())) < 1e-7
-    assert float(div.value[2].detach()) == 0.0 and float(div.ot_yy[2].detach()) > 0  # an empty side: S = 0, not -OT(b, b)/2
+    # an empty side: S = 0, not -OT(b, b)/2
+    assert float(div.value[2].detach()) == 0.0 and float(div.ot_yy[2].detach()) > 0
     assert (div.value[:2] > 0).all()
 
 

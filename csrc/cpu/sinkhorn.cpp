@@ -854,8 +854,8 @@ void row_sumsq(const T* v, int64_t n, int64_t d, T* out) {
   }
 }
 
-// Problem k (rows where sx, sy put it): its valid rows of x and y (e.xp, e.yp), their norm terms (e.sx, e.sy: 1/max(|.|, 1e-12) for cosine,
-// |.|^2 for sqeuclidean) and the cost [n, m] in t.cost, as fastot.pairwise_cost defines it:
+// Problem k (rows where sx, sy put it): its valid rows of x and y (e.xp, e.yp), their norm terms (e.sx, e.sy:
+// 1/max(|.|, 1e-12) for cosine, |.|^2 for sqeuclidean) and the cost [n, m] in t.cost, as fastot.pairwise_cost defines it:
 // cosine 1 - <x, y> / (max(|x|, 1e-12) max(|y|, 1e-12)); sqeuclidean max(|x|^2 + |y|^2 - 2 <x, y>, 0); dot -<x, y>.
 template <typename T>
 void embedding_cost(const at::Tensor& X, const at::Tensor& Y, int64_t k, const Segments& sx, const Segments& sy,
@@ -1085,8 +1085,8 @@ std::tuple<at::Tensor, at::Tensor> embeddings_bwd_impl(const at::Tensor& x, cons
   const int64_t B = L.B;
   const Segments &sx = L.sx, &sy = L.sy;
   if (cu_x) {
-    TORCH_CHECK(f.sizes() == a.sizes() && g.sizes() == b.sizes(), op, ": f and g must be [Tx] and [Ty] like a and b, got ",
-                f.sizes(), " and ", g.sizes());
+    TORCH_CHECK(f.sizes() == a.sizes() && g.sizes() == b.sizes(), op,
+                ": f and g must be [Tx] and [Ty] like a and b, got ", f.sizes(), " and ", g.sizes());
     TORCH_CHECK(f.device() == x.device() && g.device() == x.device(), op, ": f and g must be on ", x.device());
     TORCH_CHECK(scale.dim() == 1 && scale.size(0) == B && scale.device() == x.device(), op, ": scale must be [B] = ",
                 B, " on ", x.device(), ", got ", scale.sizes());
@@ -1223,7 +1223,8 @@ sinkhorn_embeddings_varlen_fwd_cpu(const at::Tensor& x, const at::Tensor& y, con
                                    int64_t kind, double eps, int64_t max_iter, c10::optional<double> tol,
                                    c10::optional<double> tau_a, c10::optional<double> tau_b,
                                    c10::optional<double> absorb, const c10::optional<at::Tensor>& f0,
-                                   const c10::optional<at::Tensor>& g0, c10::optional<at::ArrayRef<double>> eps_stages) {
+                                   const c10::optional<at::Tensor>& g0,
+                                   c10::optional<at::ArrayRef<double>> eps_stages) {
   auto r = embeddings_fwd_impl(x, y, a, b, kind, eps, max_iter, tol, tau_a, tau_b, absorb, f0, g0, false,
                                &cu_seqlens_x, &cu_seqlens_y, eps_stages);
   if (r.size() == 6) {

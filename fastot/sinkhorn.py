@@ -228,17 +228,15 @@ def _embeddings_status(x, y, a, b, kind: int, eps, tau_a, tau_b, packing=None) -
     return status.to(torch.int8)
 
 
-def _flag(status: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """NaN in every entry of a flagged problem (status != 0); leading dim B. Where reading the status is free
-    (CPU, eager) and nothing is flagged, the tensors come back as they are: the masking pass over a [B, N, d]
-    gradient cost more than the fused backward kernel itself (measured: 11 of 18 ms at B 64, N 64, d 384)."""
+def _flag(status: torch.Tensor, *tensors: torch.Tensor, packing=None) -> list[torch.Tensor]:
+    """NaN in every entry of a flagged problem (status != 0); leading dim B, or with ``packing`` (a side's Packing)
+    the packed points of that side [T, ...]. Where reading the status is free (CPU, eager) and nothing is flagged,
+    the tensors come back as they are: the masking pass over a [B, N, d] gradient cost more than the fused backward
+    kernel itself (measured: 11 of 18 ms at B 64, N 64, d 384)."""
     if _can_sync(status) and not bool((status != 0).any()):
         return list(tensors)
-    out = []
-    for t in tensors:
-        bad = (status != 0).view((-1,) + (1,) * (t.dim() - 1))
-        out.append(torch.where(bad, float("nan"), t))
-    return out
+    bad = status != 0 if packing is None else packing.per_point(status != 0)
+    return [torch.where(bad.view((-1,) + (1,) * (t.dim() - 1)), float("nan"), t) for t in tensors]
 
 
 class _FlagGrad(torch.autograd.Function):
@@ -315,10 +313,10 @@ _COST_KIND = {"cosine": 0, "sqeuclidean": 1, "dot": 2}
 _FUSED = ("cpp", "cuda", "triton")  # backends whose kernels build the cost from x and y themselves
 
 
-def _fused_stages(backend: str, method: str) -> bool:
-    """Whether the forward runs an eps schedule inside one call (``eps_stages=``): the cpp scaling kernels (the
-    packed cpp kernel, log or scaling, does too; the other kernels take one call per stage)."""
-    return backend == "cpp" and method == "scaling"
+def _fused_stages(backend: str, method: str, packed: bool = False) -> bool:
+    """Whether the forward runs an eps schedule inside one call (``eps_stages=``): the cpp scaling kernels and the
+    cpp packed kernel (log or scaling); the other kernels take one call per stage."""
+    return backend == "cpp" and (method == "scaling" or packed)
 
 
 def _embedding_kernels(backend: str, method: str = "log"):
@@ -333,43 +331,6 @@ def _embedding_kernels(backend: str, method: str = "log"):
     if method == "scaling":
         return (lambda *args, **warm: tsk.sinkhorn_embeddings_fwd_scaling(*args, **warm)[:6]), tsk.sinkhorn_embeddings_bwd
     return tsk.sinkhorn_embeddings_fwd, tsk.sinkhorn_embeddings_bwd
-
-
-class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
-    """Fused sinkhorn_embeddings (cpp, cuda, triton): the cost is built per problem from x and y inside the kernel,
-    forward and backward, so no [B,N,M] tensor exists. Same gradient rules as _SinkhornEnvelope; dx, dy come
-    from the kernel as <P*, dC/dx> with P* recomputed from the potentials."""
-
-    @staticmethod
-    def forward(ctx, x, y, a, b, status, backend, method, cost, eps, max_iter, tol, tau_a, tau_b, f0, g0, stages):
-        kind = _COST_KIND[cost]
-        fwd, _ = _embedding_kernels(backend, method)
-        f, g, n_iter, err, tc, mass = _staged(fwd, (x, y, a, b, kind), eps, max_iter, tol, tau_a, tau_b, f0, g0,
-                                              stages, fused=_fused_stages(backend, method))
-        value = _dual_value(a, b, f, g, mass, eps, tau_a, tau_b)
-        f, g, err, value, tc = _flag(status, f, g, err, value, tc)
-        n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
-        ctx.save_for_backward(x, y, a, b, f, g, status)
-        ctx.cfg = (backend, kind, eps, tau_a, tau_b)
-        ctx.mark_non_differentiable(f, g, n_iter, err)
-        return f, g, value, tc, n_iter, err
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
-        x, y, a, b, f, g, status = ctx.saved_tensors
-        backend, kind, eps, tau_a, tau_b = ctx.cfg
-        dx = dy = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            _, bwd = _embedding_kernels(backend)
-            # the side nobody asked for (the frozen teacher's) is not computed
-            dx, dy = bwd(x, y, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps, ctx.needs_input_grad[0],
-                         ctx.needs_input_grad[1])
-            dx, dy = _flag(status, dx, dy)
-            dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
-            dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None
-        da, db = _weight_vjp(ctx, a, b, f, g, g_value, 2, 3, eps, tau_a, tau_b, status)
-        return dx, dy, da, db, None, None, None, None, None, None, None, None, None, None, None, None
 
 
 def _varlen_kernels(backend: str, method: str, packing):
@@ -395,32 +356,46 @@ def _varlen_kernels(backend: str, method: str, packing):
     return fwd, backward
 
 
-def _flag_points(status: torch.Tensor, pk, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """_flag for packed per-point tensors ([T] or [T, d]): NaN on every point of a flagged problem."""
-    if _can_sync(status) and not bool((status != 0).any()):
-        return list(tensors)
-    bad = pk.per_point(status != 0)
-    return [torch.where(bad.view((-1,) + (1,) * (t.dim() - 1)), float("nan"), t) for t in tensors]
+def _padded(packing, a, b, f, g):
+    """a, b, f, g in the [B, N] / [B, M] layout the per-problem sums take: as they are, or padded from packed."""
+    if packing is None:
+        return a, b, f, g
+    px, py = packing
+    return px.pad(a), py.pad(b), px.pad(f), py.pad(g)
 
 
-class _SinkhornEmbeddingsVarlenEnvelope(torch.autograd.Function):
-    """_SinkhornEmbeddingsEnvelope on packed inputs: x [Tx, d], y [Ty, d], a [Tx], b [Ty], f [Tx], g [Ty], read in
-    place by the kernels (cpp, triton). Per-problem sums (the value, the weights' gradients) go through the padded
-    [B, L] layout of the per-point vectors only."""
+def _flag_sides(status, packing, u, v):
+    """_flag of one tensor per side (potentials, gradients), padded or packed."""
+    if packing is None:
+        return _flag(status, u, v)
+    return _flag(status, u, packing=packing[0]) + _flag(status, v, packing=packing[1])
+
+
+class _SinkhornEmbeddingsEnvelope(torch.autograd.Function):
+    """Fused sinkhorn_embeddings (cpp, cuda, triton): the cost is built per problem from x and y inside the kernel,
+    forward and backward, so no [B,N,M] tensor exists. Same gradient rules as _SinkhornEnvelope; dx, dy come
+    from the kernel as <P*, dC/dx> with P* recomputed from the potentials.
+
+    ``packing`` None: padded x [B, N, d], a [B, N], f [B, N]; or the two sides' Packing: packed x [Tx, d], a [Tx],
+    f [Tx] (cpp, triton), read in place by the kernels; the per-problem sums (value, the weights' gradients) then go
+    through the padded layout of the per-point vectors only."""
 
     @staticmethod
-    def forward(ctx, x, y, a, b, status, px, py, backend, method, cost, eps, max_iter, tol, tau_a, tau_b, f0, g0,
+    def forward(ctx, x, y, a, b, status, packing, backend, method, cost, eps, max_iter, tol, tau_a, tau_b, f0, g0,
                 stages):
         kind = _COST_KIND[cost]
-        fwd, _ = _varlen_kernels(backend, method, (px, py))
-        f, g, n_iter, err, tc, mass = _staged(fwd, (x, y, px.cu, py.cu, a, b, kind), eps, max_iter, tol, tau_a,
-                                              tau_b, f0, g0, stages, fused=backend == "cpp")
-        value = _dual_value(px.pad(a), py.pad(b), px.pad(f), py.pad(g), mass, eps, tau_a, tau_b)
+        if packing is None:
+            fwd, inputs = _embedding_kernels(backend, method)[0], (x, y, a, b, kind)
+        else:
+            fwd, inputs = _varlen_kernels(backend, method, packing)[0], (x, y, packing[0].cu, packing[1].cu, a, b, kind)
+        f, g, n_iter, err, tc, mass = _staged(fwd, inputs, eps, max_iter, tol, tau_a, tau_b, f0, g0, stages,
+                                              fused=_fused_stages(backend, method, packing is not None))
+        value = _dual_value(*_padded(packing, a, b, f, g), mass, eps, tau_a, tau_b)
         err, value, tc = _flag(status, err, value, tc)
-        (f,), (g,) = _flag_points(status, px, f), _flag_points(status, py, g)
+        f, g = _flag_sides(status, packing, f, g)
         n_iter = torch.where(status != 0, torch.zeros_like(n_iter), n_iter)
         ctx.save_for_backward(x, y, a, b, f, g, status)
-        ctx.packing = (px, py)
+        ctx.packing = packing
         ctx.cfg = (backend, kind, eps, tau_a, tau_b)
         ctx.mark_non_differentiable(f, g, n_iter, err)
         return f, g, value, tc, n_iter, err
@@ -429,21 +404,25 @@ class _SinkhornEmbeddingsVarlenEnvelope(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, _gf, _gg, g_value, g_tc, _gn, _ge):
         x, y, a, b, f, g, status = ctx.saved_tensors
-        px, py = ctx.packing
+        packing = ctx.packing
         backend, kind, eps, tau_a, tau_b = ctx.cfg
         dx = dy = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            _, bwd = _varlen_kernels(backend, "log", ctx.packing)
-            dx, dy = bwd(x, y, px.cu, py.cu, a, b, f, g, (g_value + g_tc).to(f.dtype), kind, eps,
-                         ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-            (dx,), (dy,) = _flag_points(status, px, dx), _flag_points(status, py, dy)
+            if packing is None:
+                bwd, inputs = _embedding_kernels(backend)[1], (x, y, a, b)
+            else:
+                bwd, inputs = _varlen_kernels(backend, "log", packing)[1], (x, y, packing[0].cu, packing[1].cu, a, b)
+            # the side nobody asked for (the frozen teacher's) is not computed
+            dx, dy = bwd(*inputs, f, g, (g_value + g_tc).to(f.dtype), kind, eps, ctx.needs_input_grad[0],
+                         ctx.needs_input_grad[1])
+            dx, dy = _flag_sides(status, packing, dx, dy)
             dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
             dy = dy.to(y.dtype) if ctx.needs_input_grad[1] else None
-        da, db = _weight_vjp(ctx, px.pad(a), py.pad(b), px.pad(f), py.pad(g), g_value, 2, 3, eps, tau_a, tau_b,
-                             status)
-        da = None if da is None else px.unpad(da)
-        db = None if db is None else py.unpad(db)
-        return (dx, dy, da, db) + (None,) * 14
+        da, db = _weight_vjp(ctx, *_padded(packing, a, b, f, g), g_value, 2, 3, eps, tau_a, tau_b, status)
+        if packing is not None:
+            da = None if da is None else packing[0].unpad(da)
+            db = None if db is None else packing[1].unpad(db)
+        return (dx, dy, da, db) + (None,) * 13
 
 
 @dataclass
@@ -880,7 +859,7 @@ def sinkhorn_embeddings(
         status = _warm_status(status, f0, g0, a.detach(), b.detach())
     if be in _FUSED:  # the cost is built per problem inside the kernel
         how = _method(method, be, max_iter)
-        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, status, be, how, cost, eps_,
+        f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a, b, status, None, be, how, cost, eps_,
                                                                          max_iter, tol_, tau_a_, tau_b_, f0, g0,
                                                                          stages)
         return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps_,
@@ -946,8 +925,16 @@ def _packed_inputs(x, y, x_mask, y_mask, a, b, cost, cu_x, cu_y, fn: str = "sink
 def _packed_embeddings(x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, tau_a, tau_b, grad, backend, method,
                        f0, g0, eps_schedule, cu_x, cu_y) -> SinkhornResult:
     """sinkhorn_embeddings on packed (varlen) input; see its docstring."""
-    fn = "sinkhorn_embeddings"
-    px, py, a_pad, b_pad, a_, b_ = _packed_inputs(x, y, x_mask, y_mask, a, b, cost, cu_x, cu_y, fn)
+    prepared = _packed_inputs(x, y, x_mask, y_mask, a, b, cost, cu_x, cu_y)
+    return _packed_solve(x, y, prepared, cost, eps, max_iter, tol, tau_a, tau_b, grad, backend, method, f0, g0,
+                         eps_schedule)
+
+
+def _packed_solve(x, y, prepared, cost, eps, max_iter, tol, tau_a, tau_b, grad, backend, method, f0, g0,
+                  eps_schedule, fn: str = "sinkhorn_embeddings") -> SinkhornResult:
+    """The packed solve from checked inputs (``prepared``: what _packed_inputs returns; the divergence prepares its
+    packings once for its three solves)."""
+    px, py, a_pad, b_pad, a_, b_ = prepared
     Tx, Ty = x.shape[0], y.shape[0]
     like = x.new_empty(0, dtype=ref.compute_dtype(x.dtype))
     be = None if grad == "unrolled" else _backend.resolve("sinkhorn", x.device, backend, _backend.AUTO_ORDER_FUSED)
@@ -969,9 +956,9 @@ def _packed_embeddings(x, y, x_mask, y_mask, a, b, cost, eps, max_iter, tol, tau
         status = _warm_status(status, None if f0 is None else px.pad(f0), None if g0 is None else py.pad(g0),
                               a_pad.detach(), b_pad.detach())
     how = _method(method, be, max_iter)
-    f, g, value, tc, n_iter, err = _SinkhornEmbeddingsVarlenEnvelope.apply(x, y, a_, b_, status, px, py, be, how, cost,
-                                                                           eps_, max_iter, tol_, tau_a_, tau_b_, f0,
-                                                                           g0, stages)
+    f, g, value, tc, n_iter, err = _SinkhornEmbeddingsEnvelope.apply(x, y, a_, b_, status, (px, py), be, how, cost,
+                                                                     eps_, max_iter, tol_, tau_a_, tau_b_, f0, g0,
+                                                                     stages)
     return SinkhornResult(f, g, value, tc, n_iter, err, status, be, eps_,
                           lambda: pairwise_cost(px.pad(x.detach()), py.pad(y.detach()), cost), a_pad, b_pad, how,
                           (px, py))

@@ -123,6 +123,7 @@ template <typename T>
 struct Tile {
   std::vector<int64_t> rows, cols;
   std::vector<T> a, loga, logb, Cs, CsT;
+  std::vector<T> Cs_kept, CsT_kept;  // an eps schedule: Cs, CsT as filled, while the stages rescale them
   int64_t ld = 0, ldT = 0;
   // iteration state and scratch
   std::vector<T> f, g, fs, gs, lse_r, lse_c, colmax, colsum;
@@ -199,11 +200,11 @@ struct Tile {
   int64_t n() const { return static_cast<int64_t>(rows.size()); }
   int64_t m() const { return static_cast<int64_t>(cols.size()); }
 
-  // Cs (and CsT when built) = factor * (Cs0, CsT0): C / eps' from C / eps for factor = eps / eps' (padding stays
-  // +inf). From a kept copy, so that a long schedule's rounding does not compound.
-  void rescale(const std::vector<T>& Cs0, const std::vector<T>& CsT0, T factor) {
-    for (size_t i = 0; i < Cs.size(); ++i) Cs[i] = Cs0[i] * factor;
-    for (size_t i = 0; i < CsT.size(); ++i) CsT[i] = CsT0[i] * factor;
+  // Cs (and CsT when built) = factor * the kept copies: C / eps' from C / eps for factor = eps / eps' (padding
+  // stays +inf). From the copies, so that a long schedule's rounding does not compound.
+  void rescale(T factor) {
+    for (size_t i = 0; i < Cs.size(); ++i) Cs[i] = Cs_kept[i] * factor;
+    for (size_t i = 0; i < CsT.size(); ++i) CsT[i] = CsT_kept[i] * factor;
   }
 };
 
@@ -282,13 +283,16 @@ struct Passes {
   void lse_rows(const Tile<T>& t, const T* s, T* out) const {
     blocks(t.n(), grain(t.ld), [&](int64_t r0, int64_t r1) { k->lse_rows(t.Cs.data(), t.ld, s, r0, r1, out); });
   }
-  // out[j] = LSE_i(s_i - Cs_ij), every column
-  void lse_cols(Tile<T>& t, const T* s, T* out) const {
+  // out[j] = LSE_i(s_i - A_ij) over the columns of A (rows x ld, ld a whole number of vectors): Cs, or CsT for
+  // the rows of Cs; blocks of whole vectors of columns
+  void lse_columns(Tile<T>& t, const T* A, int64_t rows, int64_t ld, const T* s, T* out) const {
     const int64_t W = kLanes<T>;
-    blocks(t.ld / W, grain(t.n()) / W, [&](int64_t v0, int64_t v1) {
-      k->lse_columns(t.Cs.data(), t.n(), t.ld, s, v0 * W, v1 * W, out, t.colmax.data(), t.colsum.data());
+    blocks(ld / W, grain(rows) / W, [&](int64_t v0, int64_t v1) {
+      k->lse_columns(A, rows, ld, s, v0 * W, v1 * W, out, t.colmax.data(), t.colsum.data());
     });
   }
+  // out[j] = LSE_i(s_i - Cs_ij), every column
+  void lse_cols(Tile<T>& t, const T* s, T* out) const { lse_columns(t, t.Cs.data(), t.n(), t.ld, s, out); }
   // K = exp(fs_i + gs_j - Cs_ij), 0 for +inf costs (padding included)
   void build(Tile<T>& t, const T* fs, const T* gs) const {
     blocks(t.n(), grain(t.ld), [&](int64_t r0, int64_t r1) {
@@ -553,7 +557,8 @@ void staged(Tile<T>& t, const Options<T>& o, Solve solve, int32_t* n_iter, T* er
     *n_iter += static_cast<int32_t>(o.n_stages);
     return;
   }
-  const std::vector<T> Cs0 = t.Cs, CsT0 = t.CsT;
+  t.Cs_kept = t.Cs;  // (assignments: the tile's buffers are reused from problem to problem)
+  t.CsT_kept = t.CsT;
   int32_t unused_n;
   T unused_err;
   for (int64_t s = 0; s < o.n_stages; ++s) {
@@ -562,11 +567,11 @@ void staged(Tile<T>& t, const Options<T>& o, Solve solve, int32_t* n_iter, T* er
     os.max_iter = 1;
     os.has_tol = false;
     os.final_error = false;
-    t.rescale(Cs0, CsT0, static_cast<T>(static_cast<double>(o.eps) / o.stages[s]));
+    t.rescale(static_cast<T>(static_cast<double>(o.eps) / o.stages[s]));
     solve(os, &unused_n, &unused_err);
   }
-  t.Cs = Cs0;
-  t.CsT = CsT0;
+  t.Cs = t.Cs_kept;
+  t.CsT = t.CsT_kept;
   solve(o, n_iter, err);
   *n_iter += static_cast<int32_t>(o.n_stages);
 }
@@ -578,71 +583,36 @@ template <typename T, typename Fill, typename After>
 void solve_problems(int64_t B, const Segments& sx, const Segments& sy, const Options<T>& o, Fill fill, After after,
                     T* f, T* g, int32_t* n_iter, T* err, const ScalingArgs<T>* sc = nullptr) {
   const Kernels<T>* K = kernels<T>();
+  // problem k on tile t, its O(n m) passes run as P says (on this thread, or split over the threads)
+  auto solve_one = [&](Tile<T>& t, int64_t k, const Passes<T>& P) {
+    fill(k, t);
+    warm_start(t, o, k, sx, sy);
+    staged(
+        t, o,
+        [&](const Options<T>& oo, int32_t* ni, T* er) {
+          if (sc) {
+            iterate_scaling(t, oo, sc->absorb, P, ni, er, sc->absorptions + k, sc->fell_back + k);
+            return;
+          }
+          iterate(
+              t, oo, ni, er, [&] { P.lse_columns(t, t.CsT.data(), t.m(), t.ldT, t.gs.data(), t.lse_r.data()); },
+              [&] { P.lse_cols(t, t.fs.data(), t.lse_c.data()); });
+        },
+        n_iter + k, err + k);
+    scatter(t, f + sx.start(k), g + sy.start(k));
+    after(k, t);
+  };
   if (per_problem_schedule(B, sx.len, sy.len)) {
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       Tile<T> t;  // per chunk (one per thread per call): freed when the call ends
       const Passes<T> serial{K, false};
-      for (int64_t k = begin; k < end; ++k) {
-        fill(k, t);
-        warm_start(t, o, k, sx, sy);
-        const int64_t n = t.n(), m = t.m();
-        staged(
-            t, o,
-            [&](const Options<T>& oo, int32_t* ni, T* er) {
-              if (sc) {
-                iterate_scaling(t, oo, sc->absorb, serial, ni, er, sc->absorptions + k, sc->fell_back + k);
-                return;
-              }
-              iterate(
-                  t, oo, ni, er,
-                  [&] {
-                    K->lse_columns(t.CsT.data(), m, t.ldT, t.gs.data(), 0, t.ldT, t.lse_r.data(), t.colmax.data(),
-                                   t.colsum.data());
-                  },
-                  [&] {
-                    K->lse_columns(t.Cs.data(), n, t.ld, t.fs.data(), 0, t.ld, t.lse_c.data(), t.colmax.data(),
-                                   t.colsum.data());
-                  });
-            },
-            n_iter + k, err + k);
-        scatter(t, f + sx.start(k), g + sy.start(k));
-        after(k, t);
-      }
+      for (int64_t k = begin; k < end; ++k) solve_one(t, k, serial);
     });
     return;
   }
   Tile<T> t;
   const Passes<T> blocked{K, true};
-  for (int64_t k = 0; k < B; ++k) {
-    fill(k, t);
-    warm_start(t, o, k, sx, sy);
-    const int64_t n = t.n(), m = t.m(), W = kLanes<T>;
-    staged(
-        t, o,
-        [&](const Options<T>& oo, int32_t* ni, T* er) {
-          if (sc) {
-            iterate_scaling(t, oo, sc->absorb, blocked, ni, er, sc->absorptions + k, sc->fell_back + k);
-            return;
-          }
-          iterate(
-              t, oo, ni, er,
-              [&] {  // blocks of whole vectors of rows (columns of the transpose)
-                at::parallel_for(0, t.ldT / W, std::max<int64_t>(1, grain(m) / W), [&](int64_t v0, int64_t v1) {
-                  K->lse_columns(t.CsT.data(), m, t.ldT, t.gs.data(), v0 * W, v1 * W, t.lse_r.data(),
-                                 t.colmax.data(), t.colsum.data());
-                });
-              },
-              [&] {  // blocks of whole vectors of columns
-                at::parallel_for(0, t.ld / W, std::max<int64_t>(1, grain(n) / W), [&](int64_t v0, int64_t v1) {
-                  K->lse_columns(t.Cs.data(), n, t.ld, t.fs.data(), v0 * W, v1 * W, t.lse_c.data(),
-                                 t.colmax.data(), t.colsum.data());
-                });
-              });
-        },
-        n_iter + k, err + k);
-    scatter(t, f + sx.start(k), g + sy.start(k));
-    after(k, t);
-  }
+  for (int64_t k = 0; k < B; ++k) solve_one(t, k, blocked);
 }
 
 template <typename T>
